@@ -1,0 +1,24 @@
+# clipdistill study workflow. `snakemake -c2` runs it; dvc.yaml describes the same stages.
+# Every rule calls the `clipdistill` CLI with the same command, deps and outs as its DVC
+# stage (tests/test_dag.py proves the two agree).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+PARAMS = "params.yaml"
+
+
+configfile: PARAMS
+
+
+validate(config, "workflow/schemas/params.schema.json")
+
+
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data_synth.output,
+        rules.data_preview.output,

@@ -1,0 +1,395 @@
+"""Standard dataset formats, written and read.
+
+- image–text pairs: open_clip CSV (tab-separated `filepath`, `title`) and webdataset tar
+  shards (`<key>.png|jpg` + `<key>.txt`); COCO captions JSON is read too;
+- VQA training: LLaVA conversation JSON;
+- VQA evaluation: VQAv2 `questions` + `annotations` JSON (GQA-style JSON is read too).
+
+Readers serve real datasets as well as the synthetic world. Every problem is a DataError
+naming the file (and line or key); with `on_bad_sample="skip"` bad samples are dropped,
+counted and reported instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from clipdistill.io import DataError, atomic_file, read_json, resolve_inside, write_json
+
+OnBad = Literal["error", "skip"]
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class BadSamples:
+    """Applies the on_bad_sample policy: raise at once, or record and carry on."""
+
+    policy: OnBad = "error"
+    dropped: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.policy not in ("error", "skip"):
+            raise DataError(f"on_bad_sample must be 'error' or 'skip', got {self.policy!r}")
+
+    def __call__(self, message: str) -> None:
+        if self.policy == "error":
+            raise DataError(message)
+        self.dropped.append(message)
+
+    def report(self, what: str) -> None:
+        if self.dropped:
+            print(f"{what}: skipped {len(self.dropped)} bad samples "
+                  f"(first: {self.dropped[0]})", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class VQARecord:
+    question_id: int | str
+    image_id: int | str
+    image: Path
+    question: str
+    answer: str                 # the canonical answer (VQAv2 `multiple_choice_answer`)
+    answers: tuple[str, ...]    # every annotator's answer (10 in VQAv2)
+    question_type: str = ""
+    answer_type: str = ""
+
+
+def check_image(path: Path, where: str) -> str | None:
+    """None if `path` is a readable image, else the reason."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except FileNotFoundError:
+        return f"{where}: image not found: {path}"
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        return f"{where}: corrupt image {path}: {exc.__class__.__name__}"
+    return None
+
+
+def load_image(path: Path, where: str = "") -> Image.Image:
+    reason = check_image(path, where or str(path))
+    if reason:
+        raise DataError(reason)
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _clean_caption(raw: str | bytes, where: str) -> str:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: caption is not UTF-8 (byte {exc.start})") from None
+    text = " ".join(raw.split())
+    if not text:
+        raise DataError(f"{where}: empty caption")
+    return text
+
+
+# ------------------------------------------------------------------ open_clip CSV
+
+def write_pairs_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:
+    with atomic_file(path) as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(["filepath", "title"])
+        w.writerows(rows)
+
+
+def read_pairs_csv(path: str | Path, *, root: str | Path | None = None, on_bad_sample: OnBad = "error",
+                   img_key: str = "filepath", caption_key: str = "title", sep: str = "\t",
+                   check_images: bool = True) -> tuple[list[Pair], BadSamples]:
+    """Read an open_clip CSV. Image paths are relative to `root` (default: the CSV's folder)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    bad = BadSamples(on_bad_sample)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    lines = text.split(b"\n")
+    try:
+        header = next(csv.reader([lines[0].decode("utf-8").rstrip("\r")], delimiter=sep))
+    except (UnicodeDecodeError, StopIteration):
+        raise DataError(f"{path}:1: unreadable header") from None
+    missing = [k for k in (img_key, caption_key) if k not in header]
+    if missing:
+        raise DataError(f"{path}:1: header lacks column(s) {missing}; found {header}")
+    i_img, i_cap = header.index(img_key), header.index(caption_key)
+    pairs = []
+    for lineno, raw in enumerate(lines[1:], start=2):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad(f"{where}: not UTF-8 (byte {exc.start})")
+            continue
+        row = next(csv.reader([line], delimiter=sep))
+        if len(row) <= max(i_img, i_cap):
+            bad(f"{where}: expected {len(header)} tab-separated columns, got {len(row)}")
+            continue
+        try:
+            caption = _clean_caption(row[i_cap], where)
+            image = resolve_inside(root, row[i_img], where=where)
+        except DataError as exc:
+            bad(str(exc))
+            continue
+        if check_images and (reason := check_image(image, where)):
+            bad(reason)
+            continue
+        pairs.append(Pair(image, caption))
+    bad.report(str(path))
+    return pairs, bad
+
+
+def read_coco_captions(path: str | Path, image_root: str | Path, *, on_bad_sample: OnBad = "error",
+                       check_images: bool = True) -> tuple[list[Pair], BadSamples]:
+    """COCO `captions_*.json` (`images[].file_name`, `annotations[].image_id/caption`)."""
+    data = read_json(path)
+    bad = BadSamples(on_bad_sample)
+    try:
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        anns = data["annotations"]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a COCO captions file (missing {exc})") from None
+    pairs = []
+    for k, ann in enumerate(anns):
+        where = f"{path}: annotations[{k}]"
+        try:
+            image = resolve_inside(image_root, files[ann["image_id"]], where=where)
+            caption = _clean_caption(ann["caption"], where)
+        except KeyError as exc:
+            bad(f"{where}: missing or unknown {exc}")
+            continue
+        except DataError as exc:
+            bad(str(exc))
+            continue
+        if check_images and (reason := check_image(image, where)):
+            bad(reason)
+            continue
+        pairs.append(Pair(image, caption))
+    bad.report(str(path))
+    return pairs, bad
+
+
+# ------------------------------------------------------------------ webdataset shards
+
+def _tar_add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)  # fixed metadata: identical params give identical bytes
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_shards(out_dir: Path, samples: Iterable[dict[str, bytes]], shard_size: int) -> list[Path]:
+    """Write samples ({"__key__": key, ext: bytes, ...}) into `shard-000000.tar`, ..."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    tar = None
+    for i, sample in enumerate(samples):
+        if i % shard_size == 0:
+            if tar is not None:
+                tar.close()
+            paths.append(out_dir / f"shard-{len(paths):06d}.tar")
+            tar = tarfile.open(paths[-1], "w", format=tarfile.USTAR_FORMAT)
+        key = sample["__key__"]
+        for ext, payload in sample.items():
+            if ext != "__key__":
+                _tar_add(tar, f"{key}.{ext}", payload)
+    if tar is not None:
+        tar.close()
+    return paths
+
+
+def iter_shards(paths: Iterable[str | Path], *, on_bad_sample: OnBad = "error",
+                bad: BadSamples | None = None) -> Iterator[tuple[str, Image.Image, str]]:
+    """Yield (key, RGB image, caption) from webdataset tar shards, in order."""
+    bad = bad or BadSamples(on_bad_sample)
+    for path in paths:
+        path = Path(path)
+        try:
+            tar = tarfile.open(path, "r")
+        except (FileNotFoundError, tarfile.TarError) as exc:
+            raise DataError(f"{path}: unreadable shard ({exc.__class__.__name__})") from None
+        with tar:
+            groups: dict[str, dict[str, bytes]] = {}
+            order = []
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if key not in groups:
+                    groups[key] = {}
+                    order.append(key)
+                groups[key][ext.lower()] = tar.extractfile(member).read()
+            for key in order:
+                where, files = f"{path}:{key}", groups[key]
+                img_ext = next((e for e in IMAGE_EXTS if e in files), None)
+                if img_ext is None or "txt" not in files:
+                    bad(f"{where}: sample needs an image ({'/'.join(IMAGE_EXTS)}) and a txt; has {sorted(files)}")
+                    continue
+                try:
+                    caption = _clean_caption(files["txt"], where)
+                    with Image.open(io.BytesIO(files[img_ext])) as img:
+                        image = img.convert("RGB")
+                except DataError as exc:
+                    bad(str(exc))
+                    continue
+                except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                    bad(f"{where}: corrupt image ({exc.__class__.__name__})")
+                    continue
+                yield key, image, caption
+
+
+# ------------------------------------------------------------------ LLaVA conversations
+
+def write_llava(path: Path, records: list[dict]) -> None:
+    write_json(path, records, compact=True)
+
+
+def read_llava(path: str | Path, image_root: str | Path, *, on_bad_sample: OnBad = "error",
+               check_images: bool = True) -> tuple[list[dict], BadSamples]:
+    """LLaVA conversation JSON: a list of {"id", "image", "conversations": [{"from", "value"}, ...]}."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
+    bad = BadSamples(on_bad_sample)
+    out = []
+    for k, rec in enumerate(data):
+        where = f"{path}: [{k}]"
+        if not isinstance(rec, dict) or "conversations" not in rec:
+            bad(f"{where}: missing key 'conversations'")
+            continue
+        turns = rec["conversations"]
+        if (not isinstance(turns, list) or len(turns) < 2 or
+                any(not isinstance(t, dict) or t.get("from") not in ("human", "gpt")
+                    or not isinstance(t.get("value"), str) for t in turns)):
+            bad(f"{where}: conversations must be ≥ 2 turns of {{'from': 'human'|'gpt', 'value': str}}")
+            continue
+        if "image" in rec:
+            try:
+                image = resolve_inside(image_root, rec["image"], where=where)
+            except DataError as exc:
+                bad(str(exc))
+                continue
+            if "<image>" not in turns[0]["value"]:
+                bad(f"{where}: first human turn lacks the <image> token")
+                continue
+            if check_images and (reason := check_image(image, where)):
+                bad(reason)
+                continue
+            rec = {**rec, "image": image}
+        out.append(rec)
+    bad.report(str(path))
+    return out, bad
+
+
+# ------------------------------------------------------------------ VQAv2 / GQA
+
+def write_vqa(questions_path: Path, annotations_path: Path, records: list[VQARecord], subtype: str) -> None:
+    header = {"info": {"description": "clipdistill synthetic world"}, "task_type": "Open-Ended",
+              "data_type": "synthetic", "data_subtype": subtype, "license": {}}
+    write_json(questions_path, {**header, "questions": [
+        {"image_id": r.image_id, "question": r.question, "question_id": r.question_id} for r in records]},
+        compact=True)
+    write_json(annotations_path, {**header, "annotations": [
+        {"question_id": r.question_id, "image_id": r.image_id, "question_type": r.question_type,
+         "answer_type": r.answer_type, "multiple_choice_answer": r.answer,
+         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                     for i, a in enumerate(r.answers)]}
+        for r in records]}, compact=True)
+
+
+def read_vqa(questions_path: str | Path, annotations_path: str | Path, image_root: str | Path,
+             image_pattern: str = "images/{image_id:06d}.png", *, on_bad_sample: OnBad = "error",
+             check_images: bool = True) -> tuple[list[VQARecord], BadSamples]:
+    """VQAv2 questions + annotations. `image_pattern` maps image_id to a path under image_root
+    (VQAv2 on COCO: "val2014/COCO_val2014_{image_id:012d}.jpg")."""
+    qs, anns = read_json(questions_path), read_json(annotations_path)
+    try:
+        questions, annotations = qs["questions"], anns["annotations"]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{questions_path if 'questions' in str(exc) else annotations_path}: "
+                        f"missing top-level key {exc}") from None
+    by_qid = {}
+    for k, a in enumerate(annotations):
+        if not isinstance(a, dict) or "question_id" not in a:
+            raise DataError(f"{annotations_path}: annotations[{k}] lacks 'question_id'")
+        by_qid[a["question_id"]] = a
+    bad = BadSamples(on_bad_sample)
+    out = []
+    checked: dict[Path, str | None] = {}
+    for k, q in enumerate(questions):
+        where = f"{questions_path}: questions[{k}]"
+        try:
+            qid, image_id, text = q["question_id"], q["image_id"], q["question"]
+            ann = by_qid[qid]
+            answers = [a["answer"] for a in ann["answers"]]
+        except (KeyError, TypeError) as exc:
+            bad(f"{where}: missing key or annotation {exc}")
+            continue
+        if not answers or not all(isinstance(a, str) for a in answers):
+            bad(f"{annotations_path}: question_id {qid}: answers must be a non-empty list of strings")
+            continue
+        try:
+            image = resolve_inside(image_root, image_pattern.format(image_id=image_id), where=where)
+        except DataError as exc:
+            bad(str(exc))
+            continue
+        if check_images:
+            if image not in checked:
+                checked[image] = check_image(image, where)
+            if checked[image]:
+                bad(checked[image])
+                continue
+        mc = ann.get("multiple_choice_answer", answers[0])
+        out.append(VQARecord(qid, image_id, image, text, mc, tuple(answers),
+                             ann.get("question_type", ""), ann.get("answer_type", "")))
+    bad.report(str(questions_path))
+    return out, bad
+
+
+def read_gqa(path: str | Path, image_root: str | Path, *, image_pattern: str = "images/{image_id}.jpg",
+             on_bad_sample: OnBad = "error", check_images: bool = True) -> tuple[list[VQARecord], BadSamples]:
+    """GQA-style questions JSON: {qid: {"imageId", "question", "answer", "types": {...}}}.
+    The single answer stands for all ten annotators, so soft accuracy reduces to exact match."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object keyed by question id")
+    bad = BadSamples(on_bad_sample)
+    out = []
+    for qid, q in data.items():
+        where = f"{path}: {qid}"
+        try:
+            image = resolve_inside(image_root, image_pattern.format(image_id=q["imageId"]), where=where)
+            answer = str(q["answer"])
+            types = q.get("types", {})
+            rec = VQARecord(qid, q["imageId"], image, q["question"], answer, (answer,) * 10,
+                            types.get("semantic", ""), types.get("structural", ""))
+        except (KeyError, TypeError) as exc:
+            bad(f"{where}: missing key {exc}")
+            continue
+        except DataError as exc:
+            bad(str(exc))
+            continue
+        if check_images and (reason := check_image(image, where)):
+            bad(reason)
+            continue
+        out.append(rec)
+    bad.report(str(path))
+    return out, bad

@@ -1,0 +1,45 @@
+"""`clipdistill data preview`: a PNG grid of rendered scenes with their caption and a question."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from clipdistill.data.formats import load_image, read_pairs_csv, read_vqa  # noqa: E402
+from clipdistill.io import DataError, atomic_file  # noqa: E402
+
+
+def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) -> None:
+    data_dir = Path(data_dir)
+    if n < 1:
+        raise DataError(f"--n must be ≥ 1, got {n}")
+    fig, axes = plt.subplots(len(splits), n, figsize=(2.6 * n, 3.4 * len(splits)), squeeze=False)
+    for row, split in enumerate(splits):
+        root = data_dir / split
+        if not root.is_dir():
+            raise DataError(f"{root}: no such split in {data_dir}")
+        pairs, _ = read_pairs_csv(root / "pairs.csv")
+        vqa, _ = read_vqa(root / "questions.json", root / "annotations.json", root)
+        first_q = {}
+        for r in vqa:
+            first_q.setdefault(r.image_id, r)
+        for col in range(n):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col >= len(pairs):
+                continue
+            ax.imshow(load_image(pairs[col].image), interpolation="nearest")
+            q = first_q.get(col)
+            qa = f"\nQ: {q.question}\nA: {q.answer}" if q else ""
+            ax.set_title("\n".join(textwrap.wrap(pairs[col].caption, 30)) + qa, fontsize=7, loc="left")
+        axes[row][0].text(-0.1, 0.5, split, transform=axes[row][0].transAxes, rotation=90,
+                          va="center", ha="right", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,147 @@
+"""Atomic writes, manifests, hashing and safe path handling.
+
+Every artifact is produced in a temporary sibling and renamed into place, so a stage
+that fails (or is killed) leaves either the previous artifact or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from clipdistill import __version__
+
+
+class ClipdistillError(Exception):
+    """An error meant for a person: the CLI prints its message as one line."""
+
+
+class DataError(ClipdistillError, ValueError):
+    """Bad input data: the message names the file (and line or key) and what was expected."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `target` only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; artifacts are shared
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file next to `target`; rename it into place when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, compact: bool = False) -> None:
+    """Deterministic JSON (sorted keys) written atomically; `compact` for bulk data files."""
+    with atomic_file(path) as fh:
+        if compact:
+            json.dump(obj, fh, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        else:
+            json.dump(obj, fh, indent=1, sort_keys=True, ensure_ascii=False)
+        fh.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load JSON; malformed or missing files raise DataError naming file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_hash(root: str | os.PathLike, exclude: tuple[str, ...] = ("manifest.json",)) -> str:
+    """sha256 over (relative path, file hash) of every file below root, in sorted order.
+
+    Snakemake's `.snakemake_timestamp` marker is runner bookkeeping, not content (it is in
+    .dvcignore for the same reason).
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude or path.name == ".snakemake_timestamp":
+            continue
+        h.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def write_manifest(root: str | os.PathLike, kind: str, params: dict, counts: dict) -> dict:
+    """Write `root/manifest.json`: what produced the artifact and a hash of its content.
+
+    No timestamps or host names, so identical params give identical bytes.
+    """
+    manifest = {
+        "kind": kind,
+        "code_version": __version__,
+        "params": params,
+        "counts": counts,
+        "content_sha256": tree_hash(root),
+    }
+    write_json(Path(root) / "manifest.json", manifest)
+    return manifest
+
+
+def resolve_inside(root: str | os.PathLike, relative: str, *, where: str) -> Path:
+    """Join a dataset-relative path to its root, refusing absolute paths and `..` escapes."""
+    root = Path(root).resolve()
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root):
+        raise DataError(f"{where}: path {relative!r} escapes the data root {root}")
+    return candidate

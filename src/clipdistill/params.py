@@ -1,0 +1,135 @@
+"""Typed params: one section per stage, validated with one-line errors, exported as JSON Schema.
+
+`params.yaml` is the single source of truth for both runners. A stage loads only its own
+section (`load_section`), which is exactly what dvc.yaml lists as its params.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clipdistill.io import ClipdistillError
+
+STYLES = ("plain", "textured", "shifted_palette")
+Style = Literal["plain", "textured", "shifted_palette"]
+REQUIRED_SPLITS = ("pretrain", "distill", "vqa_train", "vqa_eval", "clip_eval")
+
+
+class ParamsError(ClipdistillError):
+    """A params file or value is invalid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(Strict):
+    size: int = Field(ge=1, description="number of scenes (images) in the split")
+    style: Style = Field("plain", description="rendering style / data source")
+
+
+class DataParams(Strict):
+    """The synthetic world (`clipdistill data synth`)."""
+
+    seed: int = Field(0, ge=0, description="root seed; every split derives its own")
+    image_size: int = Field(64, ge=16, le=1024, description="rendered image side, pixels")
+    supersample: int = Field(4, ge=1, le=8, description="anti-aliasing factor")
+    min_objects: int = Field(1, ge=1, le=9)
+    max_objects: int = Field(4, ge=1, le=9)
+    noise: float = Field(0.02, ge=0.0, le=0.5, description="pixel noise std (0..1 scale)")
+    questions_per_image: int = Field(3, ge=1, le=20)
+    annotator_synonym_rate: float = Field(0.3, ge=0.0, le=1.0)
+    annotator_error_rate: float = Field(0.1, ge=0.0, le=1.0)
+    shard_size: int = Field(1000, ge=1, description="samples per webdataset shard")
+    splits: dict[str, SplitParams] = Field(
+        default_factory=lambda: {
+            "pretrain": SplitParams(size=4000),
+            "distill": SplitParams(size=2000),
+            "vqa_train": SplitParams(size=1500),
+            "vqa_eval": SplitParams(size=300),
+            "clip_eval": SplitParams(size=500),
+        }
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataParams":
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        missing = [s for s in REQUIRED_SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"splits is missing {missing}; required: {list(REQUIRED_SPLITS)}")
+        for name in self.splits:
+            if not name.replace("_", "").isalnum() or not name.islower():
+                raise ValueError(f"split name {name!r} must be lower-case letters, digits, '_'")
+        return self
+
+
+class Params(Strict):
+    """The whole params.yaml."""
+
+    data: DataParams = Field(default_factory=DataParams)
+
+
+SECTIONS = {name: field.annotation for name, field in Params.model_fields.items()}
+
+
+def _one_line(where: str, exc: ValidationError, prefix: tuple = ()) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in (*prefix, *err["loc"]))
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}{shown}: {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{line}: malformed YAML") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: str | Path) -> Params:
+    """Validate the whole file."""
+    raw = _read_yaml(path)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_one_line(str(path), exc)) from None
+
+
+def load_section(path: str | Path, section: str):
+    """Validate and return one stage's section, ignoring the others."""
+    if section not in SECTIONS:
+        raise ParamsError(f"unknown params section {section!r}; known: {', '.join(SECTIONS)}")
+    raw = _read_yaml(path).get(section, {})
+    try:
+        return SECTIONS[section].model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_one_line(str(path), exc, prefix=(section,))) from None
+
+
+def json_schema() -> dict:
+    """The JSON Schema Snakemake validates params.yaml with (generated, never hand-edited)."""
+    schema = Params.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,56 @@
+import os
+
+# Triton kernels run in the interpreter on CPU; must be set before any kernel import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def smoke_params():
+    from clipdistill.params import load_section
+
+    return load_section(SMOKE, "data")
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory, smoke_params):
+    """The smoke synthetic world, generated once per test session."""
+    from clipdistill.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("world") / "data"
+    synthesize(smoke_params, out)
+    return out
+
+
+def run_cli(*args, cwd=None, check=False, timeout=300):
+    """Run the installed `clipdistill` console script."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(BIN / "clipdistill"), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"clipdistill {args} failed:\n{proc.stderr}")
+    return proc
+
+
+def project_copy(dest: Path, params: Path = SMOKE) -> Path:
+    """A git-initialised copy of the tracked project with `params` as params.yaml."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    shutil.copy2(params, dest / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest

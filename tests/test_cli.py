@@ -1,0 +1,59 @@
+"""The console script: every stage listed, one-line errors, exit codes, nothing half-written."""
+
+import yaml
+
+from conftest import SMOKE, run_cli
+
+STAGES = {"data": ["synth", "preview"], "params": ["check", "schema"]}
+
+
+def test_help_lists_every_stage_subcommand():
+    top = run_cli("--help", check=True).stdout
+    for group, commands in STAGES.items():
+        assert group in top
+        sub = run_cli(group, "--help", check=True).stdout
+        assert all(c in sub for c in commands)
+
+
+def test_synth_and_preview_end_to_end(tmp_path):
+    out = tmp_path / "data"
+    proc = run_cli("--log", tmp_path / "logs" / "synth.log", "data", "synth",
+                   "--params", SMOKE, "--out", out, check=True)
+    assert "wrote 144 scenes in 6 splits" in proc.stderr
+    assert "wrote 144 scenes" in (tmp_path / "logs" / "synth.log").read_text()
+    run_cli("data", "preview", "--data", out, "--split", "vqa_eval", "--split", "distill_shifted",
+            "--n", "3", "--out", tmp_path / "p.png", check=True)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _bad_params(tmp_path, **changes):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"].update(changes)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_bad_params_exit_2_with_one_line_and_no_output(tmp_path):
+    bad = _bad_params(tmp_path, splits={**yaml.safe_load(SMOKE.read_text())["data"]["splits"],
+                                        "distill": {"size": 4, "style": "watercolour"}})
+    proc = run_cli("data", "synth", "--params", bad, "--out", tmp_path / "data")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.splits.distill.style = 'watercolour'" in lines[0]
+    assert not (tmp_path / "data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_params_check_and_schema(tmp_path):
+    assert run_cli("params", "check", "--params", SMOKE).returncode == 0
+    bad = _bad_params(tmp_path, max_objects=-1)
+    proc = run_cli("params", "check", "--params", bad)
+    assert proc.returncode == 2 and "data.max_objects = -1" in proc.stderr
+    assert '"DataParams"' in run_cli("params", "schema", check=True).stdout
+
+
+def test_preview_of_missing_split_is_one_line(tmp_path, smoke_data):
+    proc = run_cli("data", "preview", "--data", smoke_data, "--split", "nope", "--out", tmp_path / "p.png")
+    assert proc.returncode == 2 and "no such split" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "p.png").exists()

@@ -1,0 +1,87 @@
+"""Snakemake and DVC define the same pipeline, and both run it."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from clipdistill.io import sha256_file, tree_hash
+
+from conftest import BIN, REPO, project_copy
+
+
+def _env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _run(args, cwd, timeout=600):
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def snakemake_jobs(cwd=REPO):
+    """{(rule, command, deps, outs)} from a forced dry run with shell commands printed."""
+    out = _run([str(BIN / "snakemake"), "-n", "-p", "--forceall"], cwd).stdout
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head or head[1] == "all":
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M)[1]
+        split = lambda v: frozenset(x for x in (v or "").split(", ") if x)  # noqa: E731
+        jobs.add((head[1], cmd, split(fields.get("input")), split(fields.get("output"))))
+    return jobs
+
+
+def dvc_stages(cwd=REPO):
+    from dvc.repo import Repo
+
+    stages = set()
+    with Repo(str(cwd)) as repo:
+        for s in repo.index.stages:
+            deps = frozenset(d.def_path for d in s.deps if not hasattr(d, "params"))
+            stages.add((s.name.split("@")[0], s.cmd, deps, frozenset(o.def_path for o in s.outs)))
+    return stages
+
+
+def dvc_params(cwd=REPO):
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo:
+        return {s.name: sorted(p for d in s.deps if hasattr(d, "params") for p in d.params)
+                for s in repo.index.stages}
+
+
+def test_snakemake_and_dvc_define_the_same_stages():
+    smk, dvc = snakemake_jobs(), dvc_stages()
+    assert smk, "no jobs parsed from snakemake"
+    assert smk == dvc, f"only in Snakemake: {smk - dvc}\nonly in DVC: {dvc - smk}"
+
+
+def test_each_stage_tracks_only_its_own_params_section():
+    assert dvc_params() == {"data_synth": ["data"], "data_preview": []}
+    rules = (REPO / "workflow" / "rules" / "data.smk").read_text()
+    assert rules.count('section=config["data"]') == 1
+
+
+def test_snakemake_lint_is_clean():
+    proc = _run([str(BIN / "snakemake"), "--lint"], REPO)
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_both_runners_produce_identical_artifacts(tmp_path):
+    smk = project_copy(tmp_path / "smk")
+    dvc = project_copy(tmp_path / "dvc")
+    _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default"], smk)
+    _run([str(BIN / "dvc"), "repro", "-q"], dvc)
+    assert tree_hash(smk / "results/data") == tree_hash(dvc / "results/data")
+    png = "results/preview/scenes.png"
+    assert sha256_file(smk / png) == sha256_file(dvc / png)
+    # nothing left to do for either runner
+    assert "Nothing to be done" in _run([str(BIN / "snakemake"), "-n"], smk).stdout
+    status = _run([str(BIN / "dvc"), "status", "--json"], dvc).stdout.strip()
+    assert status == "{}", status

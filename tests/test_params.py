@@ -1,0 +1,89 @@
+"""params.yaml: one typed model, a generated schema that agrees with it, one-line errors."""
+
+import copy
+
+import jsonschema
+import pytest
+import yaml
+
+from clipdistill import params as P
+from clipdistill.io import read_json
+
+from conftest import REPO, SMOKE
+
+SCHEMA = REPO / "workflow" / "schemas" / "params.schema.json"
+
+
+def test_committed_schema_is_generated_from_the_model():
+    assert SCHEMA.read_text() == P.json_schema_text(), "run `clipdistill params schema --out workflow/schemas/params.schema.json`"
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", SMOKE])
+def test_shipped_params_are_valid_for_model_and_schema(path):
+    P.load_params(path)
+    jsonschema.validate(yaml.safe_load(path.read_text()), read_json(SCHEMA))
+
+
+BAD = {
+    "negative size": (("data", "splits", "pretrain", "size"), -5,
+                      "data.splits.pretrain.size = -5: Input should be greater than or equal to 1"),
+    "unknown style": (("data", "splits", "distill", "style"), "sketchy",
+                      "data.splits.distill.style = 'sketchy': Input should be 'plain', 'textured' or 'shifted_palette'"),
+    "unknown key": (("data", "colour_count"), 3, "data.colour_count = 3: Extra inputs are not permitted"),
+    "wrong type": (("data", "image_size"), "big", "data.image_size = 'big': Input should be a valid integer"),
+    "too small image": (("data", "image_size"), 8, "data.image_size = 8: Input should be greater than or equal to 16"),
+}
+
+
+def _with(path, keys, value):
+    raw = copy.deepcopy(yaml.safe_load(SMOKE.read_text()))
+    node = raw
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(raw))
+    return raw
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_values_get_one_line_naming_key_value_and_allowed(tmp_path, case):
+    keys, value, expected = BAD[case]
+    raw = _with(tmp_path / "params.yaml", keys, value)
+    for load in (lambda: P.load_params(tmp_path / "params.yaml"),
+                 lambda: P.load_section(tmp_path / "params.yaml", "data")):
+        with pytest.raises(P.ParamsError) as info:
+            load()
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(str(tmp_path / "params.yaml")) and expected in msg
+    with pytest.raises(jsonschema.ValidationError):  # the schema agrees
+        jsonschema.validate(raw, read_json(SCHEMA))
+
+
+def test_cross_field_rules(tmp_path):
+    _with(tmp_path / "p.yaml", ("data", "min_objects"), 5)
+    with pytest.raises(P.ParamsError, match=r"min_objects \(5\) > max_objects \(4\)"):
+        P.load_section(tmp_path / "p.yaml", "data")
+    raw = yaml.safe_load(SMOKE.read_text())
+    del raw["data"]["splits"]["vqa_eval"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(P.ParamsError, match="splits is missing \\['vqa_eval'\\]"):
+        P.load_section(tmp_path / "p.yaml", "data")
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(P.ParamsError, match="params file not found"):
+        P.load_params(tmp_path / "nope.yaml")
+    (tmp_path / "p.yaml").write_text("data: [unclosed\n  x: 1\n")
+    with pytest.raises(P.ParamsError, match=r"p.yaml:\d+: malformed YAML"):
+        P.load_params(tmp_path / "p.yaml")
+    with pytest.raises(P.ParamsError, match="unknown params section 'nope'"):
+        P.load_section(SMOKE, "nope")
+
+
+def test_a_stage_reads_only_its_own_section(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["someone_elses_stage"] = {"anything": [1, 2]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    assert P.load_section(tmp_path / "p.yaml", "data") == P.load_section(SMOKE, "data")
+    with pytest.raises(P.ParamsError, match="someone_elses_stage"):
+        P.load_params(tmp_path / "p.yaml")

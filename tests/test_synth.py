@@ -1,0 +1,118 @@
+"""`data synth`: deterministic, complete, atomic; every format reads back to the same data."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipdistill.data import formats, synth
+from clipdistill.io import read_json, tree_hash
+from clipdistill.params import SplitParams
+
+
+def test_same_seed_same_bytes(tmp_path, smoke_params, smoke_data):
+    again = synth.synthesize(smoke_params, tmp_path / "again")
+    assert tree_hash(tmp_path / "again") == tree_hash(smoke_data)
+    assert (tmp_path / "again" / "manifest.json").read_bytes() == (smoke_data / "manifest.json").read_bytes()
+    assert again["content_sha256"] == read_json(smoke_data / "manifest.json")["content_sha256"]
+
+
+def test_other_seed_other_world(tmp_path, smoke_params):
+    other = smoke_params.model_copy(update={"seed": 1})
+    synth.synth_split(other, "vqa_eval", other.splits["vqa_eval"], tmp_path / "s1")
+    synth.synth_split(smoke_params, "vqa_eval", smoke_params.splits["vqa_eval"], tmp_path / "s0")
+    assert tree_hash(tmp_path / "s1") != tree_hash(tmp_path / "s0")
+
+
+def test_split_does_not_depend_on_other_splits(tmp_path, smoke_params, smoke_data):
+    bigger = {**smoke_params.splits, "pretrain": SplitParams(size=99)}
+    params = smoke_params.model_copy(update={"splits": bigger})
+    synth.synth_split(params, "clip_eval", params.splits["clip_eval"], tmp_path / "clip_eval")
+    assert tree_hash(tmp_path / "clip_eval") == tree_hash(smoke_data / "clip_eval")
+
+
+def test_manifest_counts_and_layout(smoke_params, smoke_data):
+    manifest = read_json(smoke_data / "manifest.json")
+    assert manifest["content_sha256"] == tree_hash(smoke_data)
+    assert manifest["params"] == smoke_params.model_dump(mode="json")
+    for name, split in smoke_params.splits.items():
+        counts = manifest["counts"][name]
+        assert counts["images"] == split.size == len(list((smoke_data / name / "images").glob("*.png")))
+        assert sum(counts["question_types"].values()) == counts["questions"]
+        assert counts["questions"] <= split.size * smoke_params.questions_per_image
+    assert not list(smoke_data.parent.glob(".data.tmp-*"))
+
+
+def test_images_have_configured_size_and_styles_differ(smoke_params, smoke_data):
+    plain = np.asarray(Image.open(smoke_data / "distill" / "images" / "000000.png"))
+    shifted = np.asarray(Image.open(smoke_data / "distill_shifted" / "images" / "000000.png"))
+    assert plain.shape == shifted.shape == (smoke_params.image_size, smoke_params.image_size, 3)
+    # anti-aliasing: edge pixels take intermediate values, not only background and fills
+    assert len(np.unique(plain.reshape(-1, 3), axis=0)) > 5
+    assert np.median(shifted) > 150 > np.median(plain)  # light vs dark background
+
+
+def test_every_format_reads_back_the_same_samples(smoke_data, smoke_params):
+    root = smoke_data / "vqa_eval"
+    pairs, bad = formats.read_pairs_csv(root / "pairs.csv")
+    assert len(pairs) == smoke_params.splits["vqa_eval"].size and not bad.dropped
+    shards = sorted((root / "shards").glob("*.tar"))
+    assert len(shards) == -(-len(pairs) // smoke_params.shard_size)
+    from_shards = list(formats.iter_shards(shards))
+    assert [c for _, _, c in from_shards] == [p.caption for p in pairs]
+    for (_, img, _), pair in zip(from_shards, pairs):
+        assert np.array_equal(np.asarray(img), np.asarray(formats.load_image(pair.image)))
+    vqa, _ = formats.read_vqa(root / "questions.json", root / "annotations.json", root)
+    llava, _ = formats.read_llava(root / "llava.json", root)
+    assert len(vqa) == len(llava) > 0
+    for r, conv in zip(vqa, llava):
+        assert len(r.answers) == 10 and r.question_type and r.answer_type in ("yes/no", "number", "other")
+        assert conv["image"] == r.image and r.question in conv["conversations"][0]["value"]
+        assert conv["conversations"][0]["value"].startswith("<image>\n")
+        assert conv["conversations"][0]["value"].endswith(synth.SHORT_ANSWER)
+        assert conv["conversations"][1]["value"] == r.answer
+    labels = read_json(root / "labels.json")
+    assert labels["images"] == [p.image.relative_to(root).as_posix() for p in pairs]
+    for spec in labels["label_sets"].values():
+        assert len(spec["labels"]) == len(pairs) and spec["templates"]
+        assert all(-1 <= y < len(spec["classnames"]) for y in spec["labels"])
+    scenes = read_json(root / "scenes.json")
+    assert [len(s) for s in scenes] == [1 + y for y in labels["label_sets"]["object_count"]["labels"]]
+
+
+def test_failure_leaves_nothing(tmp_path, smoke_params, monkeypatch):
+    calls = {"n": 0}
+    real = synth.render.render
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth.render, "render", flaky)
+    with pytest.raises(RuntimeError):
+        synth.synthesize(smoke_params, tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rerun_replaces_previous_output_atomically(tmp_path, smoke_params):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    synth.synthesize(smoke_params, out)
+    assert not (out / "stale.txt").exists() and (out / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_webdataset_samples_carry_scene_metadata(smoke_data):
+    import tarfile
+
+    shard = sorted((smoke_data / "pretrain" / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        assert names[:3] == ["000000.png", "000000.txt", "000000.json"]
+        meta = json.loads(tar.extractfile("000000.json").read())
+        assert all(m.mtime == 0 for m in tar.getmembers())
+    assert meta == read_json(smoke_data / "pretrain" / "scenes.json")[0]

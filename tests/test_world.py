@@ -1,0 +1,143 @@
+"""The synthetic world's language is true to its scenes, varied, and covers every attribute."""
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from clipdistill.data import world
+from clipdistill.data.world import Obj
+
+
+def scenes(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(world.sample_scene(rng, 1, 4), rng) for _ in range(n)]
+
+
+def test_scenes_respect_limits_and_cover_attributes():
+    seen = Counter()
+    for scene, _ in scenes():
+        assert 1 <= len(scene) <= 4
+        assert len({(o.row, o.col) for o in scene}) == len(scene), "two objects share a cell"
+        seen.update(("shape", o.shape) for o in scene)
+        seen.update(("color", o.color) for o in scene)
+        seen.update(("size", o.size) for o in scene)
+    assert {s for k, s in seen if k == "shape"} == set(world.SHAPES) and len(world.SHAPES) >= 6
+    assert {c for k, c in seen if k == "color"} == set(world.COLORS) and len(world.COLORS) >= 8
+    assert {s for k, s in seen if k == "size"} == {"small", "large"}
+
+
+def _find(scene, ref):
+    """Objects matching a referring expression like 'small red circle' (independent parser)."""
+    words = ref.replace(" object", "").split()
+    return [o for o in scene if all(w in (o.shape, o.color, o.size) for w in words)]
+
+
+def check_answer(scene, q):
+    """Recompute the answer from the scene alone."""
+    text = q.question
+    if m := re.fullmatch(r"What color is the (.+)\?", text):
+        (o,) = _find(scene, m[1])
+        return o.color
+    if m := re.fullmatch(r"What shape is the (.+)\?", text):
+        (o,) = _find(scene, m[1])
+        return o.shape
+    if text == "How many objects are there?":
+        return str(len(scene))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", text):
+        return str(sum(o.color == m[1] for o in scene))
+    if m := re.fullmatch(r"How many (\w+?)(es|s) are there\?", text):
+        shape = m[1] if m[1] in world.SHAPES else m[1] + "e"
+        return str(sum(o.shape == shape for o in scene))
+    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", text):
+        return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in scene) else "no"
+    if m := re.fullmatch(r"Is the (.+) (to the left of|to the right of|above|below) the (.+)\?", text):
+        (a,), (b,) = _find(scene, m[1]), _find(scene, m[3])
+        dc, dr = b.col - a.col, b.row - a.row
+        truth = {"to the left of": dc > 0, "to the right of": dc < 0, "above": dr > 0, "below": dr < 0}
+        return "yes" if truth[m[2]] else "no"
+    if m := re.fullmatch(r"Which is (bigger|larger), the (.+) or the (.+)\?", text):
+        (a,), (b,) = _find(scene, m[2]), _find(scene, m[3])
+        assert a.size != b.size
+        return m[2] if a.size == "large" else m[3]
+    if m := re.fullmatch(r"Where is the (.+)\?", text):
+        (o,) = _find(scene, m[1])
+        row, col = ("top", "middle", "bottom")[o.row], ("left", "center", "right")[o.col]
+        return {("middle", "center"): "center"}.get((row, col), col if row == "middle" else
+                                                     row if col == "center" else f"{row} {col}")
+    raise AssertionError(f"unparsed question {text!r}")
+
+
+def test_every_answer_is_true_to_the_scene():
+    types = Counter()
+    for scene, rng in scenes(600):
+        for q in world.questions(rng, scene, k=7):
+            assert check_answer(scene, q) == q.answer, (scene, q)
+            assert q.answer_type == world.ANSWER_TYPES[q.question_type]
+            types[q.question_type] += 1
+    assert set(types) == set(world.QUESTION_TYPES) and len(types) >= 6
+    assert min(types.values()) > 50
+
+
+def test_yes_no_questions_are_balanced():
+    answers = Counter()
+    for scene, rng in scenes(600, seed=1):
+        answers.update(q.answer for q in world.questions(rng, scene, 7) if q.answer_type == "yes/no")
+    assert 0.4 < answers["yes"] / (answers["yes"] + answers["no"]) < 0.6
+
+
+def test_annotators_mostly_agree_with_noise_and_synonyms():
+    rng = np.random.default_rng(0)
+    q = world._q_color(np.random.default_rng(3), [Obj("circle", "purple", "large", 0, 0)])
+    assert q.answer == "purple" and "violet" in q.variants
+    votes = Counter(a for _ in range(200) for a in world.annotator_answers(rng, q, 0.3, 0.1))
+    total = sum(votes.values())
+    assert total == 2000
+    assert votes[q.answer] / total == pytest.approx(0.6, abs=0.05)
+    assert sum(votes[v] for v in q.variants if v != q.answer) / total == pytest.approx(0.3, abs=0.05)
+    assert sum(votes[d] for d in q.distractors) / total == pytest.approx(0.1, abs=0.03)
+
+
+def test_count_answers_mix_digits_and_words():
+    q = world.Question("How many objects are there?", "2", "count", "number", ("two",), ("1", "3"))
+    answers = world.annotator_answers(np.random.default_rng(0), q, 0.5, 0.1)
+    assert len(answers) == 10 and {"2", "two"} <= set(answers)
+
+
+def test_captions_name_every_object_and_vary():
+    forms = set()
+    for scene, rng in scenes(300, seed=2):
+        text = world.caption(rng, scene)
+        for o in scene:
+            names = (o.shape, *world.SHAPE_SYNONYMS[o.shape])
+            assert any(n in text for n in names), (text, o)
+        forms.add(text.split()[0])
+        forms.update(rel for rel in world.RELATIONS if rel in text)
+    assert {"to the left of", "above"} <= forms and len(forms) > 6
+
+
+def test_referring_expressions_are_unique_and_avoid_the_asked_attribute():
+    for scene, _ in scenes(300, seed=3):
+        for o in scene:
+            for avoid in (None, "color", "shape", "size"):
+                ref = world.referring_expression(o, scene, avoid)
+                if ref is None:
+                    continue
+                assert _find(scene, ref) == [o]
+                if avoid:
+                    assert avoid not in ("shape" if o.shape in ref else "",
+                                         "color" if o.color in ref else "",
+                                         "size" if o.size in ref.split() else "")
+
+
+def test_zero_shot_labels():
+    one_large = [Obj("star", "blue", "large", 0, 0), Obj("ring", "red", "small", 1, 1)]
+    assert world.zero_shot_labels(one_large) == {
+        "largest_shape": world.SHAPES.index("star"), "largest_color": world.COLORS.index("blue"),
+        "object_count": 1}
+    two_large = one_large + [Obj("cross", "pink", "large", 2, 2)]
+    labels = world.zero_shot_labels(two_large)
+    assert labels["largest_shape"] == -1 and labels["object_count"] == 2
+    names = world.LABEL_SETS["object_count"]["classnames"]
+    assert names[0] == "one object" and names[2] == "three objects"
