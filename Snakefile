@@ -20,5 +20,5 @@ include: "workflow/rules/data.smk"
 rule all:
     default_target: True
     input:
-        rules.data_synth.output,
+        expand("results/data/{split}", split=config["data"]["splits"]),
         rules.data_preview.output,

@@ -28,7 +28,8 @@ def smoke_data(tmp_path_factory, smoke_params):
     from clipdistill.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("world") / "data"
-    synthesize(smoke_params, out)
+    for split in smoke_params.splits:
+        synthesize(smoke_params, split, out / split)
     return out
 
 

@@ -17,10 +17,11 @@ def test_help_lists_every_stage_subcommand():
 
 def test_synth_and_preview_end_to_end(tmp_path):
     out = tmp_path / "data"
-    proc = run_cli("--log", tmp_path / "logs" / "synth.log", "data", "synth",
-                   "--params", SMOKE, "--out", out, check=True)
-    assert "wrote 144 scenes in 6 splits" in proc.stderr
-    assert "wrote 144 scenes" in (tmp_path / "logs" / "synth.log").read_text()
+    for split in ("vqa_eval", "distill_shifted"):
+        proc = run_cli("--log", tmp_path / "logs" / f"{split}.log", "data", "synth", "--params", SMOKE,
+                       "--split", split, "--out", out / split, check=True)
+    assert "wrote 24 scenes" in proc.stderr
+    assert "wrote 24 scenes" in (tmp_path / "logs" / "distill_shifted.log").read_text()
     run_cli("data", "preview", "--data", out, "--split", "vqa_eval", "--split", "distill_shifted",
             "--n", "3", "--out", tmp_path / "p.png", check=True)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -37,7 +38,7 @@ def _bad_params(tmp_path, **changes):
 def test_bad_params_exit_2_with_one_line_and_no_output(tmp_path):
     bad = _bad_params(tmp_path, splits={**yaml.safe_load(SMOKE.read_text())["data"]["splits"],
                                         "distill": {"size": 4, "style": "watercolour"}})
-    proc = run_cli("data", "synth", "--params", bad, "--out", tmp_path / "data")
+    proc = run_cli("data", "synth", "--params", bad, "--split", "distill", "--out", tmp_path / "data")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.splits.distill.style = 'watercolour'" in lines[0]

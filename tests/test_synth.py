@@ -12,10 +12,11 @@ from clipdistill.params import SplitParams
 
 
 def test_same_seed_same_bytes(tmp_path, smoke_params, smoke_data):
-    again = synth.synthesize(smoke_params, tmp_path / "again")
-    assert tree_hash(tmp_path / "again") == tree_hash(smoke_data)
-    assert (tmp_path / "again" / "manifest.json").read_bytes() == (smoke_data / "manifest.json").read_bytes()
-    assert again["content_sha256"] == read_json(smoke_data / "manifest.json")["content_sha256"]
+    for split in ("pretrain", "distill_shifted"):
+        again = synth.synthesize(smoke_params, split, tmp_path / split)
+        assert tree_hash(tmp_path / split) == tree_hash(smoke_data / split)
+        assert (tmp_path / split / "manifest.json").read_bytes() == (smoke_data / split / "manifest.json").read_bytes()
+        assert again["content_sha256"] == read_json(smoke_data / split / "manifest.json")["content_sha256"]
 
 
 def test_other_seed_other_world(tmp_path, smoke_params):
@@ -33,15 +34,24 @@ def test_split_does_not_depend_on_other_splits(tmp_path, smoke_params, smoke_dat
 
 
 def test_manifest_counts_and_layout(smoke_params, smoke_data):
-    manifest = read_json(smoke_data / "manifest.json")
-    assert manifest["content_sha256"] == tree_hash(smoke_data)
-    assert manifest["params"] == smoke_params.model_dump(mode="json")
     for name, split in smoke_params.splits.items():
-        counts = manifest["counts"][name]
+        manifest = read_json(smoke_data / name / "manifest.json")
+        assert manifest["content_sha256"] == tree_hash(smoke_data / name)
+        assert manifest["params"] == synth.split_params(smoke_params, name)
+        assert manifest["params"]["size"] == split.size and "splits" not in manifest["params"]
+        counts = manifest["counts"]
         assert counts["images"] == split.size == len(list((smoke_data / name / "images").glob("*.png")))
         assert sum(counts["question_types"].values()) == counts["questions"]
         assert counts["questions"] <= split.size * smoke_params.questions_per_image
-    assert not list(smoke_data.parent.glob(".data.tmp-*"))
+    assert sorted(p.name for p in smoke_data.iterdir()) == sorted(smoke_params.splits)
+
+
+def test_unknown_split_is_refused(tmp_path, smoke_params):
+    from clipdistill.io import DataError
+
+    with pytest.raises(DataError, match="unknown split 'nope'; params define: clip_eval, distill"):
+        synth.synthesize(smoke_params, "nope", tmp_path / "nope")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_images_have_configured_size_and_styles_differ(smoke_params, smoke_data):
@@ -93,17 +103,17 @@ def test_failure_leaves_nothing(tmp_path, smoke_params, monkeypatch):
 
     monkeypatch.setattr(synth.render, "render", flaky)
     with pytest.raises(RuntimeError):
-        synth.synthesize(smoke_params, tmp_path / "data")
+        synth.synthesize(smoke_params, "pretrain", tmp_path / "pretrain")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_rerun_replaces_previous_output_atomically(tmp_path, smoke_params):
-    out = tmp_path / "data"
+    out = tmp_path / "vqa_eval"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    synth.synthesize(smoke_params, out)
+    synth.synthesize(smoke_params, "vqa_eval", out)
     assert not (out / "stale.txt").exists() and (out / "manifest.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vqa_eval"]
 
 
 def test_webdataset_samples_carry_scene_metadata(smoke_data):

@@ -43,15 +43,15 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read t
 
 
 @data_app.command("synth")
-def data_synth(out: Annotated[Path, typer.Option(help="output directory")] = Path("results/data"),
+def data_synth(split: Annotated[str, typer.Option(help="split name from params data.splits")],
+               out: Annotated[Path, typer.Option(help="output directory of the split")],
                params: ParamsOpt = Path("params.yaml")) -> None:
-    """Render every split of the synthetic world (images, CSV, shards, LLaVA JSON, VQAv2 JSON)."""
+    """Render one split of the synthetic world (images, CSV, shards, LLaVA JSON, VQAv2 JSON)."""
     from clipdistill.data.synth import synthesize
     from clipdistill.params import load_section
 
-    manifest = synthesize(load_section(params, "data"), out)
-    total = sum(c["images"] for c in manifest["counts"].values())
-    typer.echo(f"wrote {total} scenes in {len(manifest['counts'])} splits to {out}", err=True)
+    counts = synthesize(load_section(params, "data"), split, out)["counts"]
+    typer.echo(f"wrote {counts['images']} scenes, {counts['questions']} questions to {out}", err=True)
 
 
 @data_app.command("preview")

@@ -1,26 +1,32 @@
-# The synthetic world: every split in every standard format, and a preview picture.
+# The synthetic world: one job per split (so consumers rerun only when their split
+# changes), in every standard format, and a preview picture.
+
+DATA_SHARED = {k: v for k, v in config["data"].items() if k != "splits"}
 
 
 rule data_synth:
     input:
         "src/clipdistill/data",
     output:
-        directory("results/data"),
+        directory("results/data/{split}"),
     params:
-        section=config["data"],
+        shared=DATA_SHARED,
+        split=lambda w: config["data"]["splits"][w.split],
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/data_synth.log",
+        "logs/data_synth/{split}.log",
     benchmark:
-        "results/benchmarks/data_synth.tsv"
+        "results/benchmarks/data_synth/{split}.tsv"
     shell:
-        "clipdistill --log {log} data synth --params params.yaml --out results/data"
+        "clipdistill --log {log} data synth --params params.yaml --split {wildcards.split}"
+        " --out results/data/{wildcards.split}"
 
 
 rule data_preview:
     input:
-        "results/data",
+        "results/data/vqa_eval",
+        "results/data/distill_shifted",
     output:
         "results/preview/scenes.png",
     conda:

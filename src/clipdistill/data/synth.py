@@ -1,19 +1,20 @@
 """`clipdistill data synth`: render every split of the synthetic world in all standard formats.
 
-Layout of the output directory (one folder per split):
+One split per call (and per DAG stage, so a split's consumers rerun only when it
+changes). Layout of a split directory:
 
-    <split>/images/000000.png     rendered scenes
-    <split>/pairs.csv             open_clip CSV (filepath, title)
-    <split>/shards/shard-*.tar    webdataset (png, txt, json)
-    <split>/llava.json            LLaVA conversations (one per question)
-    <split>/questions.json        VQAv2 questions
-    <split>/annotations.json      VQAv2 annotations (10 answers each)
-    <split>/labels.json           zero-shot label sets (classnames, templates, labels)
-    <split>/scenes.json           ground-truth objects per image
-    manifest.json                 counts, content hash, generator params
+    images/000000.png     rendered scenes
+    pairs.csv             open_clip CSV (filepath, title)
+    shards/shard-*.tar    webdataset (png, txt, json)
+    llava.json            LLaVA conversations (one per question)
+    questions.json        VQAv2 questions
+    annotations.json      VQAv2 annotations (10 answers each)
+    labels.json           zero-shot label sets (classnames, templates, labels)
+    scenes.json           ground-truth objects per image
+    manifest.json         counts, content hash, the params this split depends on
 
 Every image draws from its own RNG stream (seed, split name, index), so a split is
-reproducible byte for byte and independent of the other splits' sizes.
+reproducible byte for byte and independent of the other splits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipdistill.data import formats, render, world
-from clipdistill.io import atomic_dir, write_json, write_manifest
+from clipdistill.io import DataError, atomic_dir, write_json, write_manifest
 from clipdistill.params import DataParams, SplitParams
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -85,9 +86,17 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
             "question_types": dict(sorted(Counter(r.question_type for r in vqa).items()))}
 
 
-def synthesize(params: DataParams, out: str | Path) -> dict:
-    """Generate every split atomically into `out`; return the manifest."""
+def split_params(params: DataParams, name: str) -> dict:
+    """What one split depends on: the shared generator params and its own entry."""
+    if name not in params.splits:
+        raise DataError(f"unknown split {name!r}; params define: {', '.join(sorted(params.splits))}")
+    shared = params.model_dump(mode="json", exclude={"splits"})
+    return {**shared, "split": name, **params.splits[name].model_dump(mode="json")}
+
+
+def synthesize(params: DataParams, split: str, out: str | Path) -> dict:
+    """Generate one split atomically into `out`; return its manifest."""
+    own = split_params(params, split)
     with atomic_dir(out) as tmp:
-        counts = {name: synth_split(params, name, split, tmp / name)
-                  for name, split in sorted(params.splits.items())}
-        return write_manifest(tmp, "synthetic-world", params.model_dump(mode="json"), counts)
+        counts = synth_split(params, split, params.splits[split], tmp)
+        return write_manifest(tmp, "synthetic-world-split", own, counts)
