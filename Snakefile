@@ -15,6 +15,7 @@ validate(config, "workflow/schemas/params.schema.json")
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/teachers.smk"
 
 
 rule all:
@@ -22,3 +23,5 @@ rule all:
     input:
         expand("results/data/{split}", split=config["data"]["splits"]),
         rules.data_preview.output,
+        expand("results/teacher_eval/{teacher}/metrics.json", teacher=config["teachers"]),
+        expand("results/features/{teacher}", teacher=config["teachers"]),

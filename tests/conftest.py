@@ -55,3 +55,32 @@ def project_copy(dest: Path, params: Path = SMOKE) -> Path:
     shutil.copy2(params, dest / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, smoke_params):
+    """A world big enough to learn from: 1200 pretraining scenes, 200 for evaluation."""
+    from clipdistill.data.synth import synthesize
+    from clipdistill.params import SplitParams
+
+    params = smoke_params.model_copy(update={"splits": {**smoke_params.splits,
+                                                        "pretrain": SplitParams(size=1200),
+                                                        "clip_eval": SplitParams(size=200)}})
+    root = tmp_path_factory.mktemp("teacher_world")
+    for split in ("pretrain", "clip_eval", "distill"):
+        synthesize(params, split, root / split)
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(world, tmp_path_factory):
+    from clipdistill.data.splits import load_split
+    from clipdistill.params import TeacherParams
+    from clipdistill.teachers import train as T
+
+    spec = TeacherParams(arch="cd-teacher-s", epochs=6, batch_size=64, lr=3e-3)
+    split = load_split(world / "pretrain")
+    model, tok, log = T.train_teacher(spec, split, show_progress=False)
+    out = tmp_path_factory.mktemp("teachers") / "s"
+    T.save_pipeline_teacher(out, "s", spec, split, model, tok, log)
+    return out

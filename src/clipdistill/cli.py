@@ -9,12 +9,19 @@ from typing import Annotated, Optional
 import typer
 
 from clipdistill.io import ClipdistillError
+from clipdistill.params import load_section
 
 app = typer.Typer(help="Distil CLIP into small students and judge them inside a LLaVA-style VLM.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The synthetic world and dataset formats.", no_args_is_help=True)
 params_app = typer.Typer(help="params.yaml: validation and JSON Schema.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Teachers: trained here or external open_clip weights.", no_args_is_help=True)
+features_app = typer.Typer(help="The teacher feature store.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluation of encoders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(features_app, name="features")
+app.add_typer(eval_app, name="eval")
 app.add_typer(params_app, name="params")
 
 class _Tee:
@@ -48,7 +55,6 @@ def data_synth(split: Annotated[str, typer.Option(help="split name from params d
                params: ParamsOpt = Path("params.yaml")) -> None:
     """Render one split of the synthetic world (images, CSV, shards, LLaVA JSON, VQAv2 JSON)."""
     from clipdistill.data.synth import synthesize
-    from clipdistill.params import load_section
 
     counts = synthesize(load_section(params, "data"), split, out)["counts"]
     typer.echo(f"wrote {counts['images']} scenes, {counts['questions']} questions to {out}", err=True)
@@ -63,6 +69,68 @@ def data_preview(data: Annotated[Path, typer.Option(help="output of `data synth`
     from clipdistill.data.preview import preview
 
     preview(data, split or ["vqa_eval"], n, out)
+
+
+@teacher_app.command("train")
+def teacher_train(name: Annotated[str, typer.Option(help="teacher name from params `teachers`")],
+                  data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+                  out: Annotated[Optional[Path], typer.Option(help="model directory")] = None,
+                  params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train a pipeline teacher on the `pretrain` split, or import an external one (offline)."""
+    from clipdistill.data.splits import load_split
+    from clipdistill.teachers import train as T
+
+    spec = _pick(load_section(params, "teachers"), name, "teachers")
+    out = out or Path("results/teachers") / name
+    if spec.source == "external":
+        manifest = T.import_external(out, name, spec)
+    else:
+        split = load_split(data / "pretrain")
+        model, tokenizer, log = T.train_teacher(spec, split)
+        manifest = T.save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)
+    typer.echo(f"teacher {name}: {manifest['model_name']}, {manifest['params']['total']:,} params -> {out}", err=True)
+
+
+@features_app.command("extract")
+def features_extract(teacher: Annotated[Path, typer.Option(help="teacher model directory")],
+                     out: Annotated[Path, typer.Option(help="feature store directory")],
+                     data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+                     params: ParamsOpt = Path("params.yaml")) -> None:
+    """Run the frozen teacher once over the distillation split into a feature store."""
+    from clipdistill.data.splits import load_split
+    from clipdistill.features.store import extract
+    from clipdistill.models import load_model_dir
+
+    spec = load_section(params, "features")
+    manifest = extract(load_model_dir(teacher), load_split(data / spec.split), spec, out)
+    typer.echo(f"stored {manifest['count']} samples ({manifest['dtype']}) in {len(manifest['shards'])} shards -> {out}",
+               err=True)
+
+
+@eval_app.command("clip")
+def eval_clip(model: Annotated[Path, typer.Option(help="model directory")],
+              out: Annotated[Path, typer.Option(help="metrics.json to write")],
+              data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+              csv: Annotated[Optional[Path], typer.Option(help="evaluate retrieval on this open_clip CSV instead")] = None,
+              params: ParamsOpt = Path("params.yaml")) -> None:
+    """Zero-shot classification (prompt ensembles) and image<->text retrieval R@k."""
+    from clipdistill.data.splits import load_pairs, load_split
+    from clipdistill.evaluate.clip_eval import evaluate_clip
+    from clipdistill.io import write_json
+    from clipdistill.models import load_model_dir
+
+    spec = load_section(params, "eval")
+    bundle = load_model_dir(model)
+    split = load_pairs(csv, bundle.preprocess["size"][0]) if csv else load_split(data / spec.split)
+    metrics = evaluate_clip(bundle, split, spec)
+    write_json(out, metrics)
+    typer.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["summary"].items()), err=True)
+
+
+def _pick(entries: dict, name: str, section: str):
+    if name not in entries:
+        raise ClipdistillError(f"no {name!r} in params `{section}`; defined: {', '.join(entries) or 'none'}")
+    return entries[name]
 
 
 @params_app.command("check")

@@ -145,3 +145,23 @@ def resolve_inside(root: str | os.PathLike, relative: str, *, where: str) -> Pat
     if not candidate.is_relative_to(root):
         raise DataError(f"{where}: path {relative!r} escapes the data root {root}")
     return candidate
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on stderr; in log files (not a terminal) it updates every 10 s, not 10×/s."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(iterable, mininterval=0.1 if sys.stderr.isatty() else 10.0, file=sys.stderr, **kwargs)
+
+
+def rounded(obj: Any, digits: int = 6) -> Any:
+    """Round every float in a nested structure (metrics read better, diff cleanly)."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj

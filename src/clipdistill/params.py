@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from clipdistill.io import ClipdistillError
 
@@ -69,10 +69,80 @@ class DataParams(Strict):
         return self
 
 
+class TeacherParams(Strict):
+    """One teacher (`clipdistill teacher train|import`)."""
+
+    source: Literal["pipeline", "external"] = Field(
+        "pipeline", description="pipeline: trained here on the synthetic world; external: open_clip weights")
+    arch: str = Field(description="open_clip model name (cd-teacher-s|m|l, ViT-B-32, ...)")
+    pretrained: str | None = Field(None, description="external only: open_clip pretrained tag or checkpoint path")
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_frac: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TeacherParams":
+        if self.source == "external" and not self.pretrained:
+            raise ValueError("an external teacher needs `pretrained` (a tag or a checkpoint path)")
+        if self.source == "pipeline" and self.pretrained:
+            raise ValueError("a pipeline teacher is trained here; `pretrained` is for source: external")
+        return self
+
+
+class AugmentParams(Strict):
+    """Random resized crops for the K stored views (boxes are stored and replayable)."""
+
+    scale: tuple[float, float] = Field((0.5, 1.0), description="crop area fraction range")
+    ratio: tuple[float, float] = Field((0.75, 1.3333), description="crop aspect ratio range")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentParams":
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {list(self.ratio)}")
+        return self
+
+
+class FeatureParams(Strict):
+    """The teacher feature store (`clipdistill features extract`)."""
+
+    split: str = Field("distill", description="data split the teacher runs over")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    patch_tokens: bool = Field(True, description="store penultimate-layer patch tokens (LLaVA's layer -2)")
+    views: int = Field(0, ge=0, le=64, description="K augmented views per image")
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    batch_size: int = Field(256, ge=1)
+    shard_size: int = Field(4096, ge=1, description="samples per safetensors shard")
+    seed: int = Field(0, ge=0)
+
+
+class EvalParams(Strict):
+    """CLIP evaluation (`clipdistill eval clip`)."""
+
+    split: str = Field("clip_eval", description="split with pairs.csv and labels.json")
+    batch_size: int = Field(256, ge=1)
+    recall_at: tuple[int, ...] = Field((1, 5, 10), min_length=1)
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
     data: DataParams = Field(default_factory=DataParams)
+    teachers: dict[str, TeacherParams] = Field(default_factory=dict)
+    features: FeatureParams = Field(default_factory=FeatureParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        for section in (self.features, self.eval):
+            if section.split not in self.data.splits:
+                raise ValueError(f"split {section.split!r} is not a data split")
+        return self
 
 
 SECTIONS = {name: field.annotation for name, field in Params.model_fields.items()}
@@ -119,7 +189,7 @@ def load_section(path: str | Path, section: str):
         raise ParamsError(f"unknown params section {section!r}; known: {', '.join(SECTIONS)}")
     raw = _read_yaml(path).get(section, {})
     try:
-        return SECTIONS[section].model_validate(raw)
+        return TypeAdapter(SECTIONS[section]).validate_python(raw)
     except ValidationError as exc:
         raise ParamsError(_one_line(str(path), exc, prefix=(section,))) from None
 

@@ -26,10 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from clipdistill.data import formats, render, world
-from clipdistill.io import DataError, atomic_dir, write_json, write_manifest
+from clipdistill.io import DataError, atomic_dir, progress, write_json, write_manifest
 from clipdistill.params import DataParams, SplitParams
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -51,7 +50,7 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
     (out / "images").mkdir(parents=True)
     pairs, scenes, shard_samples, llava, vqa = [], [], [], [], []
     labels = {k: [] for k in world.LABEL_SETS}
-    for i, rng in enumerate(tqdm(split_rngs(params.seed, name, split.size), desc=f"synth {name}",
+    for i, rng in enumerate(progress(split_rngs(params.seed, name, split.size), desc=f"synth {name}",
                                  unit="img", leave=False)):
         scene = world.sample_scene(rng, params.min_objects, params.max_objects)
         png = _png_bytes(render.render(scene, rng, size=params.image_size, style=split.style,

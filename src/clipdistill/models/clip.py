@@ -14,6 +14,7 @@ file is already in the Hugging Face cache. Anything else fails at once with one 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,7 @@ class ClipBundle:
     model_name: str
     preprocess: dict[str, Any]   # size, mean, std, interpolation (open_clip's preprocess cfg)
     manifest: dict[str, Any]
+    tokenizer_spec: dict[str, Any]
 
 
 def preprocess_cfg(model) -> dict[str, Any]:
@@ -110,8 +112,8 @@ def load_model_dir(path: str | Path) -> ClipBundle:
         open_clip.factory._MODEL_CONFIGS[name] = read_json(path / "model_config.json")
     model = open_clip.create_model(name, pretrained=str(path / "model.safetensors"))
     model.eval()
-    return ClipBundle(model, tokenizer_from_spec(read_json(path / "tokenizer.json")), name,
-                      preprocess_cfg(model), manifest)
+    spec = read_json(path / "tokenizer.json")
+    return ClipBundle(model, tokenizer_from_spec(spec), name, preprocess_cfg(model), manifest, spec)
 
 
 def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None = None) -> Path:
@@ -149,7 +151,7 @@ def load_external(model_name: str, pretrained: str, cache_dir: str | None = None
     weights = resolve_pretrained(model_name, pretrained, cache_dir)
     try:
         model = open_clip.create_model(model_name, pretrained=str(weights), weights_only=True)
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, ValueError, OSError, AssertionError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{weights}: cannot load into {model_name}: {first[:300]}") from None
     return model.eval()

@@ -1,0 +1,68 @@
+"""`clipdistill eval clip`: zero-shot classification and image↔text retrieval.
+
+Zero-shot: each class's prompt templates are encoded, L2-normalised, averaged and
+re-normalised (the CLIP prompt-ensemble protocol); images with label −1 (ambiguous) are
+left out. Retrieval: caption i belongs to image i; R@k in both directions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clipdistill.data.splits import Split
+from clipdistill.io import rounded
+from clipdistill.models import ClipBundle, preprocess_images
+from clipdistill.params import EvalParams
+
+
+@torch.no_grad()
+def encode(bundle: ClipBundle, split: Split, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model = bundle.model.eval()
+    img, txt = [], []
+    for s in range(0, len(split.images), batch_size):
+        x = preprocess_images(split.images[s:s + batch_size], bundle.preprocess)
+        img.append(model.encode_image(x, normalize=True))
+        txt.append(model.encode_text(bundle.tokenizer(split.captions[s:s + batch_size]), normalize=True))
+    return torch.cat(img).float(), torch.cat(txt).float()
+
+
+def recall_at_k(sim: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """sim[i, j]: query i vs candidate j; the match of query i is candidate i."""
+    correct = sim.diagonal().unsqueeze(1)
+    rank = (sim > correct).sum(1)  # candidates scored strictly higher than the match
+    return {f"R@{k}": (rank < k).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def zero_shot_classifier(bundle: ClipBundle, classnames, templates) -> torch.Tensor:
+    weights = []
+    for name in classnames:
+        emb = bundle.model.encode_text(bundle.tokenizer([t.format(name) for t in templates]), normalize=True)
+        mean = emb.float().mean(0)
+        weights.append(mean / mean.norm())
+    return torch.stack(weights)
+
+
+def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams) -> dict:
+    img, txt = encode(bundle, split, spec.batch_size)
+    sim = img @ txt.T
+    metrics = {"retrieval": {"image_to_text": recall_at_k(sim, spec.recall_at),
+                             "text_to_image": recall_at_k(sim.T, spec.recall_at)},
+               "zeroshot": {}, "count": len(img)}
+    for name, ls in split.label_sets.items():
+        labels = torch.tensor(ls["labels"])
+        keep = labels >= 0
+        if not keep.any():
+            continue
+        pred = (img[keep] @ zero_shot_classifier(bundle, ls["classnames"], ls["templates"]).T).argmax(1)
+        counts = torch.bincount(labels[keep], minlength=len(ls["classnames"]))
+        metrics["zeroshot"][name] = {"top1": (pred == labels[keep]).float().mean().item(),
+                                     "chance": 1 / len(ls["classnames"]),
+                                     "majority": (counts.max() / counts.sum()).item(),
+                                     "count": int(keep.sum())}
+    r1 = [metrics["retrieval"][d][f"R@{spec.recall_at[0]}"] for d in ("image_to_text", "text_to_image")]
+    metrics["summary"] = {f"retrieval_mean_R@{spec.recall_at[0]}": sum(r1) / 2}
+    if metrics["zeroshot"]:
+        zs = [v["top1"] for v in metrics["zeroshot"].values()]
+        metrics["summary"]["zeroshot_mean_top1"] = sum(zs) / len(zs)
+    return rounded(metrics)

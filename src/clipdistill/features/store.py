@@ -1,0 +1,204 @@
+"""The teacher feature store: one pass of a frozen teacher, reused by every student.
+
+A store is a directory of safetensors shards plus `manifest.json`:
+
+    shard-000000.safetensors   image_emb [n, D], text_emb [n, D] (L2-normalised),
+                               patch_tokens [n, P, W] (penultimate layer, CLS dropped),
+                               view_emb [n, K, D], view_boxes [n, K, 4] (top, left, h, w)
+    manifest.json              teacher id + weights sha256, preprocessing, tokenizer,
+                               dtype, augmentation, data hash, logit scale, code version
+
+Views are random resized crops whose boxes are stored, so `replay_views` recreates the
+exact pixels a student should see for view k of image i. Reading memory-maps the shards
+and gathers arbitrary indices without loading whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from safetensors.torch import save_file
+
+from clipdistill import __version__
+from clipdistill.data.splits import Split
+from clipdistill.io import ClipdistillError, atomic_dir, progress, read_json, sha256_file, write_json
+from clipdistill.models import ClipBundle, preprocess_images
+from clipdistill.params import FeatureParams
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SAFETENSORS_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64}
+_SAFETENSORS_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I32": torch.int32, "I64": torch.int64}
+
+
+class StoreMismatch(ClipdistillError):
+    """A feature store does not belong to the data or preprocessing it is used with."""
+
+
+def sample_boxes(n: int, height: int, width: int, views: int, spec: FeatureParams) -> torch.Tensor:
+    """[n, views, 4] crop boxes (top, left, h, w), deterministic in (seed, view)."""
+    boxes = np.zeros((n, views, 4), dtype=np.int32)
+    for k in range(views):
+        rng = np.random.default_rng([spec.seed, k])
+        area = rng.uniform(*spec.augment.scale, n) * height * width
+        ratio = np.exp(rng.uniform(*np.log(spec.augment.ratio), n))
+        w = np.clip(np.round(np.sqrt(area * ratio)), 1, width).astype(np.int32)
+        h = np.clip(np.round(np.sqrt(area / ratio)), 1, height).astype(np.int32)
+        top = (rng.random(n) * (height - h + 1)).astype(np.int32)
+        left = (rng.random(n) * (width - w + 1)).astype(np.int32)
+        boxes[:, k] = np.stack([top, left, h, w], axis=1)
+    return torch.from_numpy(boxes)
+
+
+def replay_views(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """uint8 [n, 3, H, W] + boxes [n, 4] → the cropped-and-resized uint8 views [n, 3, H, W]."""
+    size = list(images.shape[-2:])
+    return torch.stack([TF.resized_crop(img, *map(int, box), size=size, antialias=True)
+                        for img, box in zip(images, boxes)])
+
+
+def _encode_images(bundle: ClipBundle, images_u8: torch.Tensor, patch_layer: int | None):
+    x = preprocess_images(images_u8, bundle.preprocess)
+    emb = bundle.model.encode_image(x, normalize=True)
+    patches = None
+    if patch_layer is not None:
+        patches = bundle.model.visual.forward_intermediates(
+            x, indices=[patch_layer], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
+    return emb, patches
+
+
+def teacher_id(bundle: ClipBundle) -> dict:
+    m = bundle.manifest
+    return {"name": m.get("teacher", ""), "model_name": bundle.model_name, "source": m.get("source", ""),
+            "weights_sha256": m["weights_sha256"]}
+
+
+@torch.no_grad()
+def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Path) -> dict:
+    """Run the frozen teacher over `split` and write the store atomically."""
+    model, dtype = bundle.model.eval(), DTYPES[spec.dtype]
+    n, (_, height, width) = len(split.images), split.images.shape[1:]
+    layers = len(model.visual.transformer.resblocks)
+    patch_layer = max(0, layers - 2) if spec.patch_tokens else None
+    boxes = sample_boxes(n, height, width, spec.views, spec) if spec.views else None
+    tokens = bundle.tokenizer(split.captions)
+    shards = []
+    with atomic_dir(out) as tmp:
+        bar = progress(total=n, desc=f"features {teacher_id(bundle)['name'] or bundle.model_name}", unit="img")
+        for s0 in range(0, n, spec.shard_size):
+            s1 = min(n, s0 + spec.shard_size)
+            parts: dict[str, list[torch.Tensor]] = {}
+            for b0 in range(s0, s1, spec.batch_size):
+                b1 = min(s1, b0 + spec.batch_size)
+                emb, patches = _encode_images(bundle, split.images[b0:b1], patch_layer)
+                parts.setdefault("image_emb", []).append(emb)
+                parts.setdefault("text_emb", []).append(model.encode_text(tokens[b0:b1], normalize=True))
+                if patches is not None:
+                    parts.setdefault("patch_tokens", []).append(patches)
+                if boxes is not None:
+                    views = [_encode_images(bundle, replay_views(split.images[b0:b1], boxes[b0:b1, k]), None)[0]
+                             for k in range(spec.views)]
+                    parts.setdefault("view_emb", []).append(torch.stack(views, dim=1))
+                bar.update(b1 - b0)
+            tensors = {k: torch.cat(v).to(dtype).contiguous() for k, v in parts.items()}
+            tensors["index"] = torch.arange(s0, s1, dtype=torch.int64)
+            if boxes is not None:
+                tensors["view_boxes"] = boxes[s0:s1].contiguous()
+            name = f"shard-{len(shards):06d}.safetensors"
+            save_file(tensors, tmp / name)
+            shards.append({"file": name, "start": s0, "count": s1 - s0, "sha256": sha256_file(tmp / name)})
+        bar.close()
+        manifest = {
+            "kind": "teacher-feature-store", "code_version": __version__,
+            "teacher": teacher_id(bundle), "logit_scale": float(model.logit_scale.exp()),
+            "embed_dim": int(tensors["image_emb"].shape[-1]),
+            "preprocess": bundle.preprocess,
+            "tokenizer": {"kind": bundle.tokenizer_spec["kind"], "sha256": _json_sha(bundle.tokenizer_spec)},
+            "data": {"split": split.source, "content_sha256": split.content_sha256, "image_size": [height, width]},
+            "dtype": spec.dtype, "count": n, "shards": shards,
+            "patch_tokens": None if patch_layer is None else {"layer": patch_layer, "shape": list(tensors["patch_tokens"].shape[1:])},
+            "views": spec.views, "augment": spec.augment.model_dump(mode="json") if spec.views else None,
+            "seed": spec.seed,
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _json_sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _mmap_safetensors(path: Path) -> dict[str, tuple[np.memmap, torch.dtype]]:
+    """Memory-map every tensor of a safetensors file as a numpy array (no copy)."""
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        arr = np.memmap(path, dtype=_SAFETENSORS_NP[info["dtype"]], mode="r", offset=8 + header_len + start,
+                        shape=shape) if end > start else np.zeros(shape, _SAFETENSORS_NP[info["dtype"]])
+        arrays[name] = (arr, _SAFETENSORS_TORCH[info["dtype"]])
+    return arrays
+
+
+class FeatureStore:
+    """Memory-mapped reader: `store.get("image_emb", indices)` gathers rows across shards."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise StoreMismatch(f"{self.path}: not a feature store (no manifest.json); run `clipdistill features extract`")
+        self.manifest = read_json(self.path / "manifest.json")
+        self.shards = [_mmap_safetensors(self.path / s["file"]) for s in self.manifest["shards"]]
+        self.starts = np.array([s["start"] for s in self.manifest["shards"]])
+
+    def __len__(self) -> int:
+        return self.manifest["count"]
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.shards[0]) if self.shards else []
+
+    def check(self, *, data_sha256: str | None = None, preprocess: dict | None = None,
+              image_size: list[int] | None = None) -> None:
+        """Refuse a store that was not made from this data / with this preprocessing."""
+        problems = []
+        stored = self.manifest
+        if data_sha256 is not None and data_sha256 != stored["data"]["content_sha256"]:
+            problems.append(f"data hash {data_sha256[:12]} != stored {stored['data']['content_sha256'][:12]} "
+                            f"({stored['data']['split']})")
+        if preprocess is not None and preprocess != stored["preprocess"]:
+            diff = [k for k in set(preprocess) | set(stored["preprocess"]) if preprocess.get(k) != stored["preprocess"].get(k)]
+            problems.append(f"preprocessing differs in {sorted(diff)}")
+        if image_size is not None and list(image_size) != stored["data"]["image_size"]:
+            problems.append(f"image size {list(image_size)} != stored {stored['data']['image_size']}")
+        if problems:
+            raise StoreMismatch(f"{self.path}: feature store does not match: " + "; ".join(problems))
+
+    def get(self, key: str, indices) -> torch.Tensor:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"{self.path}: index out of range [0, {len(self)})")
+        shard_of = np.searchsorted(self.starts, idx, side="right") - 1
+        first_arr, torch_dtype = self.shards[0][key]
+        out = np.empty((len(idx), *first_arr.shape[1:]), dtype=first_arr.dtype)
+        for s in np.unique(shard_of):
+            sel = shard_of == s
+            out[sel] = self.shards[s][key][0][idx[sel] - self.starts[s]]
+        return torch.from_numpy(out).view(torch_dtype)
+
+    def iter_batches(self, batch_size: int, keys: list[str] | None = None):
+        """Stream the store in order, `batch_size` rows at a time."""
+        keys = keys or [k for k in self.keys if k != "index"]
+        for start in range(0, len(self), batch_size):
+            idx = np.arange(start, min(len(self), start + batch_size))
+            yield {k: self.get(k, idx) for k in keys}

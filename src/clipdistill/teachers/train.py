@@ -1,0 +1,108 @@
+"""`clipdistill teacher train|import`: teachers trained here from scratch, or external weights.
+
+Pipeline teachers are open_clip CLIP models (configs cd-teacher-s|m|l) trained with the
+symmetric InfoNCE loss on the synthetic world's pretraining split; capacity and budget set
+their strength. External teachers are any open_clip model with local or cached weights.
+Both end as the same model directory (see models/clip.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from clipdistill.data.splits import Split
+from clipdistill.io import progress
+from clipdistill.losses import contrastive_loss
+from clipdistill.models import create_model, load_external, preprocess_images, save_model_dir
+from clipdistill.models.clip import preprocess_cfg, word_tokenizer_for
+from clipdistill.params import TeacherParams
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on gains, biases, embeddings and the logit scale (as open_clip)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("token")
+        (no_decay if flat else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True):
+    """Train a CLIP teacher from scratch; returns (model, tokenizer, log rows)."""
+    model = create_model(spec.arch, spec.seed)
+    tokenizer = word_tokenizer_for(spec.arch)
+    images = preprocess_images(split.images, preprocess_cfg(model))
+    tokens = tokenizer(split.captions)
+    n = len(images)
+    batch = min(spec.batch_size, n)
+    steps_per_epoch = n // batch
+    total = spec.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, max(1, int(spec.warmup_frac * total))))
+    gen = torch.Generator().manual_seed(spec.seed)
+    log, step = [], 0
+    model.train()
+    bar = progress(total=total, desc=f"teacher {spec.arch}", unit="step", disable=not show_progress)
+    for epoch in range(spec.epochs):
+        order = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            idx = order[b * batch:(b + 1) * batch]
+            img = model.encode_image(images[idx], normalize=True)
+            txt = model.encode_text(tokens[idx], normalize=True)
+            loss = contrastive_loss(img, txt, model.logit_scale.exp())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
+                        "lr": opt.param_groups[0]["lr"], "logit_scale": round(model.logit_scale.exp().item(), 4)})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update()
+            step += 1
+    bar.close()
+    return model.eval(), tokenizer, log
+
+
+def log_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["step"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def save_pipeline_teacher(out: str | Path, name: str, spec: TeacherParams, split: Split,
+                          model, tokenizer, log: list[dict]) -> dict:
+    provenance = {"source": "pipeline", "teacher": name, "spec": spec.model_dump(mode="json"),
+                  "data": {"split": split.source, "content_sha256": split.content_sha256},
+                  "final_loss": log[-1]["loss"] if log else None}
+    return save_model_dir(out, model, spec.arch, tokenizer.to_json(), provenance,
+                          extra_files={"train_log.csv": log_csv(log)})
+
+
+def import_external(out: str | Path, name: str, spec: TeacherParams, cache_dir: str | None = None) -> dict:
+    """Copy an external open_clip model into a model directory (weights resolved offline)."""
+    model = load_external(spec.arch, spec.pretrained, cache_dir)
+    provenance = {"source": "external", "teacher": name, "spec": spec.model_dump(mode="json")}
+    return save_model_dir(out, model, spec.arch, {"kind": "open_clip", "name": spec.arch}, provenance)
