@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from safetensors.torch import save_file
 
@@ -63,13 +64,12 @@ def replay_views(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _encode_images(bundle: ClipBundle, images_u8: torch.Tensor, patch_layer: int | None):
+    """Normalised embeddings and (optionally) patch tokens of one layer, in a single forward."""
     x = preprocess_images(images_u8, bundle.preprocess)
-    emb = bundle.model.encode_image(x, normalize=True)
-    patches = None
-    if patch_layer is not None:
-        patches = bundle.model.visual.forward_intermediates(
-            x, indices=[patch_layer], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
-    return emb, patches
+    if patch_layer is None:
+        return bundle.model.encode_image(x, normalize=True), None
+    out = bundle.model.visual.forward_intermediates(x, indices=[patch_layer], output_fmt="NLC")
+    return F.normalize(out["image_features"], dim=-1), out["image_intermediates"][0]
 
 
 def teacher_id(bundle: ClipBundle) -> dict:
