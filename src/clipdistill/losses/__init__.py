@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from clipdistill.losses import contrastive as _contrastive
+from clipdistill.losses import siglip as _siglip
+from clipdistill.losses import similarity_kd as _kd
 
 BACKENDS = ("auto", "triton", "torch", "naive")
 
@@ -49,3 +51,56 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     from clipdistill.kernels.contrastive import contrastive_triton
 
     return contrastive_triton(image_features, text_features, logit_scale, logit_bias)
+
+
+def similarity_kd_loss(s_image: torch.Tensor, s_text: torch.Tensor, s_scale, t_image: torch.Tensor,
+                       t_text: torch.Tensor, t_scale, *, temperature: float = 1.0,
+                       backend: str = "auto") -> torch.Tensor:
+    """CRD: with S = s_scale·s_image@s_textᵀ/τ and T = t_scale·t_image@t_textᵀ/τ,
+    τ²·½[KL(softmax(T rows) ‖ softmax(S rows)) + KL(softmax(T cols) ‖ softmax(S cols))],
+    each KL summed over the row (column) and averaged over the batch. No teacher gradient.
+    Student and teacher widths may differ."""
+    _check_pair(s_image, s_text, "similarity_kd_loss (student)")
+    _check_pair(t_image, t_text, "similarity_kd_loss (teacher)")
+    if len(s_image) != len(t_image):
+        raise ValueError(f"similarity_kd_loss: batch sizes differ: student {len(s_image)} vs teacher {len(t_image)}")
+    if temperature <= 0:
+        raise ValueError(f"similarity_kd_loss: temperature must be > 0, got {temperature}")
+    backend = resolve_backend(backend, s_image)
+    if backend == "naive":
+        return _kd.similarity_kd_naive(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
+    if backend == "torch":
+        return _kd.similarity_kd_chunked(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
+    return contrastive_kd_loss(s_image, s_text, s_scale, t_image, t_text, t_scale,
+                               temperature=temperature, backend="triton")[1]
+
+
+def contrastive_kd_loss(s_image, s_text, s_scale, t_image, t_text, t_scale, *, temperature: float = 1.0,
+                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(contrastive_loss of the student, similarity_kd_loss to the teacher); on the Triton
+    backend both come from one fused loop over the similarity tiles."""
+    backend = resolve_backend(backend, s_image)
+    if backend == "triton":
+        _check_pair(s_image, s_text, "contrastive_kd_loss (student)")
+        _check_pair(t_image, t_text, "contrastive_kd_loss (teacher)")
+        from clipdistill.kernels.contrastive import contrastive_kd_triton
+
+        return contrastive_kd_triton(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
+    return (contrastive_loss(s_image, s_text, s_scale, backend=backend),
+            similarity_kd_loss(s_image, s_text, s_scale, t_image, t_text, t_scale,
+                               temperature=temperature, backend=backend))
+
+
+def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
+                *, backend: str = "auto") -> torch.Tensor:
+    """SigLIP: −(1/B) Σ_ij log σ(z_ij (logit_scale·image_i·text_j + logit_bias)), z = +1 on the
+    diagonal and −1 elsewhere."""
+    _check_pair(image_features, text_features, "siglip_loss")
+    backend = resolve_backend(backend, image_features)
+    if backend == "naive":
+        return _siglip.siglip_naive(image_features, text_features, logit_scale, logit_bias)
+    if backend == "torch":
+        return _siglip.siglip_chunked(image_features, text_features, logit_scale, logit_bias)
+    from clipdistill.kernels.siglip import siglip_triton
+
+    return siglip_triton(image_features, text_features, logit_scale, logit_bias)

@@ -77,3 +77,47 @@ def contrastive_chunked(image: torch.Tensor, text: torch.Tensor, logit_scale, lo
     scale = _as_tensor(logit_scale, image)
     bias = _as_tensor(0.0 if logit_bias is None else logit_bias, image)
     return _ChunkedContrastive.apply(image, text, scale, bias, chunk)
+
+
+def row_contrastive_naive(a, b, logit_scale, logit_bias=None, offset: int = 0):
+    logits = logit_scale * a @ b.T
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device) + offset)
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """Row-only InfoNCE: local rows `a` against all columns `b`, the match of row i at i + offset."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale, bias, offset, chunk):
+        af, bf, s, bb = a.float(), b.float(), scale.float(), bias.float()
+        lse = torch.cat([torch.logsumexp(s * (af[r:r + chunk] @ bf.T) + bb, 1) for r in range(0, len(af), chunk)])
+        target = s * (af * bf[offset:offset + len(af)]).sum(1) + bb
+        ctx.save_for_backward(a, b, scale, bias, lse)
+        ctx.offset, ctx.chunk = offset, chunk
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, scale, bias, lse = ctx.saved_tensors
+        af, bf, s, bb = a.float(), b.float(), scale.float(), bias.float()
+        m, chunk, off = len(af), ctx.chunk, ctx.offset
+        da, db = torch.empty_like(af), torch.zeros_like(bf)
+        d_s, d_b = torch.zeros((), device=af.device), torch.zeros((), device=af.device)
+        for r in range(0, m, chunk):
+            sim = af[r:r + chunk] @ bf.T
+            G = torch.exp(s * sim + bb - lse[r:r + chunk, None]) * (grad.float() / m)
+            rows = torch.arange(r, min(r + chunk, m), device=af.device)
+            G[rows - r, rows + off] -= grad.float() / m
+            da[r:r + chunk] = s * (G @ bf)
+            db += s * (G.T @ af[r:r + chunk])
+            d_s += (G * sim).sum()
+            d_b += G.sum()
+        return (da.to(a.dtype), db.to(b.dtype), d_s.reshape(scale.shape).to(scale.dtype),
+                d_b.reshape(bias.shape).to(bias.dtype), None, None)
+
+
+def row_contrastive_chunked(a, b, logit_scale, logit_bias=None, offset: int = 0, chunk: int = DEFAULT_CHUNK):
+    return _ChunkedRows.apply(a, b, _as_tensor(logit_scale, a), _as_tensor(0.0 if logit_bias is None else logit_bias, a),
+                              int(offset), chunk)
