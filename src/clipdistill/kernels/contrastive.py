@@ -205,6 +205,10 @@ def _bwd_kernel(a_ptr, b_ptr, ta_ptr, tb_ptr, scale_ptr, bias_ptr, tscale_ptr, g
 
 # ---------------------------------------------------------------------------- host side
 
+FWD_OPTIONS = {"num_warps": 4, "num_stages": 2}   # launch options; compile_check uses the same
+BWD_OPTIONS = {"num_warps": 8, "num_stages": 2}
+
+
 def _blocks(M: int, N: int, D: int) -> dict:
     if INTERPRET:  # small tiles keep the interpreter quick
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=32)
@@ -243,7 +247,7 @@ def fused_forward(a, b, scale, bias, *, symmetric: bool, teacher=None, tau: floa
     _fwd_kernel[grid](a, b, ta, tb, scale, bias, ts, row_lse, col_max, col_sum, kd_row, kd_col,
                       M, N, D, ta.shape[1], a.stride(0), b.stride(0), ta.stride(0), tb.stride(0), 1.0 / tau,
                       SYMMETRIC=symmetric, HAS_KD=has_kd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      BLOCK_K=cfg["BLOCK_K"], CAST=INTERPRET)
+                      BLOCK_K=cfg["BLOCK_K"], CAST=INTERPRET, **FWD_OPTIONS)
     out = {"row_lse": row_lse}
     if symmetric:
         out["col_lse"] = _col_lse(col_max, col_sum)
@@ -274,7 +278,7 @@ def fused_backward(a, b, scale, bias, grads, stats, *, symmetric: bool, offset: 
     _bwd_kernel[grid](a, b, ta, tb, scale, bias, ts, grads, stats["row_lse"], stats.get("col_lse", dummy),
                       stats.get("kd_row", dummy), stats.get("kd_col_lse", dummy), da, db, dscale, dbias,
                       M, N, D, ta.shape[1], a.stride(0), b.stride(0), ta.stride(0), tb.stride(0), offset,
-                      1.0 / tau, tau, SYMMETRIC=symmetric, HAS_KD=has_kd, CAST=INTERPRET, **cfg)
+                      1.0 / tau, tau, SYMMETRIC=symmetric, HAS_KD=has_kd, CAST=INTERPRET, **cfg, **BWD_OPTIONS)
     return da, db, dscale.sum(), dbias.sum()
 
 

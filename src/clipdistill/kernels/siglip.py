@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from clipdistill.kernels.contrastive import INTERPRET, _accumulate_grads, _blocks, _prep, _scalar, _sim_tile
+from clipdistill.kernels.contrastive import BWD_OPTIONS, INTERPRET, _accumulate_grads, _blocks, _prep, _scalar, _sim_tile
 
 
 @triton.jit
@@ -59,7 +59,7 @@ class _Siglip(torch.autograd.Function):
         loss, dscale, dbias = (torch.empty(M, device=dev, dtype=torch.float32) for _ in range(3))
         _siglip_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
             image, text, scale, bias, loss, da, db, dscale, dbias, M, M, D, image.stride(0), text.stride(0),
-            CAST=INTERPRET, **cfg)
+            CAST=INTERPRET, **cfg, **BWD_OPTIONS)
         ctx.save_for_backward(da, db, dscale.sum(), dbias.sum())
         ctx.dtypes = (image.dtype, text.dtype, scale.dtype, bias.dtype, scale.shape, bias.shape)
         return loss.sum() / M
