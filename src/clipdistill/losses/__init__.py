@@ -104,3 +104,10 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
     from clipdistill.kernels.siglip import siglip_triton
 
     return siglip_triton(image_features, text_features, logit_scale, logit_bias)
+
+
+# The loss zoo imports the functions above, so it comes last.
+from clipdistill.losses.zoo import LOSSES, make_heads, method_loss  # noqa: E402
+
+__all__ = ["BACKENDS", "LOSSES", "contrastive_kd_loss", "contrastive_loss", "make_heads", "method_loss",
+           "siglip_loss", "similarity_kd_loss"]

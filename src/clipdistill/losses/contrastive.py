@@ -18,6 +18,11 @@ import torch.nn.functional as F
 DEFAULT_CHUNK = 1024
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulate in fp32, or fp64 when the inputs are fp64 (references, gradient checks)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def contrastive_naive(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
                       logit_bias: torch.Tensor | float | None = None) -> torch.Tensor:
     logits = logit_scale * image @ text.T
@@ -34,11 +39,12 @@ def _as_tensor(x, like: torch.Tensor) -> torch.Tensor:
 class _ChunkedContrastive(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, text, scale, bias, chunk):
-        img, txt = image.float(), text.float()
+        dt = _acc_dtype(image)
+        img, txt = image.to(dt), text.to(dt)
         n = img.shape[0]
-        s, b = scale.float(), bias.float()
-        row_lse = torch.empty(n, dtype=torch.float32, device=img.device)
-        col_lse = torch.full((txt.shape[0],), -torch.inf, dtype=torch.float32, device=img.device)
+        s, b = scale.to(dt), bias.to(dt)
+        row_lse = torch.empty(n, dtype=dt, device=img.device)
+        col_lse = torch.full((txt.shape[0],), -torch.inf, dtype=dt, device=img.device)
         for r in range(0, n, chunk):
             logits = s * (img[r:r + chunk] @ txt.T) + b
             row_lse[r:r + chunk] = torch.logsumexp(logits, dim=1)
@@ -52,12 +58,13 @@ class _ChunkedContrastive(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         image, text, scale, bias, row_lse, col_lse = ctx.saved_tensors
-        img, txt = image.float(), text.float()
+        dt = _acc_dtype(ctx.saved_tensors[0])
+        img, txt = image.to(dt), text.to(dt)
         n, chunk = img.shape[0], ctx.chunk
-        s, b, g = scale.float(), bias.float(), grad.float()
+        s, b, g = scale.to(dt), bias.to(dt), grad.to(dt)
         d_img, d_txt = torch.empty_like(img), torch.zeros_like(txt)
-        d_scale = torch.zeros((), dtype=torch.float32, device=img.device)
-        d_bias = torch.zeros((), dtype=torch.float32, device=img.device)
+        d_scale = torch.zeros((), dtype=dt, device=img.device)
+        d_bias = torch.zeros((), dtype=dt, device=img.device)
         for r in range(0, n, chunk):
             sim = img[r:r + chunk] @ txt.T
             logits = s * sim + b
@@ -91,7 +98,8 @@ class _ChunkedRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, scale, bias, offset, chunk):
-        af, bf, s, bb = a.float(), b.float(), scale.float(), bias.float()
+        dt = _acc_dtype(a)
+        af, bf, s, bb = a.to(dt), b.to(dt), scale.to(dt), bias.to(dt)
         lse = torch.cat([torch.logsumexp(s * (af[r:r + chunk] @ bf.T) + bb, 1) for r in range(0, len(af), chunk)])
         target = s * (af * bf[offset:offset + len(af)]).sum(1) + bb
         ctx.save_for_backward(a, b, scale, bias, lse)
@@ -101,15 +109,16 @@ class _ChunkedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         a, b, scale, bias, lse = ctx.saved_tensors
-        af, bf, s, bb = a.float(), b.float(), scale.float(), bias.float()
+        dt = _acc_dtype(ctx.saved_tensors[0])
+        af, bf, s, bb = a.to(dt), b.to(dt), scale.to(dt), bias.to(dt)
         m, chunk, off = len(af), ctx.chunk, ctx.offset
         da, db = torch.empty_like(af), torch.zeros_like(bf)
-        d_s, d_b = torch.zeros((), device=af.device), torch.zeros((), device=af.device)
+        d_s, d_b = torch.zeros((), device=af.device, dtype=dt), torch.zeros((), device=af.device, dtype=dt)
         for r in range(0, m, chunk):
             sim = af[r:r + chunk] @ bf.T
-            G = torch.exp(s * sim + bb - lse[r:r + chunk, None]) * (grad.float() / m)
+            G = torch.exp(s * sim + bb - lse[r:r + chunk, None]) * (grad.to(dt) / m)
             rows = torch.arange(r, min(r + chunk, m), device=af.device)
-            G[rows - r, rows + off] -= grad.float() / m
+            G[rows - r, rows + off] -= grad.to(dt) / m
             da[r:r + chunk] = s * (G @ bf)
             db += s * (G.T @ af[r:r + chunk])
             d_s += (G * sim).sum()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipdistill.losses.contrastive import DEFAULT_CHUNK, _as_tensor
+from clipdistill.losses.contrastive import DEFAULT_CHUNK, _acc_dtype, _as_tensor
 
 
 def siglip_naive(image, text, logit_scale, logit_bias):
@@ -22,8 +22,8 @@ def siglip_naive(image, text, logit_scale, logit_bias):
     return -F.logsigmoid(z * logits).sum() / len(image)
 
 
-def _signs(r: int, rows: int, n: int, device) -> torch.Tensor:
-    z = -torch.ones(rows, n, device=device)
+def _signs(r: int, rows: int, n: int, device, dtype) -> torch.Tensor:
+    z = -torch.ones(rows, n, device=device, dtype=dtype)
     idx = torch.arange(rows, device=device)
     z[idx, idx + r] = 1.0
     return z
@@ -32,12 +32,13 @@ def _signs(r: int, rows: int, n: int, device) -> torch.Tensor:
 class _ChunkedSiglip(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, text, scale, bias, chunk):
-        img, txt, s, b = image.float(), text.float(), scale.float(), bias.float()
+        dt = _acc_dtype(image)
+        img, txt, s, b = image.to(dt), text.to(dt), scale.to(dt), bias.to(dt)
         n = img.shape[0]
-        total = torch.zeros((), device=img.device)
+        total = torch.zeros((), device=img.device, dtype=dt)
         for r in range(0, n, chunk):
             logits = s * (img[r:r + chunk] @ txt.T) + b
-            total -= F.logsigmoid(_signs(r, len(logits), n, img.device) * logits).sum()
+            total -= F.logsigmoid(_signs(r, len(logits), n, img.device, dt) * logits).sum()
         ctx.save_for_backward(image, text, scale, bias)
         ctx.chunk = chunk
         return total / n
@@ -45,14 +46,15 @@ class _ChunkedSiglip(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         image, text, scale, bias = ctx.saved_tensors
-        img, txt, s, b = image.float(), text.float(), scale.float(), bias.float()
+        dt = _acc_dtype(ctx.saved_tensors[0])
+        img, txt, s, b = image.to(dt), text.to(dt), scale.to(dt), bias.to(dt)
         n, chunk = img.shape[0], ctx.chunk
         d_img, d_txt = torch.empty_like(img), torch.zeros_like(txt)
-        d_s, d_b = torch.zeros((), device=img.device), torch.zeros((), device=img.device)
+        d_s, d_b = torch.zeros((), device=img.device, dtype=dt), torch.zeros((), device=img.device, dtype=dt)
         for r in range(0, n, chunk):
             sim = img[r:r + chunk] @ txt.T
-            z = _signs(r, len(sim), n, img.device)
-            G = -z * torch.sigmoid(-z * (s * sim + b)) * (grad.float() / n)
+            z = _signs(r, len(sim), n, img.device, dt)
+            G = -z * torch.sigmoid(-z * (s * sim + b)) * (grad.to(dt) / n)
             d_img[r:r + chunk] = s * (G @ txt)
             d_txt += s * (G.T @ img[r:r + chunk])
             d_s += (G * sim).sum()

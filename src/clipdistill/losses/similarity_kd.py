@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipdistill.losses.contrastive import DEFAULT_CHUNK, _as_tensor
+from clipdistill.losses.contrastive import DEFAULT_CHUNK, _acc_dtype, _as_tensor
 
 
 def similarity_kd_naive(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature: float = 1.0):
@@ -37,13 +37,14 @@ def _logits(a, b, scale, tau):
 class _ChunkedSimilarityKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_image, s_text, s_scale, t_image, t_text, t_scale, tau, chunk):
-        si, st, ti, tt = s_image.float(), s_text.float(), t_image.float(), t_text.float()
-        ss, ts = s_scale.float(), t_scale.float()
+        dt = _acc_dtype(s_image)
+        si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
+        ss, ts = s_scale.to(dt), t_scale.to(dt)
         n = si.shape[0]
-        s_row, t_row = torch.empty(n, device=si.device), torch.empty(n, device=si.device)
-        s_col = torch.full((n,), -torch.inf, device=si.device)
-        t_col = torch.full((n,), -torch.inf, device=si.device)
-        row_kl = torch.zeros((), device=si.device)
+        s_row, t_row = torch.empty(n, device=si.device, dtype=dt), torch.empty(n, device=si.device, dtype=dt)
+        s_col = torch.full((n,), -torch.inf, device=si.device, dtype=dt)
+        t_col = torch.full((n,), -torch.inf, device=si.device, dtype=dt)
+        row_kl = torch.zeros((), device=si.device, dtype=dt)
         for r in range(0, n, chunk):
             _, S = _logits(si[r:r + chunk], st, ss, tau)
             _, T = _logits(ti[r:r + chunk], tt, ts, tau)
@@ -65,13 +66,14 @@ class _ChunkedSimilarityKD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         s_image, s_text, s_scale, t_image, t_text, t_scale, s_row, t_row, s_col, t_col = ctx.saved_tensors
+        dt = _acc_dtype(ctx.saved_tensors[0])
         tau, chunk = ctx.tau, ctx.chunk
-        si, st, ti, tt = s_image.float(), s_text.float(), t_image.float(), t_text.float()
-        ss, ts = s_scale.float(), t_scale.float()
+        si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
+        ss, ts = s_scale.to(dt), t_scale.to(dt)
         n = si.shape[0]
         d_si, d_st = torch.empty_like(si), torch.zeros_like(st)
-        d_ss = torch.zeros((), device=si.device)
-        coef = grad.float() * tau / (2 * n)  # τ² · ½ · 1/B, and 1/τ for the raw logits
+        d_ss = torch.zeros((), device=si.device, dtype=dt)
+        coef = grad.to(dt) * tau / (2 * n)  # τ² · ½ · 1/B, and 1/τ for the raw logits
         for r in range(0, n, chunk):
             sim, S = _logits(si[r:r + chunk], st, ss, tau)
             _, T = _logits(ti[r:r + chunk], tt, ts, tau)
