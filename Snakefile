@@ -16,6 +16,7 @@ validate(config, "workflow/schemas/params.schema.json")
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
+include: "workflow/rules/students.smk"
 
 
 rule all:
@@ -25,3 +26,10 @@ rule all:
         rules.data_preview.output,
         expand("results/teacher_eval/{teacher}/metrics.json", teacher=config["teachers"]),
         expand("results/features/{teacher}", teacher=config["teachers"]),
+        expand(
+            "results/student_eval/{teacher}/{student}/{method}/{seed}/metrics.json",
+            teacher=GRID["teachers"],
+            student=GRID["students"],
+            method=GRID["methods"],
+            seed=GRID["seeds"],
+        ),

@@ -59,15 +59,16 @@ def project_copy(dest: Path, params: Path = SMOKE) -> Path:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory, smoke_params):
-    """A world big enough to learn from: 1200 pretraining scenes, 200 for evaluation."""
+    """A world big enough to learn from: 1200 pretraining scenes, 480 to distil on, 200 to evaluate."""
     from clipdistill.data.synth import synthesize
     from clipdistill.params import SplitParams
 
     params = smoke_params.model_copy(update={"splits": {**smoke_params.splits,
                                                         "pretrain": SplitParams(size=1200),
-                                                        "clip_eval": SplitParams(size=200)}})
+                                                        "clip_eval": SplitParams(size=200),
+                                                        "distill_big": SplitParams(size=480)}})
     root = tmp_path_factory.mktemp("teacher_world")
-    for split in ("pretrain", "clip_eval", "distill"):
+    for split in ("pretrain", "clip_eval", "distill", "distill_big"):
         synthesize(params, split, root / split)
     return root
 

@@ -72,6 +72,12 @@ def test_each_stage_tracks_exactly_the_params_it_reads():
         assert params.pop(f"teacher_train@{teacher}") == [f"teachers.{teacher}"]
         assert params.pop(f"teacher_eval@{teacher}") == ["eval"]
         assert params.pop(f"features_extract@{teacher}") == ["features"]
+    grid = load_section(REPO / "params.yaml", "distill").grid
+    runs = [(t, s, m, seed) for t in grid.teachers for s in grid.students for m in grid.methods for seed in grid.seeds]
+    for t, s, m, seed in runs:
+        assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
+            "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
+        assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == ["eval"]
     assert params == {"data_preview": []}
 
 

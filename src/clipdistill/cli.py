@@ -112,8 +112,9 @@ def eval_clip(model: Annotated[Path, typer.Option(help="model directory")],
               out: Annotated[Path, typer.Option(help="metrics.json to write")],
               data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
               csv: Annotated[Optional[Path], typer.Option(help="evaluate retrieval on this open_clip CSV instead")] = None,
+              teacher: Annotated[Optional[Path], typer.Option(help="teacher model directory: adds CKA to it")] = None,
               params: ParamsOpt = Path("params.yaml")) -> None:
-    """Zero-shot classification (prompt ensembles) and image<->text retrieval R@k."""
+    """Zero-shot classification (prompt ensembles), image<->text retrieval R@k, CKA to a teacher."""
     from clipdistill.data.splits import load_pairs, load_split
     from clipdistill.evaluate.clip_eval import evaluate_clip
     from clipdistill.io import write_json
@@ -122,9 +123,50 @@ def eval_clip(model: Annotated[Path, typer.Option(help="model directory")],
     spec = load_section(params, "eval")
     bundle = load_model_dir(model)
     split = load_pairs(csv, bundle.preprocess["size"][0]) if csv else load_split(data / spec.split)
-    metrics = evaluate_clip(bundle, split, spec)
+    metrics = evaluate_clip(bundle, split, spec, load_model_dir(teacher) if teacher else None)
     write_json(out, metrics)
     typer.echo(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["summary"].items()), err=True)
+
+
+@app.command("distill")
+def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help="teacher name (grid)")],
+                student: Annotated[str, typer.Option(help="student name from distill.students")],
+                method: Annotated[str, typer.Option(help="method name from distill.methods")],
+                seed: Annotated[int, typer.Option(help="training seed")],
+                teacher: Annotated[Path, typer.Option(help="teacher model directory")],
+                features: Annotated[Path, typer.Option(help="teacher feature store")],
+                data: Annotated[Path, typer.Option(help="the distillation split directory")],
+                out: Annotated[Path, typer.Option(help="student model directory")],
+                params: ParamsOpt = Path("params.yaml")) -> None:
+    """Distil a teacher into a student with a method; resumes from its last checkpoint."""
+    import shutil
+
+    from clipdistill.data.splits import load_split
+    from clipdistill.distill.train import Teacher, distill
+    from clipdistill.features.store import FeatureStore
+    from clipdistill.models import load_model_dir, save_model_dir
+    from clipdistill.teachers.train import log_csv
+
+    spec = load_section(params, "distill")
+    student_spec = _pick(spec.students, student, "distill.students")
+    method_spec = _pick(spec.methods, method, "distill.methods")
+    split = load_split(data)
+    store = FeatureStore(features)
+    store.check(data_sha256=split.content_sha256, image_size=list(split.images.shape[-2:]))
+    bundle = load_model_dir(teacher)
+    if store.manifest["teacher"]["weights_sha256"] != bundle.manifest["weights_sha256"]:
+        raise ClipdistillError(f"{features}: feature store was made by another teacher than {teacher}")
+    source = Teacher(store=store) if spec.train.teacher_mode == "store" else Teacher(bundle=bundle)
+    checkpoint = out.parent / f".{out.name}.ckpt" / "last.safetensors"
+    model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint)
+    provenance = {"source": "distilled", "teacher": store.manifest["teacher"], "teacher_name": teacher_name,
+                  "student": student, "method": method, "method_spec": {k: v.options() for k, v in method_spec.items()},
+                  "seed": seed, "train": spec.train.model_dump(mode="json"),
+                  "data": {"split": str(data), "content_sha256": split.content_sha256},
+                  "final_loss": log[-1]["loss"] if log else None}
+    save_model_dir(out, model, student_spec.arch, tok_spec, provenance, extra_files={"train_log.csv": log_csv(log)})
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    typer.echo(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}", err=True)
 
 
 def _pick(entries: dict, name: str, section: str):

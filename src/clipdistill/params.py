@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from clipdistill.io import ClipdistillError
 
@@ -129,6 +129,81 @@ class EvalParams(Strict):
     recall_at: tuple[int, ...] = Field((1, 5, 10), min_length=1)
 
 
+class LossOptions(Strict):
+    """One term of a method. A bare number in params.yaml is shorthand for its weight."""
+
+    weight: float = Field(1.0, ge=0)
+    temperature: float | None = Field(None, gt=0, description="crd: KD temperature; affinity: fixed τ")
+    teacher_bias: float | None = Field(None, description="siglip_kd: bias of the teacher's sigmoid")
+
+    def options(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class StudentParams(Strict):
+    arch: str = Field(description="open_clip model name (cd-student-xs|s, cd-vit-t-16, ...)")
+
+
+class TrainParams(Strict):
+    """Student training, shared by every run of the grid (same data and budget for all)."""
+
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_frac: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    teacher_mode: Literal["store", "online"] = Field("store", description="feature store, or run the teacher per step")
+    use_views: bool = Field(False, description="train on the store's augmented views (replayed crops)")
+    mask_ratio: float = Field(0.75, ge=0, lt=1, description="mfd: fraction of patches dropped")
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+
+class GridParams(Strict):
+    """The study grid: one run per (teacher, student, method, seed)."""
+
+    teachers: list[str] = Field(min_length=1)
+    students: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+
+
+class DistillParams(Strict):
+    """Distillation (`clipdistill distill`)."""
+
+    students: dict[str, StudentParams] = Field(default_factory=dict)
+    methods: dict[str, dict[str, Annotated[float, Field(ge=0)] | LossOptions]] = Field(
+        default_factory=dict, description="name -> {loss: weight | {weight, temperature, ...}}")
+    train: TrainParams = Field(default_factory=TrainParams)
+    grid: GridParams | None = None
+
+    @field_validator("methods", mode="after")
+    @classmethod
+    def _expand_weights(cls, methods):
+        """A bare number is shorthand for {weight: number}."""
+        return {name: {loss: LossOptions(weight=o) if isinstance(o, (int, float)) else o for loss, o in terms.items()}
+                for name, terms in methods.items()}
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillParams":
+        from clipdistill.losses import LOSSES
+
+        for name, method in self.methods.items():
+            if not method:
+                raise ValueError(f"method {name!r} has no loss terms")
+            unknown = set(method) - set(LOSSES)
+            if unknown:
+                raise ValueError(f"method {name!r}: unknown loss(es) {sorted(unknown)}; known: {', '.join(LOSSES)}")
+        if self.grid:
+            for kind, known in (("students", self.students), ("methods", self.methods)):
+                missing = [x for x in getattr(self.grid, kind) if x not in known]
+                if missing:
+                    raise ValueError(f"grid.{kind} names undefined {kind} {missing}")
+            if not any(set(self.methods[m]) == {"clip"} for m in self.grid.methods):
+                raise ValueError("grid.methods needs a no-KD baseline (a method with the clip loss alone)")
+        return self
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -136,9 +211,14 @@ class Params(Strict):
     teachers: dict[str, TeacherParams] = Field(default_factory=dict)
     features: FeatureParams = Field(default_factory=FeatureParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    distill: DistillParams = Field(default_factory=DistillParams)
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
+        if self.distill.grid:
+            missing = [t for t in self.distill.grid.teachers if t not in self.teachers]
+            if missing:
+                raise ValueError(f"distill.grid.teachers names undefined teachers {missing}")
         for section in (self.features, self.eval):
             if section.split not in self.data.splits:
                 raise ValueError(f"split {section.split!r} is not a data split")

@@ -43,7 +43,35 @@ def zero_shot_classifier(bundle: ClipBundle, classnames, templates) -> torch.Ten
     return torch.stack(weights)
 
 
-def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams) -> dict:
+@torch.no_grad()
+def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int) -> torch.Tensor:
+    """Penultimate-layer patch tokens [N, P, W] (CLS dropped), as LLaVA consumes them."""
+    layers = len(bundle.model.visual.transformer.resblocks)
+    out = []
+    for s in range(0, len(split.images), batch_size):
+        x = preprocess_images(split.images[s:s + batch_size], bundle.preprocess)
+        out.append(bundle.model.visual.forward_intermediates(
+            x, indices=[max(0, layers - 2)], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0])
+    return torch.cat(out).float()
+
+
+def alignment(student: ClipBundle, teacher: ClipBundle, split: Split, spec: EvalParams,
+              s_emb: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """Linear CKA between student and teacher: image and text embeddings, and patch tokens
+    (student tokens resampled to the teacher's grid; every token a sample)."""
+    from clipdistill.evaluate.cka import linear_cka
+    from clipdistill.losses.zoo import resample_tokens
+
+    t_img, t_txt = encode(teacher, split, spec.batch_size)
+    s_tok, t_tok = patch_tokens(student, split, spec.batch_size), patch_tokens(teacher, split, spec.batch_size)
+    grid = int(round(t_tok.shape[1] ** 0.5))
+    s_tok = resample_tokens(s_tok, grid)
+    return {"image": linear_cka(s_emb[0], t_img), "text": linear_cka(s_emb[1], t_txt),
+            "patch_tokens": linear_cka(s_tok.reshape(-1, s_tok.shape[-1]), t_tok.reshape(-1, t_tok.shape[-1]))}
+
+
+def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams, teacher: ClipBundle | None = None) -> dict:
+    """Zero-shot and retrieval; with a teacher also CKA to it."""
     img, txt = encode(bundle, split, spec.batch_size)
     sim = img @ txt.T
     metrics = {"retrieval": {"image_to_text": recall_at_k(sim, spec.recall_at),
@@ -65,4 +93,7 @@ def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams) -> dict:
     if metrics["zeroshot"]:
         zs = [v["top1"] for v in metrics["zeroshot"].values()]
         metrics["summary"]["zeroshot_mean_top1"] = sum(zs) / len(zs)
+    if teacher is not None:
+        metrics["cka"] = alignment(bundle, teacher, split, spec, (img, txt))
+        metrics["summary"]["cka_image"] = metrics["cka"]["image"]
     return rounded(metrics)

@@ -68,6 +68,13 @@ def word_tokenizer_for(model_name: str) -> WordTokenizer:
     return WordTokenizer(world_lexicon(), text_cfg["vocab_size"], text_cfg["context_length"])
 
 
+def default_tokenizer_spec(model_name: str) -> dict:
+    """Small-vocabulary configs (the synthetic world) get the word tokenizer, others open_clip's."""
+    if open_clip.get_model_config(model_name)["text_cfg"].get("vocab_size", 49408) <= 4096:
+        return word_tokenizer_for(model_name).to_json()
+    return {"kind": "open_clip", "name": model_name}
+
+
 def tokenizer_from_spec(spec: dict) -> Callable:
     if spec["kind"] == "word":
         return WordTokenizer(spec["vocab"], spec["vocab_size"], spec["context_length"])

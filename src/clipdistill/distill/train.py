@@ -1,0 +1,210 @@
+"""`clipdistill distill`: train a small open_clip student with a method (weighted losses).
+
+Read top to bottom: build the student and the method's heads, then for each step take a
+batch of images and captions, the teacher's targets (from the feature store, or from the
+teacher itself in online mode), the student's embeddings (plus patch tokens or a masked
+view when the method asks), the weighted loss, one AdamW step.
+
+Every random choice (data order, views, masks) is derived from (seed, epoch or step), so a
+run resumed from a checkpoint continues exactly where it stopped and reaches the same
+final weights as an uninterrupted one. Checkpoints are single safetensors files written
+atomically (model, heads, optimizer state; step, scheduler and log in the metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import PatchDropout
+from safetensors.torch import load_file, save_file
+
+from clipdistill.data.splits import Split
+from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
+from clipdistill.io import progress
+from clipdistill.losses import LOSSES, make_heads, method_loss
+from clipdistill.models import ClipBundle, create_model, preprocess_images
+from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
+from clipdistill.params import FeatureParams, LossOptions, StudentParams, TrainParams
+from clipdistill.teachers.train import param_groups, warmup_cosine
+
+
+@dataclass
+class Teacher:
+    """Where targets come from: a feature store (default) or the live teacher."""
+
+    store: FeatureStore | None = None
+    bundle: ClipBundle | None = None
+
+    @property
+    def logit_scale(self) -> float:
+        return self.store.manifest["logit_scale"] if self.store else float(self.bundle.model.logit_scale.detach().exp())
+
+    def targets(self, idx: torch.Tensor, split: Split, needs: set, view: torch.Tensor | None,
+                boxes: torch.Tensor | None) -> dict:
+        out = {}
+        if self.store is not None:
+            if needs & {"t_image"}:
+                key = "view_emb" if view is not None else "image_emb"
+                emb = self.store.get(key, idx).float()
+                out["t_image"] = emb[torch.arange(len(idx)), view] if view is not None else emb
+            if "t_text" in needs:
+                out["t_text"] = self.store.get("text_emb", idx).float()
+            if "t_patches" in needs:
+                out["t_patches"] = self.store.get("patch_tokens", idx).float()
+            return out
+        with torch.no_grad():
+            images = split.images[idx] if boxes is None else replay_views(split.images[idx], boxes)
+            x = preprocess_images(images, self.bundle.preprocess)
+            layers = len(self.bundle.model.visual.transformer.resblocks)
+            feats = self.bundle.model.visual.forward_intermediates(x, indices=[max(0, layers - 2)], output_fmt="NLC")
+            out["t_image"] = F.normalize(feats["image_features"], dim=-1)
+            out["t_patches"] = feats["image_intermediates"][0]
+            out["t_text"] = self.bundle.model.encode_text(self.bundle.tokenizer([split.captions[i] for i in idx]),
+                                                          normalize=True)
+        return out
+
+
+@contextlib.contextmanager
+def masked_patches(visual, ratio: float):
+    """Really drop `ratio` of the patch tokens (CLS kept) for the forward passes inside."""
+    old, was_training = visual.patch_dropout, visual.training
+    visual.patch_dropout = PatchDropout(ratio, exclude_first_token=True)
+    visual.train()
+    try:
+        yield
+    finally:
+        visual.patch_dropout = old
+        visual.train(was_training)
+
+
+def student_batch(student, x: torch.Tensor, tokens: torch.Tensor, needs: set, mask_ratio: float) -> dict:
+    batch = {"s_text": student.encode_text(tokens, normalize=True), "s_scale": student.logit_scale.exp()}
+    if "s_patches" in needs:
+        layers = len(student.visual.transformer.resblocks)
+        feats = student.visual.forward_intermediates(x, indices=[max(0, layers - 2)], output_fmt="NLC")
+        batch["s_image"], batch["s_patches"] = F.normalize(feats["image_features"], dim=-1), feats["image_intermediates"][0]
+    else:
+        batch["s_image"] = student.encode_image(x, normalize=True)
+    if "s_image_masked" in needs:
+        with masked_patches(student.visual, mask_ratio):
+            batch["s_image_masked"] = student.encode_image(x, normalize=True)
+    return batch
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(path: Path, student, heads, opt, sched, step: int, log: list[dict]) -> None:
+    tensors = {f"student.{k}": v.detach().contiguous() for k, v in student.state_dict().items()}
+    tensors.update({f"heads.{k}": v.detach().contiguous() for k, v in heads.state_dict().items()})
+    opt_state = opt.state_dict()
+    for pid, state in opt_state["state"].items():
+        for name, value in state.items():
+            tensors[f"opt.{pid}.{name}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.detach().contiguous()
+    meta = {"step": step, "log": log, "param_groups": opt_state["param_groups"], "sched": sched.state_dict(),
+            "scalar_states": sorted(f"opt.{pid}.{n}" for pid, st in opt_state["state"].items()
+                                    for n, v in st.items() if v.ndim == 0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, tmp, metadata={"state": json.dumps(meta, default=str)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, student, heads, opt, sched) -> tuple[int, list[dict]]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        meta = json.loads(fh.metadata()["state"])
+    tensors = load_file(path)
+    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+    heads.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("heads.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value.reshape(()) if key in meta["scalar_states"] else value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["sched"])
+    return meta["step"], meta["log"]
+
+
+# ------------------------------------------------------------------ training
+
+def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: TrainParams, seed: int,
+            split: Split, teacher: Teacher, checkpoint: Path | None = None, show_progress: bool = True):
+    """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`."""
+    opts = {name: o.options() for name, o in method.items()}
+    needs = set().union(*(LOSSES[name][1] for name in opts))
+    student = create_model(student_spec.arch, seed)
+    tok_spec = default_tokenizer_spec(student_spec.arch)
+    tokens = tokenizer_from_spec(tok_spec)(split.captions)
+    pre = preprocess_cfg(student)
+    images = preprocess_images(split.images, pre)
+    store = teacher.store
+    s_width = student.visual.transformer.width
+    t_width = (store.manifest["patch_tokens"]["shape"][-1] if store and store.manifest["patch_tokens"]
+               else teacher.bundle.model.visual.transformer.width if teacher.bundle else None)
+    t_dim = store.manifest["embed_dim"] if store else teacher.bundle.model.text_projection.shape[1]
+    heads = make_heads(opts, student.text_projection.shape[1], t_dim, s_width, t_width)
+    if "t_patches" in needs and store is not None and store.manifest["patch_tokens"] is None:
+        raise ValueError(f"{store.path}: method needs patch tokens but the store has none (features.patch_tokens)")
+    use_views = train.use_views and (store is None or store.manifest["views"] > 0)
+    n, batch = len(images), min(train.batch_size, len(images))
+    steps_per_epoch = n // batch
+    total = train.epochs * steps_per_epoch
+    params = [*param_groups(student, train.weight_decay), {"params": list(heads.parameters()), "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, max(1, int(train.warmup_frac * total))))
+    step, log = 0, []
+    if checkpoint is not None and checkpoint.is_file():
+        step, log = load_checkpoint(checkpoint, student, heads, opt, sched)
+    t_scale = torch.tensor(teacher.logit_scale)
+    student.train()
+    bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step", disable=not show_progress)
+    while step < total:
+        epoch, b = divmod(step, steps_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
+        idx = order[b * batch:(b + 1) * batch]
+        torch.manual_seed(_step_seed(seed, step))  # masks and view choices of this step
+        view = boxes = None
+        x = images[idx]
+        if use_views:
+            if store is not None:  # replay one of the stored views per sample
+                view = torch.randint(0, store.manifest["views"], (len(idx),))
+                boxes = store.get("view_boxes", idx)[torch.arange(len(idx)), view]
+            else:  # online teacher: fresh crops, seen by both models
+                crop = FeatureParams(views=1, seed=_step_seed(seed, step) % 2**32)
+                boxes = sample_boxes(len(idx), *split.images.shape[-2:], 1, crop)[:, 0]
+            x = preprocess_images(replay_views(split.images[idx], boxes), pre)
+        batch_in = {**student_batch(student, x, tokens[idx], needs, train.mask_ratio),
+                    **teacher.targets(idx, split, needs, view, boxes), "t_scale": t_scale}
+        try:
+            loss, terms = method_loss(opts, batch_in, heads)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"step {step}: {exc}") from None
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], train.grad_clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            student.logit_scale.clamp_(0, 4.6052)
+        log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
+                    **{name: round(v, 6) for name, v in terms.items()}, "lr": opt.param_groups[0]["lr"]})
+        step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if checkpoint is not None and (step % train.checkpoint_every == 0 or step == total):
+            save_checkpoint(checkpoint, student, heads, opt, sched, step, log)
+    bar.close()
+    return student.eval(), tok_spec, log

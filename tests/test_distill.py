@@ -1,0 +1,146 @@
+"""Student training: KD pulls the student toward its teacher, mfd really masks, a killed
+run resumes to the same bytes, a NaN stops with the step and term named."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import yaml
+
+from clipdistill.data.splits import load_split
+from clipdistill.distill import train as D
+from clipdistill.evaluate.clip_eval import evaluate_clip
+from clipdistill.features.store import FeatureStore, extract
+from clipdistill.io import sha256_file
+from clipdistill.models import ClipBundle, create_model, load_model_dir
+from clipdistill.models.clip import preprocess_cfg, tokenizer_from_spec
+from clipdistill.params import EvalParams, FeatureParams, LossOptions, StudentParams, TrainParams
+
+from conftest import BIN
+
+STUDENT = StudentParams(arch="cd-student-xs")
+TRAIN = TrainParams(epochs=6, batch_size=32, lr=3e-3, checkpoint_every=5)
+BASELINE = {"clip": LossOptions()}
+CLIPKD = {"clip": LossOptions(), "crd": LossOptions(), "icl": LossOptions(), "fd": LossOptions(weight=2000)}
+
+
+@pytest.fixture(scope="module")
+def store_dir(teacher_dir, world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "s"
+    extract(load_model_dir(teacher_dir), load_split(world / "distill_big"),
+            FeatureParams(patch_tokens=True, views=2), out)
+    return out
+
+
+def bundle(model, tok_spec):
+    return ClipBundle(model, tokenizer_from_spec(tok_spec), "cd-student-xs", preprocess_cfg(model), {}, tok_spec)
+
+
+def test_kd_student_ends_closer_to_its_teacher_than_the_baseline(store_dir, teacher_dir, world):
+    split, teacher = load_split(world / "distill_big"), load_model_dir(teacher_dir)
+    evals = load_split(world / "clip_eval")
+    metrics = {}
+    for name, method in (("baseline", BASELINE), ("clipkd", CLIPKD)):
+        model, tok, log = D.distill(STUDENT, method, TRAIN, 0, split, D.Teacher(store=FeatureStore(store_dir)),
+                                    show_progress=False)
+        assert set(log[0]) == {"step", "epoch", "loss", "lr", *method}
+        metrics[name] = evaluate_clip(bundle(model, tok), evals, EvalParams(), teacher)
+    kd, base = metrics["clipkd"], metrics["baseline"]
+    assert kd["cka"]["image"] > base["cka"]["image"] + 0.02, (kd["cka"], base["cka"])
+    colour = kd["zeroshot"]["largest_color"]
+    assert colour["top1"] > 2 * colour["chance"], colour
+
+
+def test_every_method_term_trains_a_step(store_dir, teacher_dir, world):
+    """Each loss in the zoo runs inside the training loop (store and online teachers)."""
+    split = load_split(world / "distill_big")
+    one_step = TRAIN.model_copy(update={"epochs": 1, "batch_size": 240})
+    method = {n: LossOptions(weight=w) for n, w in (("clip", 1), ("crd", 1), ("fd", 100), ("mfd", 100), ("icl", 1),
+                                                     ("gd", 1), ("afd", 1), ("affinity", 1), ("soft_ce", 1),
+                                                     ("siglip", 1), ("siglip_kd", 1), ("patch_fd", 1))}
+    for source in (D.Teacher(store=FeatureStore(store_dir)), D.Teacher(bundle=load_model_dir(teacher_dir))):
+        _, _, log = D.distill(STUDENT, method, one_step.model_copy(update={"use_views": True}), 0, split, source,
+                              show_progress=False)
+        assert len(log) == 2 and all(torch.isfinite(torch.tensor(v)) for v in log[-1].values())
+
+
+def test_mfd_really_masks_patches():
+    student = create_model("cd-student-xs", 0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    lengths = []
+    hook = student.visual.transformer.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    full = student.encode_image(x)
+    with D.masked_patches(student.visual, 0.75):
+        masked = student.encode_image(x)
+    after = student.encode_image(x)
+    hook.remove()
+    assert lengths == [65, 1 + 16, 65]  # CLS + 64 patches; CLS + 25% of them; restored afterwards
+    assert not torch.allclose(full, masked, atol=1e-4) and torch.equal(full, after)
+    assert not student.visual.training
+
+
+def test_nan_loss_stops_with_step_and_term(store_dir, world, monkeypatch):
+    from clipdistill.losses import zoo
+
+    real = zoo.LOSSES["crd"]
+    calls = {"n": 0}
+
+    def flaky(batch, heads, opts):
+        calls["n"] += 1
+        return real[0](batch, heads, opts) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setitem(zoo.LOSSES, "crd", (flaky, real[1]))
+    with pytest.raises(FloatingPointError, match=r"step 2: loss term 'crd' is nan"):
+        D.distill(STUDENT, {"clip": LossOptions(), "crd": LossOptions()}, TRAIN, 0, load_split(world / "distill_big"),
+                  D.Teacher(store=FeatureStore(store_dir)), show_progress=False)
+
+
+def _cli(params, out, world, teacher_dir, store_dir):
+    return [str(BIN / "clipdistill"), "distill", "--params", str(params), "--teacher-name", "s", "--student", "xs",
+            "--method", "clipkd", "--seed", "3", "--teacher", str(teacher_dir), "--features", str(store_dir),
+            "--data", str(world / "distill_big"), "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_weights(tmp_path, world, teacher_dir, store_dir):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"distill": {
+        "students": {"xs": {"arch": "cd-student-xs"}},
+        "methods": {"clipkd": {"clip": 1, "crd": 1, "icl": 1, "fd": 2000}},
+        "train": {"epochs": 3, "batch_size": 16, "checkpoint_every": 4}}}))
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(_cli(params, ref, world, teacher_dir, store_dir), check=True, env=env, capture_output=True,
+                   timeout=600)
+    ckpt = tmp_path / ".run.ckpt" / "last.safetensors"
+    proc = subprocess.Popen(_cli(params, out, world, teacher_dir, store_dir), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # land somewhere between checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run ended before its first checkpoint"
+    assert not out.exists(), "a killed run left a partial artifact"
+    subprocess.run(_cli(params, out, world, teacher_dir, store_dir), check=True, env=env, capture_output=True,
+                   timeout=600)
+    assert sha256_file(out / "model.safetensors") == sha256_file(ref / "model.safetensors")
+    assert (out / "train_log.csv").read_bytes() == (ref / "train_log.csv").read_bytes()
+    assert not ckpt.parent.exists(), "the checkpoint is removed once the student is saved"
+
+
+def test_store_of_other_data_is_refused(tmp_path, world, teacher_dir, store_dir):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"distill": {"students": {"xs": {"arch": "cd-student-xs"}},
+                                                  "methods": {"clipkd": {"clip": 1}}}}))
+    cmd = _cli(params, tmp_path / "out", world, teacher_dir, store_dir)
+    cmd[cmd.index("--data") + 1] = str(world / "distill")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "feature store does not match: data hash" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("clipdistill: error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]
+    assert not (tmp_path / "out").exists()
