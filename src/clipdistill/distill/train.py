@@ -203,7 +203,7 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
                     **{name: round(v, 6) for name, v in terms.items()}, "lr": opt.param_groups[0]["lr"]})
         step += 1
         bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if checkpoint is not None and (step % train.checkpoint_every == 0 or step == total):
             save_checkpoint(checkpoint, student, heads, opt, sched, step, log)
     bar.close()

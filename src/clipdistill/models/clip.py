@@ -13,6 +13,7 @@ file is already in the Hugging Face cache. Anything else fails at once with one 
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -87,7 +88,13 @@ def create_model(model_name: str, seed: int) -> open_clip.CLIP:
     if open_clip.get_model_config(model_name) is None:
         raise ModelError(f"unknown model {model_name!r}; known: {', '.join(open_clip.list_models())}")
     torch.manual_seed(seed)
-    return open_clip.create_model(model_name)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: intended here
+    try:
+        return open_clip.create_model(model_name)
+    finally:
+        root.setLevel(level)
 
 
 def save_model_dir(out: str | Path, model, model_name: str, tokenizer_spec: dict,

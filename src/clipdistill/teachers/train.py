@@ -77,7 +77,7 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
                         "lr": opt.param_groups[0]["lr"], "logit_scale": round(model.logit_scale.exp().item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             bar.update()
             step += 1
     bar.close()
