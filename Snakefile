@@ -17,6 +17,7 @@ validate(config, "workflow/schemas/params.schema.json")
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
+include: "workflow/rules/vqa.smk"
 
 
 rule all:
@@ -33,3 +34,12 @@ rule all:
             method=GRID["methods"],
             seed=GRID["seeds"],
         ),
+        expand("results/vqa_metrics/teachers/{teacher}.json", teacher=config["teachers"]),
+        expand(
+            "results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
+            teacher=GRID["teachers"],
+            student=GRID["students"],
+            method=GRID["methods"],
+            seed=GRID["seeds"],
+        ),
+        "results/vqa_metrics/blind.json",

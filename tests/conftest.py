@@ -66,9 +66,11 @@ def world(tmp_path_factory, smoke_params):
     params = smoke_params.model_copy(update={"splits": {**smoke_params.splits,
                                                         "pretrain": SplitParams(size=1200),
                                                         "clip_eval": SplitParams(size=200),
-                                                        "distill_big": SplitParams(size=480)}})
+                                                        "distill_big": SplitParams(size=480),
+                                                        "vqa_train": SplitParams(size=600),
+                                                        "vqa_eval": SplitParams(size=120)}})
     root = tmp_path_factory.mktemp("teacher_world")
-    for split in ("pretrain", "clip_eval", "distill", "distill_big"):
+    for split in ("pretrain", "clip_eval", "distill", "distill_big", "vqa_train", "vqa_eval"):
         synthesize(params, split, root / split)
     return root
 

@@ -78,7 +78,10 @@ def test_each_stage_tracks_exactly_the_params_it_reads():
         assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
         assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == ["eval"]
-    assert params == {"data_preview": []}
+        assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}") == ["vqa"]
+    for teacher in load_section(REPO / "params.yaml", "teachers"):
+        assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
+    assert params == {"data_preview": [], "vqa_blind": ["vqa"]}
 
 
 def test_snakemake_lint_is_clean():

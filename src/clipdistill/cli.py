@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from clipdistill.io import ClipdistillError
+from clipdistill.io import ClipdistillError, rounded
 from clipdistill.params import load_section
 
 app = typer.Typer(help="Distil CLIP into small students and judge them inside a LLaVA-style VLM.",
@@ -18,10 +19,14 @@ params_app = typer.Typer(help="params.yaml: validation and JSON Schema.", no_arg
 teacher_app = typer.Typer(help="Teachers: trained here or external open_clip weights.", no_args_is_help=True)
 features_app = typer.Typer(help="The teacher feature store.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluation of encoders.", no_args_is_help=True)
+export_app = typer.Typer(help="Export encoders to other ecosystems.", no_args_is_help=True)
+vqa_app = typer.Typer(help="LLaVA-style VQA: train and evaluate a VLM per encoder.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(features_app, name="features")
 app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
+app.add_typer(vqa_app, name="vqa")
 app.add_typer(params_app, name="params")
 
 class _Tee:
@@ -41,7 +46,13 @@ class _Tee:
 
 
 @app.callback()
-def _global_options(log: Annotated[Optional[Path], typer.Option(help="also write stderr to this file")] = None) -> None:
+def _global_options(log: Annotated[Optional[Path], typer.Option(help="also write stderr to this file")] = None,
+                    threads: Annotated[int, typer.Option(envvar="CLIPDISTILL_THREADS",
+                                                         help="CPU threads for torch")] = 2) -> None:
+    # A fixed thread count keeps CPU results bit-identical whoever launches the stage
+    # (Snakemake exports OMP_NUM_THREADS=<rule threads>, DVC exports nothing).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
     if log is not None:
         sys.stderr = _Tee(sys.stderr, log)
 
@@ -167,6 +178,63 @@ def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help
     save_model_dir(out, model, student_spec.arch, tok_spec, provenance, extra_files={"train_log.csv": log_csv(log)})
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     typer.echo(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}", err=True)
+
+
+@export_app.command("hf")
+def export_hf_cmd(model: Annotated[Path, typer.Option(help="open_clip model directory")],
+                  out: Annotated[Path, typer.Option(help="Hugging Face CLIPVisionModel directory")]) -> None:
+    """Export the vision tower as a transformers CLIPVisionModel + CLIPImageProcessor."""
+    from clipdistill.export.hf import export_hf
+    from clipdistill.models import load_model_dir
+
+    manifest = export_hf(load_model_dir(model), out)
+    typer.echo(f"{model} -> {out} ({manifest['layers']} layers, {manifest['patches']} patches)", err=True)
+
+
+@vqa_app.command("run")
+def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory, or 'blind'")],
+            out: Annotated[Path, typer.Option(help="directory for the VLM and its answers")],
+            metrics: Annotated[Path, typer.Option(help="metrics.json to write")],
+            data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+            params: ParamsOpt = Path("params.yaml")) -> None:
+    """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy)."""
+    import tempfile
+
+    from clipdistill.data.formats import read_vqa
+    from clipdistill.data.splits import load_split
+    from clipdistill.export.hf import export_hf
+    from clipdistill.io import atomic_dir, write_json
+    from clipdistill.models import ClipBundle, create_model, load_model_dir
+    from clipdistill.models.clip import preprocess_cfg
+    from clipdistill.teachers.train import log_csv
+    from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
+    from clipdistill.vqa.train import pixel_values, train_vlm
+
+    spec = load_section(params, "vqa")
+    blind = encoder == "blind"
+    if blind:
+        tower = create_model("cd-student-xs", 0)
+        bundle = ClipBundle(tower, None, "cd-student-xs", preprocess_cfg(tower), {"weights_sha256": None}, {})
+    else:
+        bundle = load_model_dir(encoder)
+    train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
+    records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
+                          data / "vqa_eval", check_images=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(bundle, Path(tmp) / "vision")
+        vlm, tokenizer, processor, log = train_vlm(Path(tmp) / "vision", data / "vqa_train", train_split, spec, blind)
+    eval_pixels = pixel_values(eval_split.images, processor, blind)
+    rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, dict(enumerate(eval_pixels)),
+                                           spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))
+    with atomic_dir(out) as tmp:
+        vlm.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        processor.save_pretrained(tmp / "model")
+        (tmp / "answers.jsonl").write_text(jsonl(rows))
+        (tmp / "per_type.csv").write_text(per_type)
+        (tmp / "train_log.csv").write_bytes(log_csv(log))
+    write_json(metrics, rounded(summary, 4))
+    typer.echo(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions -> {out}", err=True)
 
 
 def _pick(entries: dict, name: str, section: str):

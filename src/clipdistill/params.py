@@ -204,6 +204,38 @@ class DistillParams(Strict):
         return self
 
 
+class LMParams(Strict):
+    """The VLM's language model: a seeded tiny Llama, or a local HF causal LM (`path`)."""
+
+    path: str | None = Field(None, description="local HF causal-LM directory (uses its own tokenizer)")
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(256, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    max_length: int = Field(256, ge=16)
+    seed: int = Field(0, ge=0)
+
+
+class VQAStageParams(Strict):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_samples: int | None = Field(None, ge=1, description="cap on training examples")
+
+
+class VQAParams(Strict):
+    """LLaVA-style VQA (`clipdistill vqa run`): identical protocol for every encoder."""
+
+    lm: LMParams = Field(default_factory=LMParams)
+    stage1: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=1, lr=1e-3),
+                                   description="projector alignment on captions (LM frozen)")
+    stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),
+                                   description="instruction tuning on VQA (projector + LM)")
+    eval_batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(6, ge=1)
+    seed: int = Field(0, ge=0, description="data order")
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -212,6 +244,7 @@ class Params(Strict):
     features: FeatureParams = Field(default_factory=FeatureParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     distill: DistillParams = Field(default_factory=DistillParams)
+    vqa: VQAParams = Field(default_factory=VQAParams)
 
     @model_validator(mode="after")
     def _check(self) -> "Params":

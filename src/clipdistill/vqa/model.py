@@ -1,0 +1,110 @@
+"""The LLaVA-style VLM: an exported CLIP tower (frozen), an mlp2x_gelu projector, a language model.
+
+`LlavaForConditionalGeneration` with layer −2 patch features, CLS dropped
+(`vision_feature_select_strategy="default"`). The language model is either a small Llama
+built from config with a fixed seed — identical initial weights for every encoder — or any
+local HF causal LM directory. The tokenizer is a word-level `tokenizers` model trained on
+the synthetic corpus, or the LM's own.
+
+Prompt (one image, one turn):
+    <s> USER: <image>×P <question or nothing> ASSISTANT: <answer> </s>
+Labels are −100 everywhere except the answer and </s>.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
+                          LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast)
+
+from clipdistill.params import VQAParams
+
+IMAGE_TOKEN = "<image>"
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
+
+
+def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the corpus (whitespace + punctuation split), no normalisation
+    surprises: decode(encode(x)) gives the words back separated by spaces."""
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([c.lower() for c in corpus], trainers.WordLevelTrainer(special_tokens=SPECIALS))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   clean_up_tokenization_spaces=False)
+    fast.padding_side = "left"
+    return fast
+
+
+def language_model(spec: VQAParams, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    """The LM and its config: a seeded tiny Llama, or a local HF causal-LM directory."""
+    if spec.lm.path:
+        lm = AutoModelForCausalLM.from_pretrained(spec.lm.path, local_files_only=True)
+        return lm, lm.config
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=spec.lm.hidden_size, intermediate_size=spec.lm.intermediate_size,
+                      num_hidden_layers=spec.lm.layers, num_attention_heads=spec.lm.heads,
+                      num_key_value_heads=spec.lm.heads, max_position_embeddings=spec.lm.max_length,
+                      pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=False)
+    torch.manual_seed(spec.lm.seed)
+    return LlamaForCausalLM(cfg), cfg
+
+
+def build_vlm(vision_dir: str | Path, tokenizer, spec: VQAParams) -> LlavaForConditionalGeneration:
+    """Assemble the VLM: frozen tower from `vision_dir`, a fresh seeded projector, the LM."""
+    tower = CLIPVisionModel.from_pretrained(vision_dir)
+    lm, text_cfg = language_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                  tokenizer.eos_token_id)
+    patches = (tower.config.image_size // tower.config.patch_size) ** 2
+    cfg = LlavaConfig(vision_config=tower.config, text_config=text_cfg,
+                      image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                      vision_feature_layer=-2, vision_feature_select_strategy="default",
+                      projector_hidden_act="gelu", image_seq_length=patches)
+    torch.manual_seed(spec.lm.seed + 1)  # the projector: same init for every encoder of a given width
+    vlm = LlavaForConditionalGeneration(cfg)
+    vlm.model.vision_tower.load_state_dict(tower.state_dict())
+    vlm.model.language_model.load_state_dict(lm.model.state_dict())
+    vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
+    vlm.model.vision_tower.requires_grad_(False)
+    return vlm
+
+
+def num_image_tokens(vlm) -> int:
+    return vlm.config.image_seq_length
+
+
+def encode_example(tokenizer, n_image: int, prompt: str, answer: str | None, image: bool = True):
+    """input ids (and labels when `answer` is given) for one example."""
+    ids = [tokenizer.bos_token_id] + tokenizer.encode("user :", add_special_tokens=False)
+    if image:
+        ids += [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * n_image
+    ids += tokenizer.encode(prompt.lower(), add_special_tokens=False) if prompt else []
+    ids += tokenizer.encode("assistant :", add_special_tokens=False)
+    if answer is None:
+        return ids, None
+    target = tokenizer.encode(answer.lower(), add_special_tokens=False) + [tokenizer.eos_token_id]
+    return ids + target, [-100] * len(ids) + target
+
+
+def collate(batch: list[tuple[list[int], list[int] | None]], pad_id: int, left: bool):
+    """Pad to a rectangle; left padding for generation, right for training."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):
+        sl = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[i, sl] = torch.tensor(ids)
+        attention[i, sl] = 1
+        if lab is not None:
+            labels[i, sl] = torch.tensor(lab)
+    return input_ids, attention, labels
+
+
+def load_vlm(path: str | Path):
+    vlm = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    return vlm, tok

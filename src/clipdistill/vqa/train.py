@@ -1,0 +1,107 @@
+"""`clipdistill vqa run`: the identical two-stage LLaVA recipe for one encoder, then evaluation.
+
+Stage 1 — projector alignment: captions of the VQA training images, LM and tower frozen.
+Stage 2 — instruction tuning: the LLaVA conversation JSON (short-answer suffix), projector
+and LM trained, tower frozen, loss on the answer tokens only. A new optimizer per stage;
+the projector is trained from its seeded init for every encoder, never reused.
+The blind baseline runs the same recipe on a constant grey image.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from transformers import CLIPImageProcessor
+
+from clipdistill.data.formats import read_llava, read_pairs_csv
+from clipdistill.data.splits import Split
+from clipdistill.io import progress
+from clipdistill.params import VQAParams, VQAStageParams
+from clipdistill.teachers.train import warmup_cosine
+from clipdistill.vqa.model import build_vlm, collate, encode_example, num_image_tokens, train_tokenizer
+
+
+def pixel_values(images_u8: torch.Tensor, processor: CLIPImageProcessor, blind: bool) -> torch.Tensor:
+    """uint8 NCHW → the processor's normalised input (square images: resize + normalise)."""
+    if blind:
+        images_u8 = torch.full_like(images_u8, 128)
+    x = images_u8.float() / 255.0
+    size = processor.crop_size["height"]
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def stage_examples(split_dir: Path) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
+    """(image index, prompt, answer) for stage 1 (captions) and stage 2 (questions)."""
+    pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
+    index = {p.image: i for i, p in enumerate(pairs)}
+    captions = [(i, "", p.caption) for i, p in enumerate(pairs)]
+    convs, _ = read_llava(split_dir / "llava.json", split_dir, check_images=False)
+    qa = [(index[c["image"]], c["conversations"][0]["value"].replace("<image>", " ").strip(),
+           c["conversations"][1]["value"]) for c in convs]
+    return captions, qa
+
+
+def corpus(*example_lists) -> list[str]:
+    return ["user : assistant :"] + [f"{p} {a}" for ex in example_lists for _, p, a in ex]
+
+
+def run_stage(vlm, tokenizer, examples, pixels: torch.Tensor, spec: VQAStageParams, seed: int, name: str,
+              trainable: list[torch.nn.Parameter], blind: bool) -> list[dict]:
+    if spec.max_samples:
+        examples = examples[: spec.max_samples]
+    n_img = num_image_tokens(vlm)
+    rng = random.Random(seed)
+    steps_per_epoch = max(1, len(examples) // spec.batch_size)
+    total = spec.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, max(1, total // 20)))
+    vlm.train()
+    vlm.model.vision_tower.eval()
+    log = []
+    bar = progress(total=total, desc=name, unit="step")
+    for epoch in range(spec.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for b in range(steps_per_epoch):
+            chunk = [examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]]
+            ids, attn, labels = collate([encode_example(tokenizer, n_img, p, a) for _, p, a in chunk],
+                                        tokenizer.pad_token_id, left=False)
+            out = vlm(input_ids=ids, attention_mask=attn, labels=labels,
+                      pixel_values=pixels[[i for i, _, _ in chunk]])
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"{name}: loss is {out.loss.item()} at step {len(log)}")
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            sched.step()
+            log.append({"stage": name, "step": len(log), "loss": round(out.loss.item(), 6)})
+            bar.update()
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+    bar.close()
+    vlm.eval()
+    return log
+
+
+def train_vlm(vision_dir: Path, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False):
+    """Both stages for one encoder; returns (vlm, tokenizer, processor, log)."""
+    captions, qa = stage_examples(split_dir)
+    tokenizer = train_tokenizer(corpus(captions, qa))
+    vlm = build_vlm(vision_dir, tokenizer, spec)
+    processor = CLIPImageProcessor.from_pretrained(vision_dir)
+    pixels = pixel_values(images.images, processor, blind)
+    projector = list(vlm.model.multi_modal_projector.parameters())
+    lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
+    for p in lm:
+        p.requires_grad_(False)
+    log = run_stage(vlm, tokenizer, captions, pixels, spec.stage1, spec.seed, "vqa stage 1", projector, blind)
+    for p in lm:
+        p.requires_grad_(True)
+    log += run_stage(vlm, tokenizer, qa, pixels, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm, blind)
+    return vlm, tokenizer, processor, log

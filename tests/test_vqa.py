@@ -1,0 +1,76 @@
+"""The LLaVA-style VLM: batched greedy answers equal one-at-a-time answers, and a VLM on a
+pipeline-trained teacher beats the blind baseline on colour and shape questions."""
+
+import pytest
+import torch
+
+from clipdistill.data.formats import read_vqa
+from clipdistill.data.splits import load_split
+from clipdistill.export.hf import export_hf
+from clipdistill.models import load_model_dir
+from clipdistill.params import VQAParams
+from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
+from clipdistill.vqa.train import pixel_values, train_vlm
+
+SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
+                                 "stage1": {"epochs": 1, "batch_size": 32, "max_samples": 320, "lr": 2e-3},
+                                 "stage2": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
+                                 "eval_batch_size": 32, "max_new_tokens": 4})
+
+
+@pytest.fixture(scope="module")
+def vlms(teacher_dir, world, tmp_path_factory):
+    vision = tmp_path_factory.mktemp("hf") / "vision"
+    export_hf(load_model_dir(teacher_dir), vision)
+    train = load_split(world / "vqa_train")
+    out = {}
+    for name, blind in (("teacher", False), ("blind", True)):
+        vlm, tok, proc, log = train_vlm(vision, world / "vqa_train", train, SPEC, blind=blind)
+        out[name] = (vlm, tok, proc, log)
+    return out
+
+
+def eval_set(world):
+    split = load_split(world / "vqa_eval")
+    records, _ = read_vqa(world / "vqa_eval" / "questions.json", world / "vqa_eval" / "annotations.json",
+                          world / "vqa_eval", check_images=False)
+    return split, records
+
+
+@pytest.mark.slow
+def test_batched_answers_equal_batch_size_one(vlms, world):
+    vlm, tok, proc, _ = vlms["teacher"]
+    split, records = eval_set(world)
+    records = records[:24]
+    pixels = pixel_values(split.images, proc, False)[[r.image_id for r in records]]
+    prompts = [prompt_of(r) for r in records]
+    batched = answer(vlm, tok, prompts, pixels, batch_size=8, max_new_tokens=4)
+    single = answer(vlm, tok, prompts, pixels, batch_size=1, max_new_tokens=4)
+    assert batched == single
+    lengths = {len(p.split()) for p in prompts}
+    assert len(lengths) > 1, "prompts of one length would not exercise the left padding"
+
+
+@pytest.mark.slow
+def test_teacher_vlm_beats_the_blind_baseline_on_colour_and_shape(vlms, world):
+    split, records = eval_set(world)
+    acc = {}
+    for name, (vlm, tok, proc, log) in vlms.items():
+        assert log[-1]["loss"] < log[0]["loss"]
+        pixels = dict(enumerate(pixel_values(split.images, proc, name == "blind")))
+        rows, metrics, per_type = evaluate_vqa(vlm, tok, records, pixels, 32, 4, name)
+        assert len(rows) == len(records) and {"question_id", "prompt", "text", "model_id"} == set(rows[0])
+        assert per_type.startswith("kind,type,accuracy\n")
+        acc[name] = metrics["per_question_type"]
+    for qtype in ("color", "shape"):
+        assert acc["teacher"][qtype] > acc["blind"][qtype] + 5, (qtype, acc["teacher"], acc["blind"])
+
+
+def test_blind_pixels_carry_no_image_information(world):
+    from transformers import CLIPImageProcessor
+
+    proc = CLIPImageProcessor(crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    images = load_split(world / "vqa_eval").images[:4]
+    blind = pixel_values(images, proc, True)
+    assert torch.equal(blind[0], blind[3]) and not torch.equal(pixel_values(images, proc, False)[0],
+                                                               pixel_values(images, proc, False)[3])

@@ -1,0 +1,73 @@
+# LLaVA-style VQA for every encoder: each student, each teacher (reference), a blind baseline.
+
+
+rule vqa_teacher:
+    input:
+        "src/clipdistill/vqa",
+        "results/teachers/{teacher}",
+        "results/data/vqa_train",
+        "results/data/vqa_eval",
+    output:
+        directory("results/vqa/teachers/{teacher}"),
+        metrics="results/vqa_metrics/teachers/{teacher}.json",
+    params:
+        spec=config["vqa"],
+    threads: 2
+    conda:
+        "../envs/clipdistill.yaml"
+    log:
+        "logs/vqa/teachers/{teacher}.log",
+    benchmark:
+        "results/benchmarks/vqa/teachers/{teacher}.tsv"
+    shell:
+        "clipdistill --log {log} vqa run --params params.yaml --encoder results/teachers/{wildcards.teacher}"
+        " --data results/data --out results/vqa/teachers/{wildcards.teacher}"
+        " --metrics results/vqa_metrics/teachers/{wildcards.teacher}.json"
+
+
+rule vqa_student:
+    input:
+        "src/clipdistill/vqa",
+        "results/students/{teacher}/{student}/{method}/{seed}",
+        "results/data/vqa_train",
+        "results/data/vqa_eval",
+    output:
+        directory("results/vqa/students/{teacher}/{student}/{method}/{seed}"),
+        metrics="results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
+    params:
+        spec=config["vqa"],
+    threads: 2
+    conda:
+        "../envs/clipdistill.yaml"
+    log:
+        "logs/vqa/students/{teacher}/{student}/{method}/{seed}.log",
+    benchmark:
+        "results/benchmarks/vqa/students/{teacher}/{student}/{method}/{seed}.tsv"
+    shell:
+        "clipdistill --log {log} vqa run --params params.yaml"
+        " --encoder results/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
+        " --data results/data"
+        " --out results/vqa/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
+        " --metrics results/vqa_metrics/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
+
+
+rule vqa_blind:
+    input:
+        "src/clipdistill/vqa",
+        "results/data/vqa_train",
+        "results/data/vqa_eval",
+    output:
+        directory("results/vqa/blind"),
+        metrics="results/vqa_metrics/blind.json",
+    params:
+        spec=config["vqa"],
+    threads: 2
+    conda:
+        "../envs/clipdistill.yaml"
+    log:
+        "logs/vqa/blind.log",
+    benchmark:
+        "results/benchmarks/vqa/blind.tsv"
+    shell:
+        "clipdistill --log {log} vqa run --params params.yaml --encoder blind --data results/data"
+        " --out results/vqa/blind --metrics results/vqa_metrics/blind.json"
