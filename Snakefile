@@ -18,6 +18,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/vqa.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -43,3 +44,4 @@ rule all:
             seed=GRID["seeds"],
         ),
         "results/vqa_metrics/blind.json",
+        "results/report",

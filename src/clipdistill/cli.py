@@ -237,6 +237,19 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     typer.echo(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions -> {out}", err=True)
 
 
+@app.command("report")
+def report_cmd(results: Annotated[Path, typer.Option(help="the pipeline's results folder")] = Path("results"),
+               vqa_eval: Annotated[Path, typer.Option(help="VQA evaluation split")] = Path("results/data/vqa_eval"),
+               out: Annotated[Path, typer.Option(help="report folder")] = Path("results/report"),
+               params: ParamsOpt = Path("params.yaml")) -> None:
+    """The study table (CSV + Markdown), rank correlations with bootstrap CIs, plots."""
+    from clipdistill.report.study import report
+
+    spec = load_section(params, "report")
+    analysis = report(results, vqa_eval, out, spec.bootstrap, spec.seed)
+    typer.echo(analysis["answer"], err=True)
+
+
 def _pick(entries: dict, name: str, section: str):
     if name not in entries:
         raise ClipdistillError(f"no {name!r} in params `{section}`; defined: {', '.join(entries) or 'none'}")

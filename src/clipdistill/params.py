@@ -236,6 +236,13 @@ class VQAParams(Strict):
     seed: int = Field(0, ge=0, description="data order")
 
 
+class ReportParams(Strict):
+    """The study report (`clipdistill report`)."""
+
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for every CI")
+    seed: int = Field(0, ge=0)
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -245,6 +252,7 @@ class Params(Strict):
     eval: EvalParams = Field(default_factory=EvalParams)
     distill: DistillParams = Field(default_factory=DistillParams)
     vqa: VQAParams = Field(default_factory=VQAParams)
+    report: ReportParams = Field(default_factory=ReportParams)
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
