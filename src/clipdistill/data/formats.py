@@ -100,6 +100,19 @@ def _clean_caption(raw: str | bytes, where: str) -> str:
     return text
 
 
+def _keep_pair(pairs: list[Pair], bad: BadSamples, make, where: str, check_images: bool) -> None:
+    """Append the (image, caption) that `make()` builds, or hand its problem to `bad`."""
+    try:
+        image, caption = make()
+    except KeyError as exc:
+        return bad(f"{where}: missing or unknown {exc}")
+    except DataError as exc:
+        return bad(str(exc))
+    if check_images and (reason := check_image(image, where)):
+        return bad(reason)
+    pairs.append(Pair(image, caption))
+
+
 # ------------------------------------------------------------------ open_clip CSV
 
 def write_pairs_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:
@@ -144,16 +157,8 @@ def read_pairs_csv(path: str | Path, *, root: str | Path | None = None, on_bad_s
         if len(row) <= max(i_img, i_cap):
             bad(f"{where}: expected {len(header)} tab-separated columns, got {len(row)}")
             continue
-        try:
-            caption = _clean_caption(row[i_cap], where)
-            image = resolve_inside(root, row[i_img], where=where)
-        except DataError as exc:
-            bad(str(exc))
-            continue
-        if check_images and (reason := check_image(image, where)):
-            bad(reason)
-            continue
-        pairs.append(Pair(image, caption))
+        _keep_pair(pairs, bad, lambda: (resolve_inside(root, row[i_img], where=where),
+                                        _clean_caption(row[i_cap], where)), where, check_images)
     bad.report(str(path))
     return pairs, bad
 
@@ -171,19 +176,8 @@ def read_coco_captions(path: str | Path, image_root: str | Path, *, on_bad_sampl
     pairs = []
     for k, ann in enumerate(anns):
         where = f"{path}: annotations[{k}]"
-        try:
-            image = resolve_inside(image_root, files[ann["image_id"]], where=where)
-            caption = _clean_caption(ann["caption"], where)
-        except KeyError as exc:
-            bad(f"{where}: missing or unknown {exc}")
-            continue
-        except DataError as exc:
-            bad(str(exc))
-            continue
-        if check_images and (reason := check_image(image, where)):
-            bad(reason)
-            continue
-        pairs.append(Pair(image, caption))
+        _keep_pair(pairs, bad, lambda: (resolve_inside(image_root, files[ann["image_id"]], where=where),
+                                        _clean_caption(ann["caption"], where)), where, check_images)
     bad.report(str(path))
     return pairs, bad
 
