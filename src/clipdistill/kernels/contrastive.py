@@ -31,20 +31,25 @@ NEG = tl.constexpr(-1.0e30)  # masked logits: finite, so masked lanes never make
 
 
 @triton.jit
+def _load_tile(ptr, rows, rmask, cols, D, stride, CAST: tl.constexpr):
+    """x[rows, cols] of a row-major [·, D] matrix with row stride `stride` (int64 offsets);
+    out-of-range lanes read 0. Cast to fp32 under the interpreter (its bf16 dot is wrong)."""
+    tile = tl.load(ptr + rows[:, None].to(tl.int64) * stride + cols[None, :],
+                   mask=rmask[:, None] & (cols < D)[None, :], other=0.0)
+    if CAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _sim_tile(a_ptr, b_ptr, rows, cols, rmask, cmask, D, stride_a, stride_b,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CAST: tl.constexpr):
     """fp32 tile a[rows] @ b[cols]ᵀ, reduced over D in BLOCK_K chunks."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     ks = tl.arange(0, BLOCK_K)
     for k0 in range(0, D, BLOCK_K):
-        kmask = (k0 + ks) < D
-        a = tl.load(a_ptr + rows[:, None].to(tl.int64) * stride_a + (k0 + ks)[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_ptr + cols[:, None].to(tl.int64) * stride_b + (k0 + ks)[None, :],
-                    mask=cmask[:, None] & kmask[None, :], other=0.0)
-        if CAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = _load_tile(a_ptr, rows, rmask, k0 + ks, D, stride_a, CAST)
+        b = _load_tile(b_ptr, cols, cmask, k0 + ks, D, stride_b, CAST)
         acc += tl.dot(a, tl.trans(b))
     return acc
 
@@ -57,16 +62,9 @@ def _accumulate_grads(Gs, a_ptr, b_ptr, da_ptr, db_ptr, rows, cols, rmask, cmask
     ds = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
         dmask = (d0 + ds) < D
-        b_tile = tl.load(b_ptr + cols[:, None].to(tl.int64) * stride_b + (d0 + ds)[None, :],
-                         mask=cmask[:, None] & dmask[None, :], other=0.0)
-        a_tile = tl.load(a_ptr + rows[:, None].to(tl.int64) * stride_a + (d0 + ds)[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-        if CAST:
-            b_tile = b_tile.to(tl.float32)
-            a_tile = a_tile.to(tl.float32)
-            Gd = Gs
-        else:
-            Gd = Gs.to(b_tile.dtype)
+        b_tile = _load_tile(b_ptr, cols, cmask, d0 + ds, D, stride_b, CAST)
+        a_tile = _load_tile(a_ptr, rows, rmask, d0 + ds, D, stride_a, CAST)
+        Gd = Gs.to(b_tile.dtype)  # 16-bit operands on the GPU's matrix path; fp32 under the interpreter
         da_off = rows[:, None].to(tl.int64) * D + (d0 + ds)[None, :]
         amask = rmask[:, None] & dmask[None, :]
         da = tl.load(da_ptr + da_off, mask=amask, other=0.0)
