@@ -4,15 +4,18 @@ import yaml
 
 from conftest import SMOKE, run_cli
 
-STAGES = {"data": ["synth", "preview"], "params": ["check", "schema"]}
+STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"], "eval": ["clip"],
+          "export": ["hf"], "vqa": ["run"], "params": ["check", "schema"]}
+COMMANDS = ["distill", "report"]
 
 
 def test_help_lists_every_stage_subcommand():
     top = run_cli("--help", check=True).stdout
+    assert all(c in top for c in COMMANDS)
     for group, commands in STAGES.items():
         assert group in top
         sub = run_cli(group, "--help", check=True).stdout
-        assert all(c in sub for c in commands)
+        assert all(c in sub for c in commands), (group, sub)
 
 
 def test_synth_and_preview_end_to_end(tmp_path):
