@@ -49,7 +49,7 @@ class Teacher:
                 boxes: torch.Tensor | None) -> dict:
         out = {}
         if self.store is not None:
-            if needs & {"t_image"}:
+            if "t_image" in needs:
                 key = "view_emb" if view is not None else "image_emb"
                 emb = self.store.get(key, idx).float()
                 out["t_image"] = emb[torch.arange(len(idx)), view] if view is not None else emb

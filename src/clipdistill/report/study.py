@@ -199,7 +199,6 @@ def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: i
     with atomic_dir(out) as tmp:
         (tmp / "study.csv").write_text(_csv(rows))
         (tmp / "study.md").write_text(_markdown(rows, analysis))
-        write_json(tmp / "correlations.json", rounded({k: {kk: vv for kk, vv in v.items()}
-                                                       for k, v in analysis["correlations"].items()}, 4))
+        write_json(tmp / "correlations.json", rounded(analysis["correlations"], 4))
         _plots(rows, analysis, results, tmp)
     return analysis
