@@ -75,13 +75,17 @@ def test_every_format_reads_back_the_same_samples(smoke_data, smoke_params):
         assert np.array_equal(np.asarray(img), np.asarray(formats.load_image(pair.image)))
     vqa, _ = formats.read_vqa(root / "questions.json", root / "annotations.json", root)
     llava, _ = formats.read_llava(root / "llava.json", root)
-    assert len(vqa) == len(llava) > 0
-    for r, conv in zip(vqa, llava):
+    assert len(llava) == len({r.image for r in vqa}) > 0  # one multi-turn conversation per image
+    turns = [(conv["image"], human, gpt) for conv in llava
+             for human, gpt in zip(conv["conversations"][::2], conv["conversations"][1::2])]
+    assert len(turns) == len(vqa)
+    for r, (image, human, gpt) in zip(vqa, turns):
         assert len(r.answers) == 10 and r.question_type and r.answer_type in ("yes/no", "number", "other")
-        assert conv["image"] == r.image and r.question in conv["conversations"][0]["value"]
-        assert conv["conversations"][0]["value"].startswith("<image>\n")
-        assert conv["conversations"][0]["value"].endswith(synth.SHORT_ANSWER)
-        assert conv["conversations"][1]["value"] == r.answer
+        assert image == r.image and r.question in human["value"] and human["from"] == "human"
+        assert human["value"].endswith(synth.SHORT_ANSWER) and gpt == {"from": "gpt", "value": r.answer}
+    for conv in llava:
+        firsts = [t["value"].startswith("<image>\n") for t in conv["conversations"][::2]]
+        assert firsts[0] and not any(firsts[1:])  # the image token once, in the first turn
     labels = read_json(root / "labels.json")
     assert labels["images"] == [p.image.relative_to(root).as_posix() for p in pairs]
     for spec in labels["label_sets"].values():

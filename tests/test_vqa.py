@@ -14,7 +14,7 @@ from clipdistill.vqa.train import pixel_values, train_vlm
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
                                  "stage1": {"epochs": 1, "batch_size": 32, "max_samples": 320, "lr": 2e-3},
-                                 "stage2": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
+                                 "stage2": {"epochs": 30, "batch_size": 32, "lr": 2e-3},
                                  "eval_batch_size": 32, "max_new_tokens": 4})
 
 
@@ -75,3 +75,42 @@ def test_blind_pixels_carry_no_image_information(world):
     blind = pixel_values(images, proc, True)
     assert torch.equal(blind[0], blind[3]) and not torch.equal(pixel_values(images, proc, False)[0],
                                                                pixel_values(images, proc, False)[3])
+
+
+def test_cached_tower_features_equal_the_pixel_forward(teacher_dir, world, tmp_path):
+    """Training feeds precomputed tower features; the loss and its projector gradient must be
+    those of the plain `pixel_values=` forward."""
+    from transformers import CLIPImageProcessor
+
+    from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens, train_tokenizer
+    from clipdistill.vqa.train import corpus, image_inputs, stage_examples, tower_features
+
+    export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
+    _, qa = stage_examples(world / "vqa_train")
+    tok = train_tokenizer(corpus(qa))
+    vlm = build_vlm(tmp_path / "vision", tok, SPEC)
+    batch = qa[:5]
+    ids, attn, labels = collate([encode_conversation(tok, num_image_tokens(vlm), turns) for _, turns in batch],
+                                tok.pad_token_id, left=False)
+    pixels = pixel_values(load_split(world / "vqa_train").images[[i for i, _ in batch]],
+                          CLIPImageProcessor.from_pretrained(tmp_path / "vision"), False)
+    results = []
+    for kwargs in ({"pixel_values": pixels}, {"mm_encoder_outputs": image_inputs(vlm, tower_features(vlm, pixels))}):
+        vlm.zero_grad()
+        loss = vlm(input_ids=ids, attention_mask=attn, labels=labels, **kwargs).loss
+        loss.backward()
+        results.append((loss.item(), vlm.model.multi_modal_projector.linear_1.weight.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_conversation_labels_cover_only_the_answers():
+    from clipdistill.vqa.model import encode_conversation, train_tokenizer
+
+    tok = train_tokenizer(["user : assistant : what colour red how many 2"])
+    ids, labels = encode_conversation(tok, 4, [("what colour", "red"), ("how many", "2")])
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == 4 and ids.index(image_id) < ids.index(tok.convert_tokens_to_ids("how"))
+    kept = [tok.convert_ids_to_tokens(i) for i, lab in zip(ids, labels) if lab != -100]
+    assert kept == ["red", "</s>", "2", "</s>"]
+    assert all(lab in (-100, i) for i, lab in zip(ids, labels))

@@ -48,9 +48,10 @@ class _Tee:
 @app.callback()
 def _global_options(log: Annotated[Optional[Path], typer.Option(help="also write stderr to this file")] = None,
                     threads: Annotated[int, typer.Option(envvar="CLIPDISTILL_THREADS",
-                                                         help="CPU threads for torch")] = 2) -> None:
+                                                         help="CPU threads for torch")] = 1) -> None:
     # A fixed thread count keeps CPU results bit-identical whoever launches the stage
-    # (Snakemake exports OMP_NUM_THREADS=<rule threads>, DVC exports nothing).
+    # (Snakemake exports OMP_NUM_THREADS=<rule threads>, DVC exports nothing). One thread per
+    # job: the models are small, and two one-thread jobs side by side beat one two-thread job.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if log is not None:

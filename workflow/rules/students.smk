@@ -23,7 +23,7 @@ rule distill:
         train=config["distill"]["train"],
         student=lambda w: config["distill"]["students"][w.student],
         method=lambda w: config["distill"]["methods"][w.method],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -48,7 +48,7 @@ rule student_eval:
         "results/student_eval/{teacher}/{student}/{method}/{seed}/metrics.json",
     params:
         spec=config["eval"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:

@@ -11,7 +11,7 @@ rule teacher_train:
         directory("results/teachers/{teacher}"),
     params:
         spec=lambda w: config["teachers"][w.teacher],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -32,7 +32,7 @@ rule teacher_eval:
         "results/teacher_eval/{teacher}/metrics.json",
     params:
         spec=config["eval"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -53,7 +53,7 @@ rule features_extract:
         directory("results/features/{teacher}"),
     params:
         spec=config["features"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:

@@ -12,7 +12,7 @@ rule vqa_teacher:
         metrics="results/vqa_metrics/teachers/{teacher}.json",
     params:
         spec=config["vqa"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -36,7 +36,7 @@ rule vqa_student:
         metrics="results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
     params:
         spec=config["vqa"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -61,7 +61,7 @@ rule vqa_blind:
         metrics="results/vqa_metrics/blind.json",
     params:
         spec=config["vqa"],
-    threads: 2
+    threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:

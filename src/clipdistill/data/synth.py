@@ -6,7 +6,7 @@ changes). Layout of a split directory:
     images/000000.png     rendered scenes
     pairs.csv             open_clip CSV (filepath, title)
     shards/shard-*.tar    webdataset (png, txt, json)
-    llava.json            LLaVA conversations (one per question)
+    llava.json            LLaVA conversations (one per image, a turn per question)
     questions.json        VQAv2 questions
     annotations.json      VQAv2 annotations (10 answers each)
     labels.json           zero-shot label sets (classnames, templates, labels)
@@ -64,15 +64,18 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
                               "json": json.dumps(scenes[-1], sort_keys=True).encode()})
         for k, v in world.zero_shot_labels(scene).items():
             labels[k].append(v)
+        turns = []
         for j, q in enumerate(world.questions(rng, scene, params.questions_per_image)):
             qid = i * 100 + j
             answers = world.annotator_answers(rng, q, params.annotator_synonym_rate,
                                               params.annotator_error_rate)
             vqa.append(formats.VQARecord(qid, i, out / rel, q.question, q.answer, tuple(answers),
                                          q.question_type, q.answer_type))
-            llava.append({"id": str(qid), "image": rel, "conversations": [
-                {"from": "human", "value": f"<image>\n{q.question}\n{SHORT_ANSWER}"},
-                {"from": "gpt", "value": q.answer}]})
+            prefix = "" if turns else "<image>\n"
+            turns += [{"from": "human", "value": f"{prefix}{q.question}\n{SHORT_ANSWER}"},
+                      {"from": "gpt", "value": q.answer}]
+        if turns:  # one multi-turn conversation per image, as in LLaVA's instruction data
+            llava.append({"id": f"{i:06d}", "image": rel, "conversations": turns})
     formats.write_pairs_csv(out / "pairs.csv", pairs)
     formats.write_shards(out / "shards", shard_samples, params.shard_size)
     formats.write_llava(out / "llava.json", llava)

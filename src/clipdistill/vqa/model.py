@@ -6,9 +6,9 @@ built from config with a fixed seed — identical initial weights for every enco
 local HF causal LM directory. The tokenizer is a word-level `tokenizers` model trained on
 the synthetic corpus, or the LM's own.
 
-Prompt (one image, one turn):
-    <s> USER: <image>×P <question or nothing> ASSISTANT: <answer> </s>
-Labels are −100 everywhere except the answer and </s>.
+Conversation (one image, one or more turns):
+    <s> user : <image>×P <question or nothing> assistant : <answer> </s> user : <question> assistant : ...
+Labels are −100 everywhere except each answer and its </s>.
 """
 
 from __future__ import annotations
@@ -75,17 +75,28 @@ def num_image_tokens(vlm) -> int:
     return vlm.config.image_seq_length
 
 
+def encode_conversation(tokenizer, n_image: int, turns: list[tuple[str, str | None]], image: bool = True):
+    """input ids and labels for a conversation of (prompt, answer) turns; the image tokens go
+    into the first turn. A final answer of None leaves the prompt open for generation."""
+    ids = [tokenizer.bos_token_id]
+    labels = [-100]
+    for k, (prompt, answer) in enumerate(turns):
+        turn = tokenizer.encode("user :", add_special_tokens=False)
+        if image and k == 0:
+            turn += [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * n_image
+        turn += tokenizer.encode(prompt.lower(), add_special_tokens=False) if prompt else []
+        turn += tokenizer.encode("assistant :", add_special_tokens=False)
+        ids, labels = ids + turn, labels + [-100] * len(turn)
+        if answer is not None:
+            target = tokenizer.encode(answer.lower(), add_special_tokens=False) + [tokenizer.eos_token_id]
+            ids, labels = ids + target, labels + target
+    return ids, labels
+
+
 def encode_example(tokenizer, n_image: int, prompt: str, answer: str | None, image: bool = True):
-    """input ids (and labels when `answer` is given) for one example."""
-    ids = [tokenizer.bos_token_id] + tokenizer.encode("user :", add_special_tokens=False)
-    if image:
-        ids += [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * n_image
-    ids += tokenizer.encode(prompt.lower(), add_special_tokens=False) if prompt else []
-    ids += tokenizer.encode("assistant :", add_special_tokens=False)
-    if answer is None:
-        return ids, None
-    target = tokenizer.encode(answer.lower(), add_special_tokens=False) + [tokenizer.eos_token_id]
-    return ids + target, [-100] * len(ids) + target
+    """One turn: input ids, and labels on the answer when it is given (else None)."""
+    ids, labels = encode_conversation(tokenizer, n_image, [(prompt, answer)], image)
+    return ids, labels if answer is not None else None
 
 
 def collate(batch: list[tuple[list[int], list[int] | None]], pad_id: int, left: bool):

@@ -5,6 +5,10 @@ Stage 2 — instruction tuning: the LLaVA conversation JSON (short-answer suffix
 and LM trained, tower frozen, loss on the answer tokens only. A new optimizer per stage;
 the projector is trained from its seeded init for every encoder, never reused.
 The blind baseline runs the same recipe on a constant grey image.
+
+The tower is frozen, so its layer −2 features are computed once per image and handed to
+`LlavaForConditionalGeneration` through `mm_encoder_outputs` (the projector still runs, with
+gradients, every step): the same forward as `pixel_values=`, without recomputing the tower.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from pathlib import Path
 
 import torch
 from transformers import CLIPImageProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from clipdistill.data.formats import read_llava, read_pairs_csv
 from clipdistill.data.splits import Split
 from clipdistill.io import progress
 from clipdistill.params import VQAParams, VQAStageParams
 from clipdistill.teachers.train import warmup_cosine
-from clipdistill.vqa.model import build_vlm, collate, encode_example, num_image_tokens, train_tokenizer
+from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens, train_tokenizer
 
 
 def pixel_values(images_u8: torch.Tensor, processor: CLIPImageProcessor, blind: bool) -> torch.Tensor:
@@ -36,23 +41,44 @@ def pixel_values(images_u8: torch.Tensor, processor: CLIPImageProcessor, blind: 
     return (x - mean) / std
 
 
-def stage_examples(split_dir: Path) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
-    """(image index, prompt, answer) for stage 1 (captions) and stage 2 (questions)."""
+Example = tuple[int, list[tuple[str, str]]]  # (image index, [(prompt, answer), ...])
+
+
+def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
+    """Stage 1 (one caption per image, empty prompt) and stage 2 (each LLaVA conversation)."""
     pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
     index = {p.image: i for i, p in enumerate(pairs)}
-    captions = [(i, "", p.caption) for i, p in enumerate(pairs)]
+    captions = [(i, [("", p.caption)]) for i, p in enumerate(pairs)]
     convs, _ = read_llava(split_dir / "llava.json", split_dir, check_images=False)
-    qa = [(index[c["image"]], c["conversations"][0]["value"].replace("<image>", " ").strip(),
-           c["conversations"][1]["value"]) for c in convs]
+    qa = [(index[c["image"]], [(h["value"].replace("<image>", " ").strip(), g["value"])
+                               for h, g in zip(c["conversations"][::2], c["conversations"][1::2])])
+          for c in convs]
     return captions, qa
 
 
 def corpus(*example_lists) -> list[str]:
-    return ["user : assistant :"] + [f"{p} {a}" for ex in example_lists for _, p, a in ex]
+    return ["user : assistant :"] + [f"{p} {a}" for ex in example_lists for _, turns in ex for p, a in turns]
 
 
-def run_stage(vlm, tokenizer, examples, pixels: torch.Tensor, spec: VQAStageParams, seed: int, name: str,
-              trainable: list[torch.nn.Parameter], blind: bool) -> list[dict]:
+@torch.no_grad()
+def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The frozen tower's selected features (layer and CLS handling from the VLM config), N×P×D."""
+    cfg, tower = vlm.config, vlm.model.vision_tower.eval()
+    out = []
+    for s in range(0, len(pixels), batch_size):
+        hidden = tower(pixels[s:s + batch_size], output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+        out.append(hidden[:, 1:] if cfg.vision_feature_select_strategy == "default" else hidden)
+    return torch.cat(out)
+
+
+def image_inputs(vlm, features: torch.Tensor) -> dict:
+    """`mm_encoder_outputs` for precomputed tower features: the projector runs here, with gradients."""
+    projected = vlm.model.multi_modal_projector(features)
+    return {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
+
+
+def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, spec: VQAStageParams, seed: int,
+              name: str, trainable: list[torch.nn.Parameter]) -> list[dict]:
     if spec.max_samples:
         examples = examples[: spec.max_samples]
     n_img = num_image_tokens(vlm)
@@ -70,10 +96,10 @@ def run_stage(vlm, tokenizer, examples, pixels: torch.Tensor, spec: VQAStagePara
         rng.shuffle(order)
         for b in range(steps_per_epoch):
             chunk = [examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]]
-            ids, attn, labels = collate([encode_example(tokenizer, n_img, p, a) for _, p, a in chunk],
+            ids, attn, labels = collate([encode_conversation(tokenizer, n_img, turns) for _, turns in chunk],
                                         tokenizer.pad_token_id, left=False)
             out = vlm(input_ids=ids, attention_mask=attn, labels=labels,
-                      pixel_values=pixels[[i for i, _, _ in chunk]])
+                      mm_encoder_outputs=image_inputs(vlm, features[[i for i, _ in chunk]]))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"{name}: loss is {out.loss.item()} at step {len(log)}")
             opt.zero_grad(set_to_none=True)
@@ -95,13 +121,13 @@ def train_vlm(vision_dir: Path, split_dir: Path, images: Split, spec: VQAParams,
     tokenizer = train_tokenizer(corpus(captions, qa))
     vlm = build_vlm(vision_dir, tokenizer, spec)
     processor = CLIPImageProcessor.from_pretrained(vision_dir)
-    pixels = pixel_values(images.images, processor, blind)
+    features = tower_features(vlm, pixel_values(images.images, processor, blind))
     projector = list(vlm.model.multi_modal_projector.parameters())
     lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
     for p in lm:
         p.requires_grad_(False)
-    log = run_stage(vlm, tokenizer, captions, pixels, spec.stage1, spec.seed, "vqa stage 1", projector, blind)
+    log = run_stage(vlm, tokenizer, captions, features, spec.stage1, spec.seed, "vqa stage 1", projector)
     for p in lm:
         p.requires_grad_(True)
-    log += run_stage(vlm, tokenizer, qa, pixels, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm, blind)
+    log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm)
     return vlm, tokenizer, processor, log
