@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint clean
+.PHONY: run test install system-deps lint clean
 
 install: $(STAMP)
 
@@ -16,10 +16,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Servers the sharing / cluster tests start on 127.0.0.1 (SSH remote, one-node SLURM).
+# Installed only as root with apt; without them those tests skip and say why.
+SYSTEM_PKGS := openssh-server openssh-client slurmctld slurmd slurm-client munge
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    ! { [ -x /usr/sbin/sshd ] && [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; }; then \
+	  echo "installing test servers: $(SYSTEM_PKGS)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PKGS); } >/dev/null 2>&1 || echo "could not install $(SYSTEM_PKGS); their tests will skip"; \
+	fi
+
 run: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -c2 --workflow-profile workflow/profiles/default
 
-test: install
+test: install system-deps
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
 
 lint: install

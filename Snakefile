@@ -14,6 +14,9 @@ configfile: PARAMS
 validate(config, "workflow/schemas/params.schema.json")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"

@@ -114,3 +114,30 @@ def test_conversation_labels_cover_only_the_answers():
     kept = [tok.convert_ids_to_tokens(i) for i, lab in zip(ids, labels) if lab != -100]
     assert kept == ["red", "</s>", "2", "</s>"]
     assert all(lab in (-100, i) for i, lab in zip(ids, labels))
+
+
+def test_lora_stage_two_changes_the_lm_by_a_low_rank_update_only(teacher_dir, world, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from clipdistill.vqa.model import build_vlm
+
+    export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
+    spec = SPEC.model_copy(update={
+        "stage1": SPEC.stage1.model_copy(update={"max_samples": 64}),
+        "stage2": SPEC.stage2.model_copy(update={"epochs": 1, "max_samples": 96}),
+        "lora": VQAParams.model_validate({"lora": {"r": 2, "alpha": 4}}).lora})
+    train = load_split(world / "vqa_train")
+    vlm, tok, proc, log = train_vlm(tmp_path / "vision", world / "vqa_train", train, spec)
+    assert type(vlm) is LlavaForConditionalGeneration and any("LoRA" in r["stage"] for r in log)
+    fresh = build_vlm(tmp_path / "vision", tok, spec)  # seeded: the LM every encoder starts from
+    after, before = vlm.model.language_model.state_dict(), fresh.model.language_model.state_dict()
+    assert after.keys() == before.keys()
+    for name in after:
+        delta = (after[name] - before[name]).double()
+        if name.endswith(("q_proj.weight", "down_proj.weight")):
+            assert 0 < torch.linalg.matrix_rank(delta, atol=1e-6) <= 2, name
+        elif "proj" not in name:
+            assert torch.equal(after[name], before[name]), name  # norms, embeddings: frozen
+    vlm.save_pretrained(tmp_path / "saved")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    assert not any("lora" in k for k in reloaded.state_dict())

@@ -150,16 +150,19 @@ def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help
                 data: Annotated[Path, typer.Option(help="the distillation split directory")],
                 out: Annotated[Path, typer.Option(help="student model directory")],
                 params: ParamsOpt = Path("params.yaml")) -> None:
-    """Distil a teacher into a student with a method; resumes from its last checkpoint."""
+    """Distil a teacher into a student with a method; resumes from its last checkpoint.
+    Under `torchrun` it trains data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes."""
     import shutil
 
     from clipdistill.data.splits import load_split
+    from clipdistill.distill.parallel import init_from_env
     from clipdistill.distill.train import Teacher, distill
     from clipdistill.features.store import FeatureStore
     from clipdistill.models import load_model_dir, save_model_dir
     from clipdistill.teachers.train import log_csv
 
     spec = load_section(params, "distill")
+    rank, _ = init_from_env()
     student_spec = _pick(spec.students, student, "distill.students")
     method_spec = _pick(spec.methods, method, "distill.methods")
     split = load_split(data)
@@ -176,6 +179,8 @@ def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help
                   "seed": seed, "train": spec.train.model_dump(mode="json"),
                   "data": {"split": str(data), "content_sha256": split.content_sha256},
                   "final_loss": log[-1]["loss"] if log else None}
+    if rank != 0:
+        return
     save_model_dir(out, model, student_spec.arch, tok_spec, provenance, extra_files={"train_log.csv": log_csv(log)})
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     typer.echo(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}", err=True)
@@ -249,6 +254,37 @@ def report_cmd(results: Annotated[Path, typer.Option(help="the pipeline's result
     spec = load_section(params, "report")
     analysis = report(results, vqa_eval, out, spec.bootstrap, spec.seed)
     typer.echo(analysis["answer"], err=True)
+
+
+RemoteOpt = Annotated[Optional[str], typer.Option(help="DVC remote name (default: the project's default remote)")]
+ProjectOpt = Annotated[Path, typer.Option(help="project root (where dvc.yaml lives)")]
+
+
+@app.command("push")
+def push_cmd(remote: RemoteOpt = None, project: ProjectOpt = Path(".")) -> None:
+    """Upload every tracked artifact to a DVC remote."""
+    from clipdistill.share import push
+
+    typer.echo(push(project, remote).strip() or "pushed", err=True)
+
+
+@app.command("pull")
+def pull_cmd(remote: RemoteOpt = None, project: ProjectOpt = Path(".")) -> None:
+    """Fetch artifacts from a DVC remote, check them out, then `sync` Snakemake's timestamps."""
+    from clipdistill.share import pull, sync
+
+    pull(project, remote)
+    sync(project)
+    typer.echo("pulled; DVC and Snakemake agree that nothing needs to run", err=True)
+
+
+@app.command("sync")
+def sync_cmd(project: ProjectOpt = Path(".")) -> None:
+    """After `dvc pull`/`dvc checkout`: verify hashes against dvc.lock, then `snakemake --touch`."""
+    from clipdistill.share import sync
+
+    sync(project)
+    typer.echo("in sync: dvc.lock hashes match, Snakemake timestamps follow the DAG", err=True)
 
 
 def _pick(entries: dict, name: str, section: str):

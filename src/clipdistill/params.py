@@ -223,6 +223,17 @@ class VQAStageParams(Strict):
     max_samples: int | None = Field(None, ge=1, description="cap on training examples")
 
 
+class LoRAParams(Strict):
+    """Low-rank adapters (peft) on the LM's linear layers in stage 2, merged into the LM on save."""
+
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator (update = alpha/r · B·A)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"],
+                               description="LM linear layers that get adapters")
+
+
 class VQAParams(Strict):
     """LLaVA-style VQA (`clipdistill vqa run`): identical protocol for every encoder."""
 
@@ -231,6 +242,7 @@ class VQAParams(Strict):
                                    description="projector alignment on captions (LM frozen)")
     stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),
                                    description="instruction tuning on VQA (projector + LM)")
+    lora: LoRAParams | None = Field(None, description="train LoRA adapters instead of the full LM in stage 2")
     eval_batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(6, ge=1)
     seed: int = Field(0, ge=0, description="data order")

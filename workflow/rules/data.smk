@@ -28,7 +28,7 @@ rule data_preview:
         "results/data/vqa_eval",
         "results/data/distill_shifted",
     output:
-        "results/preview/scenes.png",
+        report("results/preview/scenes.png", caption="../report/preview.rst", category="Data"),
     conda:
         "../envs/clipdistill.yaml"
     log:

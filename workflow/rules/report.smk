@@ -24,7 +24,12 @@ rule report:
         expand("results/vqa/students/{run}", run=RUNS),
         "results/vqa/blind",
     output:
-        directory("results/report"),
+        report(
+            directory("results/report"),
+            patterns=["{name}.png", "{name}.csv"],
+            caption="../report/study.rst",
+            category="Study",
+        ),
     params:
         spec=config["report"],
     conda:

@@ -25,6 +25,7 @@ from open_clip.transformer import PatchDropout
 from safetensors.torch import load_file, save_file
 
 from clipdistill.data.splits import Split
+from clipdistill.distill import parallel
 from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
 from clipdistill.io import progress
 from clipdistill.losses import LOSSES, make_heads, method_loss
@@ -159,6 +160,9 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         raise ValueError(f"{store.path}: method needs patch tokens but the store has none (features.patch_tokens)")
     use_views = train.use_views and (store is None or store.manifest["views"] > 0)
     n, batch = len(images), min(train.batch_size, len(images))
+    rank, world = parallel.rank_and_world()
+    if batch % world:
+        raise ValueError(f"batch size {batch} does not split evenly over {world} data-parallel ranks")
     steps_per_epoch = n // batch
     total = train.epochs * steps_per_epoch
     params = [*param_groups(student, train.weight_decay), {"params": list(heads.parameters()), "weight_decay": 0.0}]
@@ -170,11 +174,12 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         step, log = load_checkpoint(checkpoint, student, heads, opt, sched)
     t_scale = torch.tensor(teacher.logit_scale)
     student.train()
-    bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step", disable=not show_progress)
+    bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step",
+                   disable=not show_progress or rank != 0)
     while step < total:
         epoch, b = divmod(step, steps_per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
-        idx = order[b * batch:(b + 1) * batch]
+        idx = parallel.shard(order[b * batch:(b + 1) * batch], rank, world)
         torch.manual_seed(_step_seed(seed, step))  # masks and view choices of this step
         view = boxes = None
         x = images[idx]
@@ -188,12 +193,18 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
             x = preprocess_images(replay_views(split.images[idx], boxes), pre)
         batch_in = {**student_batch(student, x, tokens[idx], needs, train.mask_ratio),
                     **teacher.targets(idx, split, needs, view, boxes), "t_scale": t_scale}
+        if world > 1:
+            batch_in = parallel.gather_batch(batch_in, rank)
         try:
             loss, terms = method_loss(opts, batch_in, heads)
         except FloatingPointError as exc:
             raise FloatingPointError(f"step {step}: {exc}") from None
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            parallel.average_gradients([p for g in params for p in g["params"]], world)
+            loss = parallel.mean_over_ranks(loss)
+            terms = {k: parallel.mean_over_ranks(torch.tensor(v)).item() for k, v in terms.items()}
         torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], train.grad_clip)
         opt.step()
         sched.step()
@@ -204,7 +215,7 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         step += 1
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if checkpoint is not None and (step % train.checkpoint_every == 0 or step == total):
+        if checkpoint is not None and rank == 0 and (step % train.checkpoint_every == 0 or step == total):
             save_checkpoint(checkpoint, student, heads, opt, sched, step, log)
     bar.close()
     return student.eval(), tok_spec, log

@@ -137,6 +137,12 @@ def _norm_proj(heads, name, x):
 
 
 def _clip(b, heads, o):
+    if "local" in b:  # data parallel, local-loss mode: this rank's rows against every rank's columns
+        from clipdistill.losses.distributed import local_contrastive_loss
+
+        lo = b["local"]
+        return local_contrastive_loss(lo["s_image"], lo["s_text"], b["s_scale"], all_image=b["s_image"],
+                                      all_text=b["s_text"], rank=lo["rank"])
     return contrastive_loss(b["s_image"], b["s_text"], b["s_scale"])
 
 

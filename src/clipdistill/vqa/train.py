@@ -14,6 +14,7 @@ gradients, every step): the same forward as `pixel_values=`, without recomputing
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from clipdistill.data.formats import read_llava, read_pairs_csv
 from clipdistill.data.splits import Split
 from clipdistill.io import progress
-from clipdistill.params import VQAParams, VQAStageParams
+from clipdistill.params import LoRAParams, VQAParams, VQAStageParams
 from clipdistill.teachers.train import warmup_cosine
 from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens, train_tokenizer
 
@@ -78,7 +79,9 @@ def image_inputs(vlm, features: torch.Tensor) -> dict:
 
 
 def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, spec: VQAStageParams, seed: int,
-              name: str, trainable: list[torch.nn.Parameter]) -> list[dict]:
+              name: str, trainable: list[torch.nn.Parameter], forward=None) -> list[dict]:
+    """One stage; `forward` is the module to call when it wraps `vlm` (peft), else `vlm`."""
+    forward = forward or vlm
     if spec.max_samples:
         examples = examples[: spec.max_samples]
     n_img = num_image_tokens(vlm)
@@ -87,7 +90,7 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     total = spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, max(1, total // 20)))
-    vlm.train()
+    forward.train()
     vlm.model.vision_tower.eval()
     log = []
     bar = progress(total=total, desc=name, unit="step")
@@ -98,7 +101,7 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
             chunk = [examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]]
             ids, attn, labels = collate([encode_conversation(tokenizer, n_img, turns) for _, turns in chunk],
                                         tokenizer.pad_token_id, left=False)
-            out = vlm(input_ids=ids, attention_mask=attn, labels=labels,
+            out = forward(input_ids=ids, attention_mask=attn, labels=labels,
                       mm_encoder_outputs=image_inputs(vlm, features[[i for i, _ in chunk]]))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"{name}: loss is {out.loss.item()} at step {len(log)}")
@@ -115,6 +118,15 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     return log
 
 
+def with_lora(vlm, spec: LoRAParams):
+    """peft adapters on the LM's linear layers only (never the tower or the projector)."""
+    from peft import LoraConfig, get_peft_model
+
+    pattern = rf".*language_model.*\.({'|'.join(map(re.escape, spec.targets))})$"
+    return get_peft_model(vlm, LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                                          target_modules=pattern, bias="none"))
+
+
 def train_vlm(vision_dir: Path, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False):
     """Both stages for one encoder; returns (vlm, tokenizer, processor, log)."""
     captions, qa = stage_examples(split_dir)
@@ -127,7 +139,15 @@ def train_vlm(vision_dir: Path, split_dir: Path, images: Split, spec: VQAParams,
     for p in lm:
         p.requires_grad_(False)
     log = run_stage(vlm, tokenizer, captions, features, spec.stage1, spec.seed, "vqa stage 1", projector)
-    for p in lm:
+    if spec.lora is None:
+        for p in lm:
+            p.requires_grad_(True)
+        log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm)
+        return vlm, tokenizer, processor, log
+    peft_vlm = with_lora(vlm, spec.lora)
+    adapters = [p for n, p in peft_vlm.named_parameters() if "lora_" in n]
+    for p in projector:
         p.requires_grad_(True)
-    log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm)
-    return vlm, tokenizer, processor, log
+    log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2 (LoRA)",
+                     projector + adapters, forward=peft_vlm)
+    return peft_vlm.merge_and_unload(), tokenizer, processor, log

@@ -1,0 +1,78 @@
+"""Data-parallel distillation under `torchrun` (one process per GPU, or gloo on CPU).
+
+Every rank draws the same global batch order and trains on its contiguous slice. The
+batch fields are gathered across ranks — the student's with gradient — so the KD terms see
+the whole global batch, and the CLIP term runs in local-loss mode (this rank's rows against
+every rank's columns). Gradients are then averaged over ranks, as DDP does: the result
+equals the single-process gradient on the same global batch. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank_and_world()
+
+
+def shard(indices: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's contiguous share of the global batch (rank order = global order)."""
+    if len(indices) % world:
+        raise ValueError(f"global batch of {len(indices)} does not split evenly over {world} ranks")
+    per = len(indices) // world
+    return indices[rank * per:(rank + 1) * per]
+
+
+def gather_batch(local: dict, rank: int) -> dict:
+    """The global batch from every rank's share; the student's fields keep their gradient
+    (each rank's slice receives the gradients of every rank's loss)."""
+    import torch.distributed as dist
+
+    from clipdistill.losses.distributed import gather_with_grad
+
+    out = {}
+    for key, value in local.items():
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+            out[key] = value  # scales: parameters or constants, identical on every rank
+        elif value.requires_grad:
+            out[key] = gather_with_grad(value)
+        else:
+            parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, value.contiguous())
+            out[key] = torch.cat(parts)
+    out["local"] = {"rank": rank, "s_image": local["s_image"], "s_text": local["s_text"]}
+    return out
+
+
+def average_gradients(parameters, world: int) -> None:
+    """All-reduce and divide by the world size (DDP's averaging, after backward)."""
+    import torch.distributed as dist
+
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()

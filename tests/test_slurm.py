@@ -1,0 +1,127 @@
+"""The SLURM profile: it validates (`-n`), and — where Debian's slurm-wlm and munge are
+installed and we are root — a single-node SLURM cluster on localhost runs a chain of the
+smoke study (data → teacher → evaluation) as real sbatch jobs. Every call is bounded."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, project_copy
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+
+
+def _env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _run(args, cwd=None, timeout=120, check=True):
+    proc = subprocess.run(["timeout", "-k", "10", str(timeout), *map(str, args)], cwd=cwd, env=_env(),
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"{args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_slurm_profile_validates_the_whole_study():
+    out = _run([BIN / "snakemake", "--profile", "workflow/profiles/slurm", "-n"], REPO).stdout
+    assert "vqa_student" in out and "distill" in out and "This was a dry-run" in out
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    gpu_rules = {"teacher_train", "distill", "vqa_student", "vqa_teacher", "vqa_blind", "features_extract"}
+    assert all(profile["set-resources"][r]["gpu"] == 1 for r in gpu_rules)
+
+
+def _wait(predicate, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    needed = ("slurmctld", "slurmd", "munged", "mungekey", "sinfo", "scontrol")
+    if os.geteuid() != 0 or not all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in needed):
+        pytest.skip("needs root and Debian's slurmctld, slurmd, munge (make test installs them when it can)")
+    if SLURM_CONF.exists() and not SLURM_CONF.is_symlink():
+        pytest.skip(f"{SLURM_CONF} belongs to a real installation; not touching it")
+    root = tmp_path_factory.mktemp("slurm")
+    sock = root / "munge.socket"
+    subprocess.run(["mungekey", "--create", f"--keyfile={root / 'munge.key'}"], check=True, timeout=30)
+    os.chmod(root / "munge.key", 0o600)
+    subprocess.run(["munged", f"--socket={sock}", f"--key-file={root / 'munge.key'}",
+                    f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged.log'}",
+                    f"--seed-file={root / 'munged.seed'}", "--force"], check=True, timeout=30)
+    cpus = os.cpu_count() or 2
+    (root / "spool").mkdir()
+    (root / "state").mkdir()
+    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SLURM_CONF.write_text("\n".join([
+        "ClusterName=clipdistill-test", "SlurmctldHost=localhost", "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={sock}",
+        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
+        f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.log'}",
+        "MailProg=/bin/true", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
+        "MinJobAge=300", "ReturnToService=2",
+        f"NodeName=localhost NodeHostname=localhost CPUs={cpus} RealMemory=4000 State=UNKNOWN",
+        "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP", ""]))
+    pids = []
+    try:
+        subprocess.run(["slurmctld"], check=True, timeout=30)
+        pids.append(root / "slurmctld.pid")
+        _wait(lambda: "UP" in _run(["scontrol", "ping"], check=False).stdout, 30, "slurmctld did not come up")
+        subprocess.run(["slurmd", "-N", "localhost"], check=True, timeout=30)
+        pids.append(root / "slurmd.pid")
+        _wait(lambda: "idle" in _run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout, 60,
+              "slurmd did not register an idle node")
+        yield root
+    finally:
+        for pid_file in [*pids, root / "munged.pid"]:
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text().split()[0]), 15)
+                except (ProcessLookupError, ValueError):
+                    pass
+        SLURM_CONF.unlink(missing_ok=True)
+
+
+def local_profile(project: Path) -> str:
+    """The shipped slurm profile, fitted to a one-node cluster without GPUs or accounting."""
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    profile["default-resources"].update(slurm_partition="debug", mem_mb=500)
+    for res in profile["set-resources"].values():
+        res.pop("gpu", None)
+        res.update(slurm_partition="debug", mem_mb=500)
+    profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1,
+                    "jobs": 2, "latency-wait": 5})
+    out = project / "workflow" / "profiles" / "slurm-local"
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(profile))
+    return "workflow/profiles/slurm-local"
+
+
+@pytest.mark.slow
+def test_a_smoke_chain_runs_as_slurm_jobs(slurm_cluster, tmp_path):
+    project = project_copy(tmp_path / "project")
+    profile = local_profile(project)
+    target = "results/teacher_eval/s/metrics.json"
+    proc = _run([BIN / "snakemake", "--workflow-profile", profile, target], project, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (project / target).is_file()
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
+    assert len(submitted) == 4, (proc.stdout + proc.stderr)[-3000:]  # two splits, the teacher, its evaluation
+    assert len(list((project / ".snakemake" / "slurm_logs").rglob("*.log"))) == 4
+    dry = _run([BIN / "snakemake", "--workflow-profile", profile, "-n", target], project)
+    assert "Nothing to be done" in dry.stdout
