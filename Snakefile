@@ -11,12 +11,13 @@ PARAMS = "params.yaml"
 configfile: PARAMS
 
 
-validate(config, "workflow/schemas/params.schema.json")
+validate(config, "workflow/schemas/params.schema.json", set_default=False)
 
 
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
@@ -31,20 +32,8 @@ rule all:
         rules.data_preview.output,
         expand("results/teacher_eval/{teacher}/metrics.json", teacher=config["teachers"]),
         expand("results/features/{teacher}", teacher=config["teachers"]),
-        expand(
-            "results/student_eval/{teacher}/{student}/{method}/{seed}/metrics.json",
-            teacher=GRID["teachers"],
-            student=GRID["students"],
-            method=GRID["methods"],
-            seed=GRID["seeds"],
-        ),
+        expand("results/student_eval/{run}/metrics.json", run=KD_RUNS + BASELINE_EVALS),
         expand("results/vqa_metrics/teachers/{teacher}.json", teacher=config["teachers"]),
-        expand(
-            "results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
-            teacher=GRID["teachers"],
-            student=GRID["students"],
-            method=GRID["methods"],
-            seed=GRID["seeds"],
-        ),
+        expand("results/vqa_metrics/students/{run}.json", run=KD_RUNS + BASELINE_RUNS),
         "results/vqa_metrics/blind.json",
         "results/report",

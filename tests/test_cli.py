@@ -6,7 +6,7 @@ from conftest import SMOKE, run_cli
 
 STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"], "eval": ["clip"],
           "export": ["hf"], "vqa": ["run"], "params": ["check", "schema"]}
-COMMANDS = ["distill", "report"]
+COMMANDS = ["distill", "report", "push", "pull", "sync"]
 
 
 def test_help_lists_every_stage_subcommand():
@@ -61,3 +61,11 @@ def test_preview_of_missing_split_is_one_line(tmp_path, smoke_data):
     proc = run_cli("data", "preview", "--data", smoke_data, "--split", "nope", "--out", tmp_path / "p.png")
     assert proc.returncode == 2 and "no such split" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def test_distill_without_teacher_refuses_kd_methods_in_one_line(tmp_path, smoke_data):
+    proc = run_cli("distill", "--params", SMOKE, "--student", "xs", "--method", "clipkd", "--seed", "0",
+                   "--data", smoke_data / "distill", "--out", tmp_path / "student")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "method 'clipkd' needs teacher targets" in proc.stderr
+    assert not (tmp_path / "student").exists()

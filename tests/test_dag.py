@@ -88,6 +88,12 @@ def test_each_stage_tracks_exactly_the_params_it_reads():
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
         assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == ["eval"]
         assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}") == ["vqa"]
+    for s, m, seed in [(s, m, seed) for s in grid.students for m in grid.baselines for seed in grid.seeds]:
+        assert set(params.pop(f"distill_baseline@{s}-{m}-{seed}")) == {
+            "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
+        assert params.pop(f"vqa_baseline@{s}-{m}-{seed}") == ["vqa"]
+        for t in grid.teachers:
+            assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == ["eval"]
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
     assert params == {"data_preview": [], "vqa_blind": ["vqa"], "report": ["report"]}

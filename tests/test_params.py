@@ -87,3 +87,14 @@ def test_a_stage_reads_only_its_own_section(tmp_path):
     assert P.load_section(tmp_path / "p.yaml", "data") == P.load_section(SMOKE, "data")
     with pytest.raises(P.ParamsError, match="someone_elses_stage"):
         P.load_params(tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("distill", "grid", "baselines"), ["clipkd"], r"grid.baselines \['clipkd'\] use teacher targets"),
+    (("distill", "grid", "methods"), ["baseline", "clipkd"], r"grid.methods \['baseline'\] use no teacher targets"),
+    (("teachers", "none"), {"arch": "cd-teacher-s"}, "'none' is reserved"),
+])
+def test_grid_separates_teacher_free_baselines_from_kd_methods(tmp_path, keys, value, message):
+    _with(tmp_path / "p.yaml", keys, value)
+    with pytest.raises(P.ParamsError, match=message):
+        P.load_params(tmp_path / "p.yaml")

@@ -56,9 +56,11 @@ def test_report_on_a_fabricated_study(tmp_path):
         for method in ("baseline", "kd"):
             for seed in (0, 1):
                 run = f"{t}/xs/{method}/{seed}"
-                right = 10 + 10 * rank + seed
                 _write(res / "student_eval" / run / "metrics.json",
                        {"summary": {"zeroshot_mean_top1": 0.2 + 0.05 * rank, "cka_image": 0.9}})
+                # the teacher-free baseline lives under none/, once per seed
+                run = f"{t}/xs/kd/{seed}" if method == "kd" else f"none/xs/baseline/{seed}"
+                right = 10 + 10 * rank + seed if method == "kd" else 15 + seed
                 _write(res / "students" / run / "manifest.json",
                        {"params": {"total": 1000, "visual": 500}, "data": {"split": "results/data/distill"},
                         "train": {"epochs": 8}})
@@ -67,12 +69,15 @@ def test_report_on_a_fabricated_study(tmp_path):
                 answers.parent.mkdir(parents=True, exist_ok=True)
                 answers.write_text("".join(json.dumps({"question_id": q, "text": "yes" if q < right else "no"}) + "\n"
                                            for q in qids))
-                _write(res / "vqa_metrics" / "students" / t / "xs" / method / f"{seed}.json",
+                _write(res / "vqa_metrics" / "students" / f"{run}.json",
                        {"overall": 100 * right / 40, "per_question_type": {"exists": 100 * right / 40}})
     _write(res / "vqa_metrics" / "blind.json", {"overall": 12.0, "per_question_type": {"exists": 12.0}})
     analysis = report(res, data, tmp_path / "report", n_boot=200)
     assert analysis["correlations"]["all"]["spearman"] > 0.9
     assert analysis["correlations"]["kd"]["spearman"] == pytest.approx(1)
+    assert "baseline" not in analysis["correlations"]  # its VQA does not depend on the teacher
+    baselines = [r for r in analysis["table"] if r["method"] == "baseline"]
+    assert len(baselines) == 3 and len({r["vqa"] for r in baselines}) == 1 and all(r["teacher_free"] for r in baselines)
     assert analysis["answer"].startswith("Better teachers make better students here")
     row = next(r for r in analysis["table"] if (r["teacher"], r["method"]) == ("l", "kd"))
     assert row["vqa"] == pytest.approx(100 * 30.5 / 40) and row["vqa_ci"][0] < row["vqa"] < row["vqa_ci"][1]

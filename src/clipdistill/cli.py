@@ -141,23 +141,25 @@ def eval_clip(model: Annotated[Path, typer.Option(help="model directory")],
 
 
 @app.command("distill")
-def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help="teacher name (grid)")],
-                student: Annotated[str, typer.Option(help="student name from distill.students")],
+def distill_cmd(student: Annotated[str, typer.Option(help="student name from distill.students")],
                 method: Annotated[str, typer.Option(help="method name from distill.methods")],
                 seed: Annotated[int, typer.Option(help="training seed")],
-                teacher: Annotated[Path, typer.Option(help="teacher model directory")],
-                features: Annotated[Path, typer.Option(help="teacher feature store")],
                 data: Annotated[Path, typer.Option(help="the distillation split directory")],
                 out: Annotated[Path, typer.Option(help="student model directory")],
+                teacher_name: Annotated[str, typer.Option("--teacher-name", help="teacher name, or 'none'")] = "none",
+                teacher: Annotated[Optional[Path], typer.Option(help="teacher model directory")] = None,
+                features: Annotated[Optional[Path], typer.Option(help="teacher feature store")] = None,
                 params: ParamsOpt = Path("params.yaml")) -> None:
-    """Distil a teacher into a student with a method; resumes from its last checkpoint.
-    Under `torchrun` it trains data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes."""
+    """Distil a teacher into a student with a method (or train a teacher-free baseline with
+    --teacher-name none); resumes from its last checkpoint. Under `torchrun` it trains
+    data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes."""
     import shutil
 
     from clipdistill.data.splits import load_split
     from clipdistill.distill.parallel import init_from_env
     from clipdistill.distill.train import Teacher, distill
     from clipdistill.features.store import FeatureStore
+    from clipdistill.losses import LOSSES
     from clipdistill.models import load_model_dir, save_model_dir
     from clipdistill.teachers.train import log_csv
 
@@ -165,16 +167,29 @@ def distill_cmd(teacher_name: Annotated[str, typer.Option("--teacher-name", help
     rank, _ = init_from_env()
     student_spec = _pick(spec.students, student, "distill.students")
     method_spec = _pick(spec.methods, method, "distill.methods")
+    if teacher_name == "none":
+        if teacher is not None or features is not None:
+            raise ClipdistillError("--teacher-name none trains a teacher-free baseline: drop --teacher/--features")
+        uses = sorted({f for loss in method_spec for f in LOSSES[loss][1] if f.startswith("t_")})
+        if uses:
+            raise ClipdistillError(f"method {method!r} needs teacher targets ({', '.join(uses)}); give --teacher-name,"
+                                   " --teacher and --features")
+    elif teacher is None or features is None:
+        raise ClipdistillError(f"teacher {teacher_name!r}: give both --teacher and --features")
     split = load_split(data)
-    store = FeatureStore(features)
-    store.check(data_sha256=split.content_sha256, image_size=list(split.images.shape[-2:]))
-    bundle = load_model_dir(teacher)
-    if store.manifest["teacher"]["weights_sha256"] != bundle.manifest["weights_sha256"]:
-        raise ClipdistillError(f"{features}: feature store was made by another teacher than {teacher}")
-    source = Teacher(store=store) if spec.train.teacher_mode == "store" else Teacher(bundle=bundle)
+    if teacher_name == "none":
+        source, teacher_id = Teacher(), None
+    else:
+        store = FeatureStore(features)
+        store.check(data_sha256=split.content_sha256, image_size=list(split.images.shape[-2:]))
+        bundle = load_model_dir(teacher)
+        if store.manifest["teacher"]["weights_sha256"] != bundle.manifest["weights_sha256"]:
+            raise ClipdistillError(f"{features}: feature store was made by another teacher than {teacher}")
+        source = Teacher(store=store) if spec.train.teacher_mode == "store" else Teacher(bundle=bundle)
+        teacher_id = store.manifest["teacher"]
     checkpoint = out.parent / f".{out.name}.ckpt" / "last.safetensors"
     model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint)
-    provenance = {"source": "distilled", "teacher": store.manifest["teacher"], "teacher_name": teacher_name,
+    provenance = {"source": "distilled", "teacher": teacher_id, "teacher_name": teacher_name,
                   "student": student, "method": method, "method_spec": {k: v.options() for k, v in method_spec.items()},
                   "seed": seed, "train": spec.train.model_dump(mode="json"),
                   "data": {"split": str(data), "content_sha256": split.content_sha256},

@@ -160,11 +160,13 @@ class TrainParams(Strict):
 
 
 class GridParams(Strict):
-    """The study grid: one run per (teacher, student, method, seed)."""
+    """The study grid: one KD run per (teacher, student, method, seed), and one teacher-free
+    baseline run per (student, baseline, seed) — it does not depend on the teacher."""
 
     teachers: list[str] = Field(min_length=1)
     students: list[str] = Field(min_length=1)
-    methods: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1, description="KD methods (use teacher targets)")
+    baselines: list[str] = Field(min_length=1, description="methods without teacher terms, trained once")
     seeds: list[int] = Field(min_length=1)
 
 
@@ -195,12 +197,19 @@ class DistillParams(Strict):
             if unknown:
                 raise ValueError(f"method {name!r}: unknown loss(es) {sorted(unknown)}; known: {', '.join(LOSSES)}")
         if self.grid:
-            for kind, known in (("students", self.students), ("methods", self.methods)):
-                missing = [x for x in getattr(self.grid, kind) if x not in known]
+            for kind, known, names in (("students", self.students, self.grid.students),
+                                       ("methods", self.methods, self.grid.methods),
+                                       ("baselines", self.methods, self.grid.baselines)):
+                missing = [x for x in names if x not in known]
                 if missing:
-                    raise ValueError(f"grid.{kind} names undefined {kind} {missing}")
-            if not any(set(self.methods[m]) == {"clip"} for m in self.grid.methods):
-                raise ValueError("grid.methods needs a no-KD baseline (a method with the clip loss alone)")
+                    raise ValueError(f"grid.{kind} names undefined {kind if kind != 'baselines' else 'methods'} {missing}")
+            uses_teacher = {m: any(f.startswith("t_") for loss in self.methods[m] for f in LOSSES[loss][1])
+                            for m in self.methods}
+            if kd := [m for m in self.grid.baselines if uses_teacher[m]]:
+                raise ValueError(f"grid.baselines {kd} use teacher targets; list them under grid.methods")
+            if free := [m for m in self.grid.methods if not uses_teacher[m]]:
+                raise ValueError(f"grid.methods {free} use no teacher targets; list them under grid.baselines "
+                                 "(trained once, not once per teacher)")
         return self
 
 
@@ -269,6 +278,8 @@ class Params(Strict):
     @model_validator(mode="after")
     def _check(self) -> "Params":
         if self.distill.grid:
+            if "none" in self.teachers:
+                raise ValueError("'none' is reserved (teacher-free baselines); rename that teacher")
             missing = [t for t in self.distill.grid.teachers if t not in self.teachers]
             if missing:
                 raise ValueError(f"distill.grid.teachers names undefined teachers {missing}")

@@ -45,16 +45,22 @@ def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProc
 
 
 def remote(project: Path, name: str | None = None) -> Remote:
-    """The named remote, or the project's default one, with its URL."""
-    listed = _run([_tool("dvc"), "remote", "list"], project, 60)
-    remotes = dict(line.split(None, 1) for line in listed.stdout.splitlines() if line.strip())
+    """The named remote, or the project's default one, with its URL (local paths resolved)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(project)) as repo:
+            config = repo.config
+            remotes = {k: dict(v).get("url", "") for k, v in config["remote"].items()}
+            name = name or dict(config["core"]).get("remote")
+    except NotDvcRepoError as exc:
+        raise ShareError(f"{project}: not a DVC project (no .dvc/)") from exc
     if name is None:
-        name = _run([_tool("dvc"), "config", "core.remote"], project, 60).stdout.strip() or None
-        if name is None:
-            raise ShareError("no default DVC remote; add one with `dvc remote add -d NAME URL`")
+        raise ShareError("no default DVC remote; add one with `dvc remote add -d NAME URL`")
     if name not in remotes:
         raise ShareError(f"no DVC remote named {name!r}; configured: {', '.join(remotes) or 'none'}")
-    return Remote(name, remotes[name].strip())
+    return Remote(name, remotes[name])
 
 
 def _cause(proc: subprocess.CompletedProcess) -> str:
@@ -68,7 +74,7 @@ def _cause(proc: subprocess.CompletedProcess) -> str:
 
 
 def _local_path(r: Remote, project: Path) -> Path | None:
-    """A local remote's directory (relative URLs are relative to .dvc/, as DVC reads them)."""
+    """A local remote's directory (DVC's config gives it resolved; relative would be to .dvc/)."""
     if "://" in r.url:
         return None
     return Path(r.url) if Path(r.url).is_absolute() else (project / ".dvc" / r.url).resolve()

@@ -1,27 +1,18 @@
 # The study report: one table, rank correlations with bootstrap CIs, plots.
 
-RUNS = expand(
-    "{teacher}/{student}/{method}/{seed}",
-    teacher=GRID["teachers"],
-    student=GRID["students"],
-    method=GRID["methods"],
-    seed=GRID["seeds"],
-)
-
-
 rule report:
     input:
         "src/clipdistill/report",
         "results/data/vqa_eval",
         expand("results/teacher_eval/{teacher}/metrics.json", teacher=config["teachers"]),
         expand("results/teachers/{teacher}", teacher=config["teachers"]),
-        expand("results/student_eval/{run}/metrics.json", run=RUNS),
-        expand("results/students/{run}", run=RUNS),
+        expand("results/student_eval/{run}/metrics.json", run=KD_RUNS + BASELINE_EVALS),
+        expand("results/students/{run}", run=KD_RUNS + BASELINE_RUNS),
         expand("results/vqa_metrics/teachers/{teacher}.json", teacher=config["teachers"]),
-        expand("results/vqa_metrics/students/{run}.json", run=RUNS),
+        expand("results/vqa_metrics/students/{run}.json", run=KD_RUNS + BASELINE_RUNS),
         "results/vqa_metrics/blind.json",
         expand("results/vqa/teachers/{teacher}", teacher=config["teachers"]),
-        expand("results/vqa/students/{run}", run=RUNS),
+        expand("results/vqa/students/{run}", run=KD_RUNS + BASELINE_RUNS),
         "results/vqa/blind",
     output:
         report(

@@ -34,6 +34,9 @@ rule vqa_student:
     output:
         directory("results/vqa/students/{teacher}/{student}/{method}/{seed}"),
         metrics="results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
+    wildcard_constraints:
+        teacher=one_of(config["teachers"]),
+        method=one_of(GRID["methods"]),
     params:
         spec=config["vqa"],
     threads: 1
@@ -49,6 +52,34 @@ rule vqa_student:
         " --data results/data"
         " --out results/vqa/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
         " --metrics results/vqa_metrics/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
+
+
+rule vqa_baseline:
+    input:
+        "src/clipdistill/vqa",
+        "results/students/none/{student}/{method}/{seed}",
+        "results/data/vqa_train",
+        "results/data/vqa_eval",
+    output:
+        directory("results/vqa/students/none/{student}/{method}/{seed}"),
+        metrics="results/vqa_metrics/students/none/{student}/{method}/{seed}.json",
+    wildcard_constraints:
+        method=one_of(GRID["baselines"]),
+    params:
+        spec=config["vqa"],
+    threads: 1
+    conda:
+        "../envs/clipdistill.yaml"
+    log:
+        "logs/vqa/students/none/{student}/{method}/{seed}.log",
+    benchmark:
+        "results/benchmarks/vqa/baselines/{student}/{method}/{seed}.tsv"
+    shell:
+        "clipdistill --log {log} vqa run --params params.yaml"
+        " --encoder results/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
+        " --data results/data"
+        " --out results/vqa/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
+        " --metrics results/vqa_metrics/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
 
 
 rule vqa_blind:

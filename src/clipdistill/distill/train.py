@@ -37,18 +37,27 @@ from clipdistill.teachers.train import param_groups, warmup_cosine
 
 @dataclass
 class Teacher:
-    """Where targets come from: a feature store (default) or the live teacher."""
+    """Where targets come from: a feature store (default), the live teacher, or nothing
+    (a teacher-free baseline)."""
 
     store: FeatureStore | None = None
     bundle: ClipBundle | None = None
 
     @property
+    def present(self) -> bool:
+        return self.store is not None or self.bundle is not None
+
+    @property
     def logit_scale(self) -> float:
+        if not self.present:
+            return 1.0  # unused: no term compares with a teacher
         return self.store.manifest["logit_scale"] if self.store else float(self.bundle.model.logit_scale.detach().exp())
 
     def targets(self, idx: torch.Tensor, split: Split, needs: set, view: torch.Tensor | None,
                 boxes: torch.Tensor | None) -> dict:
         out = {}
+        if not self.present:
+            return out
         if self.store is not None:
             if "t_image" in needs:
                 key = "view_emb" if view is not None else "image_emb"
@@ -145,6 +154,9 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`."""
     opts = {name: o.options() for name, o in method.items()}
     needs = set().union(*(LOSSES[name][1] for name in opts))
+    if not teacher.present and any(f.startswith("t_") for f in needs):
+        raise ValueError(f"method uses teacher targets ({', '.join(sorted(f for f in needs if f.startswith('t_')))}) "
+                         "but no teacher was given")
     student = create_model(student_spec.arch, seed)
     tok_spec = default_tokenizer_spec(student_spec.arch)
     tokens = tokenizer_from_spec(tok_spec)(split.captions)
@@ -154,7 +166,8 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     s_width = student.visual.transformer.width
     t_width = (store.manifest["patch_tokens"]["shape"][-1] if store and store.manifest["patch_tokens"]
                else teacher.bundle.model.visual.transformer.width if teacher.bundle else None)
-    t_dim = store.manifest["embed_dim"] if store else teacher.bundle.model.text_projection.shape[1]
+    t_dim = (store.manifest["embed_dim"] if store else teacher.bundle.model.text_projection.shape[1]
+             if teacher.bundle else student.text_projection.shape[1])
     heads = make_heads(opts, student.text_projection.shape[1], t_dim, s_width, t_width)
     if "t_patches" in needs and store is not None and store.manifest["patch_tokens"] is None:
         raise ValueError(f"{store.path}: method needs patch tokens but the store has none (features.patch_tokens)")

@@ -45,17 +45,19 @@ def collect(results: Path, vqa_eval: Path) -> list[dict]:
 
     for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
         t, s, m, seed = ev.parts[-5:-1]
-        manifest = read_json(results / "students" / t / s / m / seed / "manifest.json")
+        owner = t if (results / "students" / t / s / m / seed).is_dir() else "none"  # teacher-free baseline
+        manifest = read_json(results / "students" / owner / s / m / seed / "manifest.json")
         summary = read_json(ev)["summary"]
         rows.append({"kind": "student", "teacher": t, "student": s, "method": m, "seed": int(seed),
+                     "teacher_free": owner == "none",
                      "data_source": Path(manifest["data"]["split"]).name, "epochs": manifest["train"]["epochs"],
                      "params_total": manifest["params"]["total"], "params_visual": manifest["params"]["visual"],
                      "teacher_zeroshot": teachers.get(t, {}).get(QUALITY),
                      "teacher_retrieval": teachers.get(t, {}).get("retrieval_mean_R@1"),
                      "zeroshot": summary.get(QUALITY), "retrieval": summary.get("retrieval_mean_R@1"),
                      "cka_image": summary.get("cka_image"),
-                     **vqa_fields(results / "vqa_metrics" / "students" / t / s / m / f"{seed}.json",
-                                  results / "vqa" / "students" / t / s / m / seed / "answers.jsonl")})
+                     **vqa_fields(results / "vqa_metrics" / "students" / owner / s / m / f"{seed}.json",
+                                  results / "vqa" / "students" / owner / s / m / seed / "answers.jsonl")})
     for t, summary in teachers.items():
         manifest = read_json(results / "teachers" / t / "manifest.json")
         rows.append({"kind": "teacher", "teacher": t, "params_total": manifest["params"]["total"],
@@ -82,6 +84,7 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     for (t, s, m), runs in sorted(groups.items()):
         mean, lo, hi = bootstrap_mean_ci([r["_scores"] for r in runs], n_boot, seed)
         table.append({"teacher": t, "student": s, "method": m, "seeds": len(runs),
+                      "teacher_free": runs[0].get("teacher_free", False),
                       "teacher_zeroshot": runs[0]["teacher_zeroshot"],
                       "zeroshot": float(np.mean([r["zeroshot"] for r in runs])),
                       "cka_image": float(np.mean([r["cka_image"] for r in runs])),
@@ -89,12 +92,13 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     correlations = {}
     by_method = defaultdict(list)
     for row in table:
-        by_method[row["method"]].append(row)
+        if not row["teacher_free"]:  # a baseline's VQA does not depend on the teacher
+            by_method[row["method"]].append(row)
     for method, items in sorted(by_method.items()):
         if len(items) >= 3:
             correlations[method] = rank_correlations([i["teacher_zeroshot"] for i in items],
                                                      [i["vqa"] for i in items], n_boot, seed)
-    students = [r for r in rows if r["kind"] == "student" and "vqa_overall" in r]
+    students = [r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")]
     if len(students) >= 3:
         correlations["all"] = rank_correlations([r["teacher_zeroshot"] for r in students],
                                                 [r["vqa_overall"] for r in students], n_boot, seed)
