@@ -30,8 +30,11 @@ system-deps:
 run: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -c2 --workflow-profile workflow/profiles/default
 
+# Locally the end-to-end checks marked `slow` are left out (pytest -m slow runs them);
+# CI (CI=true) runs everything.
+PYTEST_SELECT := $(if $(filter true 1,$(CI)),,-m "not slow")
 test: install system-deps
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_SELECT)
 
 lint: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint

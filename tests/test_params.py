@@ -98,3 +98,10 @@ def test_grid_separates_teacher_free_baselines_from_kd_methods(tmp_path, keys, v
     _with(tmp_path / "p.yaml", keys, value)
     with pytest.raises(P.ParamsError, match=message):
         P.load_params(tmp_path / "p.yaml")
+
+
+def test_a_method_level_weight_scales_only_its_teacher_terms():
+    d = P.DistillParams.model_validate({"methods": {"clipkd": {"clip": 1, "crd": {"weight": 1, "temperature": 2},
+                                                               "fd": 2000, "weight": 3}}})
+    got = {k: v.options() for k, v in d.methods["clipkd"].items()}
+    assert got == {"clip": {"weight": 1.0}, "crd": {"weight": 3.0, "temperature": 2.0}, "fd": {"weight": 6000.0}}

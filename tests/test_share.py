@@ -270,12 +270,12 @@ def test_one_method_param_reruns_only_that_methods_stages(study, home, tmp_path)
     params = copy / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000}",
-                                       "clipkd: {clip: 1, crd: 1, icl: 1, fd: 1000}"))
+                                       "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 2}"))
     status = yaml.safe_load(dvc("status", "--json", cwd=copy, home=home).stdout)
     assert sorted(status) == ["distill@m-xs-clipkd-0", "distill@s-xs-clipkd-0"]
     params.write_text(original)
 
-    out = dvc("exp", "run", "-S", "distill.methods.clipkd.fd=1000", cwd=copy, home=home).stdout
+    out = dvc("exp", "run", "-S", "distill.methods.clipkd.weight=2", cwd=copy, home=home).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     expected = {f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval", "vqa_student") for t in "sm"}
     assert ran == expected | {"report"}, out[-3000:]

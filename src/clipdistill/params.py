@@ -182,9 +182,20 @@ class DistillParams(Strict):
     @field_validator("methods", mode="after")
     @classmethod
     def _expand_weights(cls, methods):
-        """A bare number is shorthand for {weight: number}."""
-        return {name: {loss: LossOptions(weight=o) if isinstance(o, (int, float)) else o for loss, o in terms.items()}
-                for name, terms in methods.items()}
+        """A bare number is shorthand for {weight: number}. A method-level `weight` is its KD
+        weight λ: it multiplies every term that uses the teacher (the CLIP term stays)."""
+        from clipdistill.losses import LOSSES
+
+        out = {}
+        for name, terms in methods.items():
+            terms = {loss: LossOptions(weight=o) if isinstance(o, (int, float)) else o for loss, o in terms.items()}
+            if "weight" in terms:
+                kd = terms.pop("weight").weight
+                terms = {loss: o.model_copy(update={"weight": o.weight * kd})
+                         if any(f.startswith("t_") for f in LOSSES.get(loss, (None, ()))[1]) else o
+                         for loss, o in terms.items()}
+            out[name] = terms
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> "DistillParams":
