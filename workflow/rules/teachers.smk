@@ -11,6 +11,7 @@ rule teacher_train:
         directory("results/teachers/{teacher}"),
     params:
         spec=lambda w: config["teachers"][w.teacher],
+    priority: 10  # the longest chain starts here: start the teachers first
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
