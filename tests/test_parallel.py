@@ -69,3 +69,19 @@ def test_distill_under_torchrun_trains_like_one_process_and_writes_once(tmp_path
     first = [float(x) for x in logs[0][1].split(",")[2:4]], [float(x) for x in logs[1][1].split(",")[2:4]]
     assert first[0] == pytest.approx(first[1], rel=1e-4)  # step 0: same weights, same global batch
     assert not list(tmp_path.glob(".ddp.ckpt")) and sorted(p.name for p in tmp_path.iterdir() if "ddp" in p.name) == ["ddp"]
+
+
+def test_vqa_step_on_two_gloo_ranks_gives_the_single_process_gradients(tmp_path):
+    """Ranks hold different numbers of answer tokens: each rank's loss is normalised by the
+    global count, so the summed gradients are the single-process ones."""
+    helper = REPO / "tests" / "helpers" / "ddp_vqa_grads.py"
+    torchrun(2, helper, tmp_path / "ddp.pt")
+    subprocess.run([sys.executable, helper, tmp_path / "single.pt"], check=True, timeout=300,
+                   env={**os.environ, "WORLD_SIZE": "1"})
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    assert ddp["world"] == 2 and torch.allclose(ddp["loss"], single["loss"], rtol=1e-5)
+    assert ddp["grads"].keys() == single["grads"].keys()
+    assert any("multi_modal_projector" in k for k in single["grads"]) and any("layers.0" in k for k in single["grads"])
+    for name, grad in single["grads"].items():
+        scale = grad.abs().max().clamp_min(1e-8)
+        assert (ddp["grads"][name] - grad).abs().max() / scale < 1e-4, name

@@ -218,12 +218,13 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
             metrics: Annotated[Path, typer.Option(help="metrics.json to write")],
             data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
             params: ParamsOpt = Path("params.yaml")) -> None:
-    """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy)."""
-    import tempfile
+    """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy).
+    Under `torchrun` the training is data-parallel; rank 0 evaluates and writes."""
+    from clipdistill.distill.parallel import init_from_env
 
     from clipdistill.data.formats import read_vqa
     from clipdistill.data.splits import load_split
-    from clipdistill.export.hf import export_hf
+    from clipdistill.export.hf import to_hf
     from clipdistill.io import atomic_dir, write_json
     from clipdistill.models import ClipBundle, create_model, load_model_dir
     from clipdistill.models.clip import preprocess_cfg
@@ -232,6 +233,7 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     from clipdistill.vqa.train import pixel_values, train_vlm
 
     spec = load_section(params, "vqa")
+    rank, _ = init_from_env()
     blind = encoder == "blind"
     if blind:
         tower = create_model("cd-student-xs", 0)
@@ -241,9 +243,10 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
     records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
                           data / "vqa_eval", check_images=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        export_hf(bundle, Path(tmp) / "vision")
-        vlm, tokenizer, processor, log = train_vlm(Path(tmp) / "vision", data / "vqa_train", train_split, spec, blind)
+    # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
+    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind)
+    if rank != 0:  # data-parallel training: rank 0 evaluates and writes
+        return
     eval_pixels = pixel_values(eval_split.images, processor, blind)
     rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, dict(enumerate(eval_pixels)),
                                            spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))

@@ -1,10 +1,11 @@
-"""Data-parallel distillation under `torchrun` (one process per GPU, or gloo on CPU).
+"""Data-parallel training under `torchrun` (one process per GPU, or gloo on CPU).
 
 Every rank draws the same global batch order and trains on its contiguous slice. The
 batch fields are gathered across ranks — the student's with gradient — so the KD terms see
 the whole global batch, and the CLIP term runs in local-loss mode (this rank's rows against
 every rank's columns). Gradients are then averaged over ranks, as DDP does: the result
 equals the single-process gradient on the same global batch. Only rank 0 writes files.
+VQA training shards each global batch the same way (see `clipdistill.vqa.train.batch_loss`).
 """
 
 from __future__ import annotations
@@ -60,19 +61,27 @@ def gather_batch(local: dict, rank: int) -> dict:
     return out
 
 
-def average_gradients(parameters, world: int) -> None:
-    """All-reduce and divide by the world size (DDP's averaging, after backward)."""
+def average_gradients(parameters, world: int, average: bool = True) -> None:
+    """All-reduce the gradients; divide by the world size (DDP's averaging) unless each rank's
+    loss is already normalised by the global count (then the sum is the gradient)."""
     import torch.distributed as dist
 
     for p in parameters:
         if p.grad is not None:
             dist.all_reduce(p.grad)
-            p.grad.div_(world)
+            if average:
+                p.grad.div_(world)
+
+
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value / dist.get_world_size()
+    return sum_over_ranks(value) / dist.get_world_size()

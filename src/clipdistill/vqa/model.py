@@ -52,9 +52,10 @@ def language_model(spec: VQAParams, vocab_size: int, pad_id: int, bos_id: int, e
     return LlamaForCausalLM(cfg), cfg
 
 
-def build_vlm(vision_dir: str | Path, tokenizer, spec: VQAParams) -> LlavaForConditionalGeneration:
-    """Assemble the VLM: frozen tower from `vision_dir`, a fresh seeded projector, the LM."""
-    tower = CLIPVisionModel.from_pretrained(vision_dir)
+def build_vlm(vision: str | Path | CLIPVisionModel, tokenizer, spec: VQAParams) -> LlavaForConditionalGeneration:
+    """Assemble the VLM: frozen tower (an exported directory or the model itself), a fresh
+    seeded projector, the LM."""
+    tower = vision if isinstance(vision, CLIPVisionModel) else CLIPVisionModel.from_pretrained(vision)
     tower.config._name_or_path = "vision_tower"  # not the (temporary) export path: saved bytes stay reproducible
     lm, text_cfg = language_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                                   tokenizer.eos_token_id)

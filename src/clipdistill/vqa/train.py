@@ -23,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from clipdistill.data.formats import read_llava, read_pairs_csv
 from clipdistill.data.splits import Split
+from clipdistill.distill import parallel
 from clipdistill.io import progress
 from clipdistill.params import LoRAParams, VQAParams, VQAStageParams
 from clipdistill.teachers.train import warmup_cosine
@@ -78,13 +79,28 @@ def image_inputs(vlm, features: torch.Tensor) -> dict:
     return {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
 
 
+def batch_loss(vlm, forward, tokenizer, chunk: list[Example], features: torch.Tensor) -> torch.Tensor:
+    """This rank's loss on a global batch: its contiguous share of `chunk`. Under torchrun the
+    loss is this rank's sum over answer tokens divided by the global token count, so the
+    ranks' gradients add up to the single-process gradient."""
+    rank, world = parallel.rank_and_world()
+    mine = [chunk[i] for i in parallel.shard(torch.arange(len(chunk)), rank, world).tolist()]
+    ids, attn, labels = collate([encode_conversation(tokenizer, num_image_tokens(vlm), turns) for _, turns in mine],
+                                tokenizer.pad_token_id, left=False)
+    extra = {}
+    if world > 1:  # the causal-LM loss predicts labels[:, 1:]
+        extra["num_items_in_batch"] = parallel.sum_over_ranks((labels[:, 1:] != -100).sum())
+    return forward(input_ids=ids, attention_mask=attn, labels=labels,
+                   mm_encoder_outputs=image_inputs(vlm, features[[i for i, _ in mine]]), **extra).loss
+
+
 def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, spec: VQAStageParams, seed: int,
               name: str, trainable: list[torch.nn.Parameter], forward=None) -> list[dict]:
     """One stage; `forward` is the module to call when it wraps `vlm` (peft), else `vlm`."""
     forward = forward or vlm
     if spec.max_samples:
         examples = examples[: spec.max_samples]
-    n_img = num_image_tokens(vlm)
+    _, world = parallel.rank_and_world()
     rng = random.Random(seed)
     steps_per_epoch = max(1, len(examples) // spec.batch_size)
     total = spec.epochs * steps_per_epoch
@@ -93,26 +109,26 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     forward.train()
     vlm.model.vision_tower.eval()
     log = []
-    bar = progress(total=total, desc=name, unit="step")
+    bar = progress(total=total, desc=name, unit="step", disable=parallel.rank_and_world()[0] != 0)
     for epoch in range(spec.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(steps_per_epoch):
             chunk = [examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]]
-            ids, attn, labels = collate([encode_conversation(tokenizer, n_img, turns) for _, turns in chunk],
-                                        tokenizer.pad_token_id, left=False)
-            out = forward(input_ids=ids, attention_mask=attn, labels=labels,
-                      mm_encoder_outputs=image_inputs(vlm, features[[i for i, _ in chunk]]))
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"{name}: loss is {out.loss.item()} at step {len(log)}")
+            loss = batch_loss(vlm, forward, tokenizer, chunk, features)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
+            if world > 1:
+                parallel.average_gradients(trainable, world, average=False)
+                loss = parallel.sum_over_ranks(loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {len(log)}")
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             sched.step()
-            log.append({"stage": name, "step": len(log), "loss": round(out.loss.item(), 6)})
+            log.append({"stage": name, "step": len(log), "loss": round(loss.item(), 6)})
             bar.update()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     vlm.eval()
     return log
@@ -127,12 +143,16 @@ def with_lora(vlm, spec: LoRAParams):
                                           target_modules=pattern, bias="none"))
 
 
-def train_vlm(vision_dir: Path, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False):
-    """Both stages for one encoder; returns (vlm, tokenizer, processor, log)."""
+def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False):
+    """Both stages for one encoder; returns (vlm, tokenizer, processor, log). `vision` is an
+    exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor) pair."""
     captions, qa = stage_examples(split_dir)
     tokenizer = train_tokenizer(corpus(captions, qa))
-    vlm = build_vlm(vision_dir, tokenizer, spec)
-    processor = CLIPImageProcessor.from_pretrained(vision_dir)
+    if isinstance(vision, tuple):
+        tower, processor = vision
+    else:
+        tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
+    vlm = build_vlm(tower, tokenizer, spec)
     features = tower_features(vlm, pixel_values(images.images, processor, blind))
     projector = list(vlm.model.multi_modal_projector.parameters())
     lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())

@@ -1,0 +1,43 @@
+"""One VQA stage-2 step on a fixed global batch of conversations with uneven answer lengths;
+rank 0 saves loss and gradients. Run under `torchrun --nproc_per_node N`, or plainly."""
+
+import sys
+
+import torch
+
+from clipdistill.distill import parallel
+from clipdistill.export.hf import to_hf
+from clipdistill.models import ClipBundle, create_model
+from clipdistill.models.clip import preprocess_cfg
+from clipdistill.params import VQAParams
+from clipdistill.vqa.model import build_vlm, train_tokenizer
+from clipdistill.vqa.train import batch_loss, corpus
+
+EXAMPLES = [(i, [("what colour is the circle ?", "dark red" if i % 2 else "red"),
+                 ("how many shapes are there ?", " ".join(["two"] * (1 + i % 3)))][: 1 + i % 2])
+            for i in range(8)]
+
+
+def main(out: str) -> None:
+    rank, world = parallel.init_from_env()
+    tower = create_model("cd-student-xs", 0)
+    bundle = ClipBundle(tower, None, "cd-student-xs", preprocess_cfg(tower), {"weights_sha256": None}, {})
+    spec = VQAParams.model_validate({"lm": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2}})
+    tok = train_tokenizer(corpus(EXAMPLES))
+    vlm = build_vlm(to_hf(bundle)[0], tok, spec)
+    cfg = vlm.config
+    features = torch.randn(len(EXAMPLES), cfg.image_seq_length, cfg.vision_config.hidden_size,
+                           generator=torch.Generator().manual_seed(0))
+    loss = batch_loss(vlm, vlm, tok, EXAMPLES, features)
+    loss.backward()
+    params = {k: p for k, p in vlm.named_parameters() if p.requires_grad}
+    if world > 1:
+        parallel.average_gradients(params.values(), world, average=False)
+        loss = parallel.sum_over_ranks(loss)
+    if rank == 0:
+        torch.save({"loss": loss.detach(), "world": world,
+                    "grads": {k: p.grad.clone() for k, p in params.items() if p.grad is not None}}, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
