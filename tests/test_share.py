@@ -269,7 +269,7 @@ def test_one_method_param_reruns_only_that_methods_stages(study, home, tmp_path)
     shutil.copytree(study, copy, symlinks=True)
     params = copy / "params.yaml"
     original = params.read_text()
-    params.write_text(original.replace("clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000}",
+    params.write_text(original.replace("clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 1}",
                                        "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 2}"))
     status = yaml.safe_load(dvc("status", "--json", cwd=copy, home=home).stdout)
     assert sorted(status) == ["distill@m-xs-clipkd-0", "distill@s-xs-clipkd-0"]
