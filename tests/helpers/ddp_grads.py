@@ -11,6 +11,8 @@ from clipdistill.distill.train import student_batch
 from clipdistill.losses import make_heads, method_loss
 from clipdistill.models import create_model
 
+from reduce_and_save import reduce_and_save  # tests/helpers, the script's own folder
+
 METHOD = {"clip": {}, "crd": {"temperature": 2.0}, "icl": {}, "fd": {"weight": 10.0}, "affinity": {}}
 
 
@@ -33,13 +35,7 @@ def main(out: str) -> None:
     loss, _ = method_loss(METHOD, b, heads)
     loss.backward()
     params = dict(student.named_parameters()) | {f"heads.{k}": v for k, v in heads.named_parameters()}
-    if world > 1:
-        parallel.average_gradients(params.values(), world)
-        loss = parallel.mean_over_ranks(loss)
-    if rank == 0:
-        torch.save({"loss": loss.detach(), "world": world,
-                    "grads": {k: p.grad.clone() for k, p in params.items() if p.grad is not None}}, out)
-
+    reduce_and_save(out, loss, params, rank, world, average=True)
 
 if __name__ == "__main__":
     main(sys.argv[1])

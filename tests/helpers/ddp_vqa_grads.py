@@ -13,6 +13,8 @@ from clipdistill.params import VQAParams
 from clipdistill.vqa.model import build_vlm, train_tokenizer
 from clipdistill.vqa.train import batch_loss, corpus
 
+from reduce_and_save import reduce_and_save  # tests/helpers, the script's own folder
+
 EXAMPLES = [(i, [("what colour is the circle ?", "dark red" if i % 2 else "red"),
                  ("how many shapes are there ?", " ".join(["two"] * (1 + i % 3)))][: 1 + i % 2])
             for i in range(8)]
@@ -31,13 +33,7 @@ def main(out: str) -> None:
     loss = batch_loss(vlm, vlm, tok, EXAMPLES, features)
     loss.backward()
     params = {k: p for k, p in vlm.named_parameters() if p.requires_grad}
-    if world > 1:
-        parallel.average_gradients(params.values(), world, average=False)
-        loss = parallel.sum_over_ranks(loss)
-    if rank == 0:
-        torch.save({"loss": loss.detach(), "world": world,
-                    "grads": {k: p.grad.clone() for k, p in params.items() if p.grad is not None}}, out)
-
+    reduce_and_save(out, loss, params, rank, world, average=False)
 
 if __name__ == "__main__":
     main(sys.argv[1])
