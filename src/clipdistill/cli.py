@@ -159,7 +159,7 @@ def distill_cmd(student: Annotated[str, typer.Option(help="student name from dis
     from clipdistill.distill.parallel import init_from_env
     from clipdistill.distill.train import Teacher, distill
     from clipdistill.features.store import FeatureStore
-    from clipdistill.losses import LOSSES
+    from clipdistill.losses import teacher_fields
     from clipdistill.models import load_model_dir, save_model_dir
     from clipdistill.teachers.train import log_csv
 
@@ -170,8 +170,7 @@ def distill_cmd(student: Annotated[str, typer.Option(help="student name from dis
     if teacher_name == "none":
         if teacher is not None or features is not None:
             raise ClipdistillError("--teacher-name none trains a teacher-free baseline: drop --teacher/--features")
-        uses = sorted({f for loss in method_spec for f in LOSSES[loss][1] if f.startswith("t_")})
-        if uses:
+        if uses := teacher_fields(method_spec):
             raise ClipdistillError(f"method {method!r} needs teacher targets ({', '.join(uses)}); give --teacher-name,"
                                    " --teacher and --features")
     elif teacher is None or features is None:

@@ -184,7 +184,7 @@ class DistillParams(Strict):
     def _expand_weights(cls, methods):
         """A bare number is shorthand for {weight: number}. A method-level `weight` is its KD
         weight λ: it multiplies every term that uses the teacher (the CLIP term stays)."""
-        from clipdistill.losses import LOSSES
+        from clipdistill.losses import teacher_fields
 
         out = {}
         for name, terms in methods.items():
@@ -192,14 +192,14 @@ class DistillParams(Strict):
             if "weight" in terms:
                 kd = terms.pop("weight").weight
                 terms = {loss: o.model_copy(update={"weight": o.weight * kd})
-                         if any(f.startswith("t_") for f in LOSSES.get(loss, (None, ()))[1]) else o
+                         if teacher_fields([loss]) else o
                          for loss, o in terms.items()}
             out[name] = terms
         return out
 
     @model_validator(mode="after")
     def _check(self) -> "DistillParams":
-        from clipdistill.losses import LOSSES
+        from clipdistill.losses import LOSSES, teacher_fields
 
         for name, method in self.methods.items():
             if not method:
@@ -214,8 +214,7 @@ class DistillParams(Strict):
                 missing = [x for x in names if x not in known]
                 if missing:
                     raise ValueError(f"grid.{kind} names undefined {kind if kind != 'baselines' else 'methods'} {missing}")
-            uses_teacher = {m: any(f.startswith("t_") for loss in self.methods[m] for f in LOSSES[loss][1])
-                            for m in self.methods}
+            uses_teacher = {m: bool(teacher_fields(self.methods[m])) for m in self.methods}
             if kd := [m for m in self.grid.baselines if uses_teacher[m]]:
                 raise ValueError(f"grid.baselines {kd} use teacher targets; list them under grid.methods")
             if free := [m for m in self.grid.methods if not uses_teacher[m]]:

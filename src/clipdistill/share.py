@@ -37,9 +37,9 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         raise ShareError(f"`{' '.join(args[:2])}` gave no answer within {timeout:.0f} s") from exc
 
@@ -87,8 +87,8 @@ def _check_reachable(r: Remote, project: Path) -> None:
         raise ShareError(f"remote {r.name!r} ({r.url}): directory {path} does not exist")
 
 
-def _dvc(action: str, r: Remote, project: Path, timeout: float, *extra: str) -> str:
-    proc = _run([_tool("dvc"), action, "-r", r.name, *extra], project, timeout)
+def _dvc(action: str, r: Remote, project: Path, timeout: float) -> str:
+    proc = _run([_tool("dvc"), action, "-r", r.name], project, timeout)
     if proc.returncode != 0:
         raise ShareError(f"remote {r.name!r} ({r.url}): {action} failed: {_cause(proc)}")
     return proc.stdout
@@ -127,8 +127,7 @@ def sync(project: Path, profile: str = "workflow/profiles/default", timeout: flo
         shown = ", ".join(stale[:5]) + (f" (+{len(stale) - 5} more)" if len(stale) > 5 else "")
         raise ShareError(f"{len(stale)} stage(s) differ from dvc.lock, pull or reproduce first: {shown}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([_tool("snakemake"), "--touch", "-c1", "--workflow-profile", profile],
-                          cwd=project, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = _run([_tool("snakemake"), "--touch", "-c1", "--workflow-profile", profile], project, timeout, env)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise ShareError(f"snakemake --touch failed: {lines[-1] if lines else proc.returncode}")

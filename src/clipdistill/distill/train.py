@@ -28,7 +28,7 @@ from clipdistill.data.splits import Split
 from clipdistill.distill import parallel
 from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
 from clipdistill.io import progress
-from clipdistill.losses import LOSSES, make_heads, method_loss
+from clipdistill.losses import LOSSES, make_heads, method_loss, teacher_fields
 from clipdistill.models import ClipBundle, create_model, preprocess_images
 from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
 from clipdistill.params import FeatureParams, LossOptions, StudentParams, TrainParams
@@ -154,9 +154,8 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`."""
     opts = {name: o.options() for name, o in method.items()}
     needs = set().union(*(LOSSES[name][1] for name in opts))
-    if not teacher.present and any(f.startswith("t_") for f in needs):
-        raise ValueError(f"method uses teacher targets ({', '.join(sorted(f for f in needs if f.startswith('t_')))}) "
-                         "but no teacher was given")
+    if not teacher.present and (uses := teacher_fields(opts)):
+        raise ValueError(f"method uses teacher targets ({', '.join(uses)}) but no teacher was given")
     student = create_model(student_spec.arch, seed)
     tok_spec = default_tokenizer_spec(student_spec.arch)
     tokens = tokenizer_from_spec(tok_spec)(split.captions)

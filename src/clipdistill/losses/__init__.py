@@ -107,7 +107,7 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
 
 
 # The loss zoo imports the functions above, so it comes last.
-from clipdistill.losses.zoo import LOSSES, make_heads, method_loss  # noqa: E402
+from clipdistill.losses.zoo import LOSSES, make_heads, method_loss, teacher_fields  # noqa: E402
 
 __all__ = ["BACKENDS", "LOSSES", "contrastive_kd_loss", "contrastive_loss", "make_heads", "method_loss",
-           "siglip_loss", "similarity_kd_loss"]
+           "siglip_loss", "similarity_kd_loss", "teacher_fields"]

@@ -218,6 +218,11 @@ LOSSES = {
 }
 
 
+def teacher_fields(losses) -> list[str]:
+    """The teacher targets (t_* batch fields) these losses read, sorted; unknown names read none."""
+    return sorted({f for loss in losses for f in LOSSES.get(loss, (None, set()))[1] if f.startswith("t_")})
+
+
 def make_heads(method: dict, s_dim: int, t_dim: int, s_width: int | None = None,
                t_width: int | None = None) -> torch.nn.ModuleDict:
     """The learned parts a method needs (projections, fusion layers, extra scales/biases)."""

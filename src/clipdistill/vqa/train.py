@@ -100,7 +100,7 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     forward = forward or vlm
     if spec.max_samples:
         examples = examples[: spec.max_samples]
-    _, world = parallel.rank_and_world()
+    rank, world = parallel.rank_and_world()
     rng = random.Random(seed)
     steps_per_epoch = max(1, len(examples) // spec.batch_size)
     total = spec.epochs * steps_per_epoch
@@ -109,7 +109,7 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     forward.train()
     vlm.model.vision_tower.eval()
     log = []
-    bar = progress(total=total, desc=name, unit="step", disable=parallel.rank_and_world()[0] != 0)
+    bar = progress(total=total, desc=name, unit="step", disable=rank != 0)
     for epoch in range(spec.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
