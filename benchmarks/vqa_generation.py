@@ -18,6 +18,7 @@ import torch
 from clipdistill.export.hf import export_hf
 from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer
+from clipdistill.vqa.language import tiny_llama
 from clipdistill.vqa.model import build_vlm, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,7 +31,7 @@ def main() -> None:
     tok = train_tokenizer(questions + ["user : assistant : red blue green yes no 1 2 3"])
     with tempfile.TemporaryDirectory() as tmp:
         export_hf(bundle_for("cd-teacher-m"), Path(tmp) / "v")
-        vlm = build_vlm(Path(tmp) / "v", tok, VQAParams()).eval()
+        vlm = build_vlm(Path(tmp) / "v", tok, tiny_llama(VQAParams(), tok), VQAParams()).eval()
     pixels = torch.randn(len(questions), 3, 64, 64)
     rows = []
     for bs in (64, 16, 1):

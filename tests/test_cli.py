@@ -5,7 +5,7 @@ import yaml
 from conftest import SMOKE, run_cli
 
 STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"], "eval": ["clip"],
-          "export": ["hf"], "vqa": ["run"], "params": ["check", "schema"]}
+          "export": ["hf"], "vqa": ["lm", "run"], "params": ["check", "schema"]}
 COMMANDS = ["distill", "report", "push", "pull", "sync"]
 
 

@@ -96,7 +96,8 @@ def test_each_stage_tracks_exactly_the_params_it_reads():
             assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == ["eval"]
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
-    assert params == {"data_preview": [], "vqa_blind": ["vqa"], "report": ["report"]}
+    assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"], "vqa_blind": ["vqa"],
+                      "report": ["report"]}
 
 
 def test_snakemake_lint_is_clean():

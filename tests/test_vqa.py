@@ -10,6 +10,7 @@ from clipdistill.export.hf import export_hf
 from clipdistill.models import load_model_dir
 from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
+from clipdistill.vqa.language import tiny_llama
 from clipdistill.vqa.train import pixel_values, train_vlm
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
@@ -88,7 +89,7 @@ def test_cached_tower_features_equal_the_pixel_forward(teacher_dir, world, tmp_p
     export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
     _, qa = stage_examples(world / "vqa_train")
     tok = train_tokenizer(corpus(qa))
-    vlm = build_vlm(tmp_path / "vision", tok, SPEC)
+    vlm = build_vlm(tmp_path / "vision", tok, tiny_llama(SPEC, tok), SPEC)
     batch = qa[:5]
     ids, attn, labels = collate([encode_conversation(tok, num_image_tokens(vlm), turns) for _, turns in batch],
                                 tok.pad_token_id, left=False)
@@ -129,7 +130,7 @@ def test_lora_stage_two_changes_the_lm_by_a_low_rank_update_only(teacher_dir, wo
     train = load_split(world / "vqa_train")
     vlm, tok, proc, log = train_vlm(tmp_path / "vision", world / "vqa_train", train, spec)
     assert type(vlm) is LlavaForConditionalGeneration and any("LoRA" in r["stage"] for r in log)
-    fresh = build_vlm(tmp_path / "vision", tok, spec)  # seeded: the LM every encoder starts from
+    fresh = build_vlm(tmp_path / "vision", tok, tiny_llama(spec, tok), spec)  # seeded: the LM every encoder starts from
     after, before = vlm.model.language_model.state_dict(), fresh.model.language_model.state_dict()
     assert after.keys() == before.keys()
     for name in after:

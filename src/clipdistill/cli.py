@@ -211,11 +211,29 @@ def export_hf_cmd(model: Annotated[Path, typer.Option(help="open_clip model dire
     typer.echo(f"{model} -> {out} ({manifest['layers']} layers, {manifest['patches']} patches)", err=True)
 
 
+@vqa_app.command("lm")
+def vqa_lm(out: Annotated[Path, typer.Option(help="directory for the language model and its tokenizer")],
+           data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+           params: ParamsOpt = Path("params.yaml")) -> None:
+    """The language model every VLM starts from (`vqa.lm`), instruction-tuned on the VQA
+    training text when `vqa.lm_pretrain` is set."""
+    from clipdistill.vqa.language import prepare_language, save_language
+
+    spec = load_section(params, "vqa")
+    lm, tokenizer, log = prepare_language(spec, data / "vqa_train")
+    manifest = save_language(out, lm, tokenizer, log, spec)
+    loss = manifest["counts"]["final_loss"]
+    typer.echo(f"language model: {manifest['counts']['parameters']:,} parameters, vocab {len(tokenizer)}"
+               + (f", final loss {loss:.3f}" if loss is not None else "") + f" -> {out}", err=True)
+
+
 @vqa_app.command("run")
 def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory, or 'blind'")],
             out: Annotated[Path, typer.Option(help="directory for the VLM and its answers")],
             metrics: Annotated[Path, typer.Option(help="metrics.json to write")],
             data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+            lm: Annotated[Path | None, typer.Option(help="language model from `clipdistill vqa lm` "
+                                                         "(default: prepared here from params)")] = None,
             params: ParamsOpt = Path("params.yaml")) -> None:
     """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy).
     Under `torchrun` the training is data-parallel; rank 0 evaluates and writes."""
@@ -229,9 +247,11 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     from clipdistill.models.clip import preprocess_cfg
     from clipdistill.teachers.train import log_csv
     from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
+    from clipdistill.vqa.language import load_language_dir
     from clipdistill.vqa.train import pixel_values, train_vlm
 
     spec = load_section(params, "vqa")
+    language = load_language_dir(lm) if lm else None  # before any data is read: a bad path fails at once
     rank, _ = init_from_env()
     blind = encoder == "blind"
     if blind:
@@ -243,7 +263,7 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
                           data / "vqa_eval", check_images=False)
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
-    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind)
+    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language)
     if rank != 0:  # data-parallel training: rank 0 evaluates and writes
         return
     eval_pixels = pixel_values(eval_split.images, processor, blind)

@@ -226,7 +226,8 @@ class DistillParams(Strict):
 class LMParams(Strict):
     """The VLM's language model: a seeded tiny Llama, or a local HF causal LM (`path`)."""
 
-    path: str | None = Field(None, description="local HF causal-LM directory (uses its own tokenizer)")
+    path: str | None = Field(None, description="local HF causal-LM directory (uses its own tokenizer, "
+                                               "gains the <image> token)")
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(256, ge=8)
     layers: int = Field(2, ge=1)
@@ -257,6 +258,9 @@ class VQAParams(Strict):
     """LLaVA-style VQA (`clipdistill vqa run`): identical protocol for every encoder."""
 
     lm: LMParams = Field(default_factory=LMParams)
+    lm_pretrain: VQAStageParams | None = Field(
+        None, description="instruction-tune the LM on the VQA training text alone (no image) before any "
+                          "encoder sees it, as LLaVA starts from an instruction-tuned LM; shared by every VLM")
     stage1: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=1, lr=1e-3),
                                    description="projector alignment on captions (LM frozen)")
     stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),

@@ -1,10 +1,32 @@
 # LLaVA-style VQA for every encoder: each student, each teacher (reference), a blind baseline.
+# All of them start from the one language model built by vqa_lm.
+
+
+rule vqa_lm:
+    input:
+        "src/clipdistill/vqa",
+        "results/data/vqa_train",
+    output:
+        directory("results/vqa/lm"),
+    params:
+        lm=config["vqa"]["lm"],
+        pretrain=config["vqa"].get("lm_pretrain"),
+    threads: 1
+    conda:
+        "../envs/clipdistill.yaml"
+    log:
+        "logs/vqa/lm.log",
+    benchmark:
+        "results/benchmarks/vqa/lm.tsv"
+    shell:
+        "clipdistill --log {log} vqa lm --params params.yaml --data results/data --out results/vqa/lm"
 
 
 rule vqa_teacher:
     input:
         "src/clipdistill/vqa",
         "results/teachers/{teacher}",
+        "results/vqa/lm",
         "results/data/vqa_train",
         "results/data/vqa_eval",
     output:
@@ -21,7 +43,7 @@ rule vqa_teacher:
         "results/benchmarks/vqa/teachers/{teacher}.tsv"
     shell:
         "clipdistill --log {log} vqa run --params params.yaml --encoder results/teachers/{wildcards.teacher}"
-        " --data results/data --out results/vqa/teachers/{wildcards.teacher}"
+        " --data results/data --lm results/vqa/lm --out results/vqa/teachers/{wildcards.teacher}"
         " --metrics results/vqa_metrics/teachers/{wildcards.teacher}.json"
 
 
@@ -29,6 +51,7 @@ rule vqa_student:
     input:
         "src/clipdistill/vqa",
         "results/students/{teacher}/{student}/{method}/{seed}",
+        "results/vqa/lm",
         "results/data/vqa_train",
         "results/data/vqa_eval",
     output:
@@ -49,7 +72,7 @@ rule vqa_student:
     shell:
         "clipdistill --log {log} vqa run --params params.yaml"
         " --encoder results/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --data results/data"
+        " --data results/data --lm results/vqa/lm"
         " --out results/vqa/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
         " --metrics results/vqa_metrics/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
 
@@ -58,6 +81,7 @@ rule vqa_baseline:
     input:
         "src/clipdistill/vqa",
         "results/students/none/{student}/{method}/{seed}",
+        "results/vqa/lm",
         "results/data/vqa_train",
         "results/data/vqa_eval",
     output:
@@ -77,7 +101,7 @@ rule vqa_baseline:
     shell:
         "clipdistill --log {log} vqa run --params params.yaml"
         " --encoder results/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --data results/data"
+        " --data results/data --lm results/vqa/lm"
         " --out results/vqa/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
         " --metrics results/vqa_metrics/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
 
@@ -85,6 +109,7 @@ rule vqa_baseline:
 rule vqa_blind:
     input:
         "src/clipdistill/vqa",
+        "results/vqa/lm",
         "results/data/vqa_train",
         "results/data/vqa_eval",
     output:
@@ -100,5 +125,5 @@ rule vqa_blind:
     benchmark:
         "results/benchmarks/vqa/blind.tsv"
     shell:
-        "clipdistill --log {log} vqa run --params params.yaml --encoder blind --data results/data"
+        "clipdistill --log {log} vqa run --params params.yaml --encoder blind --data results/data --lm results/vqa/lm"
         " --out results/vqa/blind --metrics results/vqa_metrics/blind.json"

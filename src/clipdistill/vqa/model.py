@@ -1,10 +1,8 @@
 """The LLaVA-style VLM: an exported CLIP tower (frozen), an mlp2x_gelu projector, a language model.
 
 `LlavaForConditionalGeneration` with layer −2 patch features, CLS dropped
-(`vision_feature_select_strategy="default"`). The language model is either a small Llama
-built from config with a fixed seed — identical initial weights for every encoder — or any
-local HF causal LM directory. The tokenizer is a word-level `tokenizers` model trained on
-the synthetic corpus, or the LM's own.
+(`vision_feature_select_strategy="default"`). The language model and its tokenizer come from
+`vqa.language` (identical for every encoder).
 
 Conversation (one image, one or more turns):
     <s> user : <image>×P <question or nothing> assistant : <answer> </s> user : <question> assistant : ...
@@ -17,8 +15,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
-                          LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast)
+from transformers import (AutoTokenizer, CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel,
+                          PreTrainedTokenizerFast)
 
 from clipdistill.params import VQAParams
 
@@ -39,36 +37,22 @@ def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     return fast
 
 
-def language_model(spec: VQAParams, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
-    """The LM and its config: a seeded tiny Llama, or a local HF causal-LM directory."""
-    if spec.lm.path:
-        lm = AutoModelForCausalLM.from_pretrained(spec.lm.path, local_files_only=True)
-        return lm, lm.config
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=spec.lm.hidden_size, intermediate_size=spec.lm.intermediate_size,
-                      num_hidden_layers=spec.lm.layers, num_attention_heads=spec.lm.heads,
-                      num_key_value_heads=spec.lm.heads, max_position_embeddings=spec.lm.max_length,
-                      pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, tie_word_embeddings=False)
-    torch.manual_seed(spec.lm.seed)
-    return LlamaForCausalLM(cfg), cfg
-
-
-def build_vlm(vision: str | Path | CLIPVisionModel, tokenizer, spec: VQAParams) -> LlavaForConditionalGeneration:
+def build_vlm(vision: str | Path | CLIPVisionModel, tokenizer, lm: PreTrainedModel,
+              spec: VQAParams) -> LlavaForConditionalGeneration:
     """Assemble the VLM: frozen tower (an exported directory or the model itself), a fresh
-    seeded projector, the LM."""
+    seeded projector, a copy of the language model `lm` (see `vqa.language`)."""
     tower = vision if isinstance(vision, CLIPVisionModel) else CLIPVisionModel.from_pretrained(vision)
     tower.config._name_or_path = "vision_tower"  # not the (temporary) export path: saved bytes stay reproducible
-    lm, text_cfg = language_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                                  tokenizer.eos_token_id)
     patches = (tower.config.image_size // tower.config.patch_size) ** 2
-    cfg = LlavaConfig(vision_config=tower.config, text_config=text_cfg,
+    cfg = LlavaConfig(vision_config=tower.config, text_config=lm.config,
                       image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                       vision_feature_layer=-2, vision_feature_select_strategy="default",
                       projector_hidden_act="gelu", image_seq_length=patches)
     torch.manual_seed(spec.lm.seed + 1)  # the projector: same init for every encoder of a given width
     vlm = LlavaForConditionalGeneration(cfg)
     vlm.model.vision_tower.load_state_dict(tower.state_dict())
-    vlm.model.language_model.load_state_dict(lm.model.state_dict())
-    vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
+    vlm.model.language_model.load_state_dict(lm.base_model.state_dict())
+    vlm.lm_head.load_state_dict(lm.get_output_embeddings().state_dict())
     vlm.model.vision_tower.requires_grad_(False)
     return vlm
 
@@ -80,8 +64,8 @@ def num_image_tokens(vlm) -> int:
 def encode_conversation(tokenizer, n_image: int, turns: list[tuple[str, str | None]], image: bool = True):
     """input ids and labels for a conversation of (prompt, answer) turns; the image tokens go
     into the first turn. A final answer of None leaves the prompt open for generation."""
-    ids = [tokenizer.bos_token_id]
-    labels = [-100]
+    ids = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]  # some LMs (Qwen2) have no BOS
+    labels = [-100] * len(ids)
     for k, (prompt, answer) in enumerate(turns):
         turn = tokenizer.encode("user :", add_special_tokens=False)
         if image and k == 0:

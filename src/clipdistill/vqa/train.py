@@ -27,7 +27,7 @@ from clipdistill.distill import parallel
 from clipdistill.io import progress
 from clipdistill.params import LoRAParams, VQAParams, VQAStageParams
 from clipdistill.teachers.train import warmup_cosine
-from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens, train_tokenizer
+from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens
 
 
 def pixel_values(images_u8: torch.Tensor, processor: CLIPImageProcessor, blind: bool) -> torch.Tensor:
@@ -79,25 +79,26 @@ def image_inputs(vlm, features: torch.Tensor) -> dict:
     return {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
 
 
-def batch_loss(vlm, forward, tokenizer, chunk: list[Example], features: torch.Tensor) -> torch.Tensor:
-    """This rank's loss on a global batch: its contiguous share of `chunk`. Under torchrun the
-    loss is this rank's sum over answer tokens divided by the global token count, so the
-    ranks' gradients add up to the single-process gradient."""
+def batch_loss(forward, tokenizer, chunk: list[Example], n_image: int, images=None) -> torch.Tensor:
+    """This rank's loss on a global batch: its contiguous share of `chunk`. `images(indices)`
+    gives the `mm_encoder_outputs` of those images; None trains on the text alone. Under
+    torchrun the loss is this rank's sum over answer tokens divided by the global token
+    count, so the ranks' gradients add up to the single-process gradient."""
     rank, world = parallel.rank_and_world()
     mine = [chunk[i] for i in parallel.shard(torch.arange(len(chunk)), rank, world).tolist()]
-    ids, attn, labels = collate([encode_conversation(tokenizer, num_image_tokens(vlm), turns) for _, turns in mine],
-                                tokenizer.pad_token_id, left=False)
+    ids, attn, labels = collate([encode_conversation(tokenizer, n_image, turns, image=images is not None)
+                                 for _, turns in mine], tokenizer.pad_token_id, left=False)
     extra = {}
     if world > 1:  # the causal-LM loss predicts labels[:, 1:]
         extra["num_items_in_batch"] = parallel.sum_over_ranks((labels[:, 1:] != -100).sum())
-    return forward(input_ids=ids, attention_mask=attn, labels=labels,
-                   mm_encoder_outputs=image_inputs(vlm, features[[i for i, _ in mine]]), **extra).loss
+    if images is not None:
+        extra["mm_encoder_outputs"] = images([i for i, _ in mine])
+    return forward(input_ids=ids, attention_mask=attn, labels=labels, **extra).loss
 
 
-def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, spec: VQAStageParams, seed: int,
-              name: str, trainable: list[torch.nn.Parameter], forward=None) -> list[dict]:
-    """One stage; `forward` is the module to call when it wraps `vlm` (peft), else `vlm`."""
-    forward = forward or vlm
+def run_stage(model, examples: list[Example], spec: VQAStageParams, seed: int, name: str,
+              trainable: list[torch.nn.Parameter], loss_of, show_progress: bool = True) -> list[dict]:
+    """One training stage: AdamW on `trainable`, warmup + cosine, `loss_of(chunk)` per batch."""
     if spec.max_samples:
         examples = examples[: spec.max_samples]
     rank, world = parallel.rank_and_world()
@@ -106,16 +107,14 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
     total = spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, max(1, total // 20)))
-    forward.train()
-    vlm.model.vision_tower.eval()
+    model.train()
     log = []
-    bar = progress(total=total, desc=name, unit="step", disable=rank != 0)
+    bar = progress(total=total, desc=name, unit="step", disable=rank != 0 or not show_progress)
     for epoch in range(spec.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(steps_per_epoch):
-            chunk = [examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]]
-            loss = batch_loss(vlm, forward, tokenizer, chunk, features)
+            loss = loss_of([examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -130,7 +129,7 @@ def run_stage(vlm, tokenizer, examples: list[Example], features: torch.Tensor, s
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    vlm.eval()
+    model.eval()
     return log
 
 
@@ -143,31 +142,42 @@ def with_lora(vlm, spec: LoRAParams):
                                           target_modules=pattern, bias="none"))
 
 
-def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False):
+def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False,
+              language: tuple | None = None):
     """Both stages for one encoder; returns (vlm, tokenizer, processor, log). `vision` is an
-    exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor) pair."""
+    exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor) pair;
+    `language` the shared (LM, tokenizer) from `clipdistill vqa lm`, else prepared here."""
     captions, qa = stage_examples(split_dir)
-    tokenizer = train_tokenizer(corpus(captions, qa))
+    if language is None:
+        from clipdistill.vqa.language import prepare_language
+
+        language = prepare_language(spec, split_dir)[:2]
+    lm_model, tokenizer = language
     if isinstance(vision, tuple):
         tower, processor = vision
     else:
         tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
-    vlm = build_vlm(tower, tokenizer, spec)
+    vlm = build_vlm(tower, tokenizer, lm_model, spec)
     features = tower_features(vlm, pixel_values(images.images, processor, blind))
+    n_image = num_image_tokens(vlm)
     projector = list(vlm.model.multi_modal_projector.parameters())
     lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
+
+    def loss_of(forward):
+        return lambda chunk: batch_loss(forward, tokenizer, chunk, n_image, lambda idx: image_inputs(vlm, features[idx]))
+
     for p in lm:
         p.requires_grad_(False)
-    log = run_stage(vlm, tokenizer, captions, features, spec.stage1, spec.seed, "vqa stage 1", projector)
+    log = run_stage(vlm, captions, spec.stage1, spec.seed, "vqa stage 1", projector, loss_of(vlm))
     if spec.lora is None:
         for p in lm:
             p.requires_grad_(True)
-        log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm)
+        log += run_stage(vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm, loss_of(vlm))
         return vlm, tokenizer, processor, log
     peft_vlm = with_lora(vlm, spec.lora)
     adapters = [p for n, p in peft_vlm.named_parameters() if "lora_" in n]
     for p in projector:
         p.requires_grad_(True)
-    log += run_stage(vlm, tokenizer, qa, features, spec.stage2, spec.seed + 1, "vqa stage 2 (LoRA)",
-                     projector + adapters, forward=peft_vlm)
+    log += run_stage(peft_vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2 (LoRA)", projector + adapters,
+                     loss_of(peft_vlm))
     return peft_vlm.merge_and_unload(), tokenizer, processor, log

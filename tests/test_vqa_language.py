@@ -1,0 +1,82 @@
+"""The shared language model: built once (`clipdistill vqa lm`), instruction-tuned on the
+text alone, reloaded identically by every VLM; a local HF LM brings its own tokenizer."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from clipdistill.data.splits import load_split
+from clipdistill.export.hf import export_hf
+from clipdistill.models import load_model_dir
+from clipdistill.params import VQAParams
+from clipdistill.vqa.evaluate import answer
+from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
+from clipdistill.vqa.model import IMAGE_TOKEN, encode_conversation, load_vlm
+from clipdistill.vqa.train import corpus, pixel_values, stage_examples, train_vlm
+from conftest import run_cli
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2}
+SMALL_STAGES = {"stage1": {"epochs": 1, "batch_size": 8, "max_samples": 16},
+                "stage2": {"epochs": 1, "batch_size": 8, "max_samples": 16}}
+
+
+def test_text_pretraining_learns_the_answers_and_reloads_identically(world, tmp_path):
+    spec = VQAParams.model_validate({"lm": TINY, "lm_pretrain": {"epochs": 2, "batch_size": 16, "lr": 3e-3}})
+    lm, tok, log = prepare_language(spec, world / "vqa_train", show_progress=False)
+    first, last = (sum(r["loss"] for r in log[s]) / 5 for s in (slice(0, 5), slice(-5, None)))
+    assert last < 0.7 * first, (first, last)
+    save_language(tmp_path / "lm", lm, tok, log, spec)
+    lm2, tok2 = load_language_dir(tmp_path / "lm")
+    assert tok2.get_vocab() == tok.get_vocab()
+    ids = torch.tensor([tok.encode("user : what color is the circle ? assistant :")])
+    assert torch.equal(lm(ids).logits, lm2(ids).logits)
+    untrained, _, none = prepare_language(spec.model_copy(update={"lm_pretrain": None}), world / "vqa_train")
+    assert none == [] and not torch.equal(untrained(ids).logits, lm(ids).logits)
+
+
+def _qwen_like_lm(path, texts):
+    """A tiny Qwen2 with a byte-level BPE tokenizer and no BOS or image token, as on disk."""
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    tok.save_pretrained(path)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return len(tok)
+
+
+@pytest.mark.slow
+def test_a_local_hf_lm_uses_its_own_tokenizer_with_the_image_token_added(teacher_dir, world, tmp_path):
+    captions, qa = stage_examples(world / "vqa_train")
+    vocab = _qwen_like_lm(tmp_path / "qwen", corpus(captions, qa))
+    spec = VQAParams.model_validate({"lm": {"path": str(tmp_path / "qwen")}, **SMALL_STAGES,
+                                     "lm_pretrain": {"epochs": 1, "batch_size": 8, "max_samples": 16}})
+    lm, tok, _ = prepare_language(spec, world / "vqa_train", show_progress=False)
+    assert type(lm) is Qwen2ForCausalLM and len(tok) == vocab + 1 and tok.pad_token == "<|endoftext|>"
+    assert lm.get_input_embeddings().num_embeddings == vocab + 1
+    ids, _ = encode_conversation(tok, 4, [("what color is it?", "red")])
+    assert ids[0] != tok.bos_token_id and ids.count(tok.convert_tokens_to_ids(IMAGE_TOKEN)) == 4
+
+    export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
+    vlm, tok, proc, log = train_vlm(tmp_path / "vision", world / "vqa_train", load_split(world / "vqa_train"),
+                                    spec, language=(lm, tok))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    vlm.save_pretrained(tmp_path / "vlm")
+    tok.save_pretrained(tmp_path / "vlm")
+    vlm2, tok2 = load_vlm(tmp_path / "vlm")
+    pixels = pixel_values(load_split(world / "vqa_eval").images[:3], proc, False)
+    prompts = ["what color is the circle?", "how many objects are there?", "is there a red star?"]
+    assert answer(vlm2, tok2, prompts, pixels, 3, 3) == answer(vlm, tok, prompts, pixels, 3, 3)
+
+
+def test_vqa_lm_and_run_refuse_a_missing_language_model_in_one_line(tmp_path, smoke_data):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("vqa", "run", "--encoder", "blind", "--data", smoke_data, "--lm", tmp_path / "empty",
+                   "--out", tmp_path / "vlm", "--metrics", tmp_path / "m.json")
+    assert proc.returncode == 2 and "no config.json" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "vlm").exists() and not (tmp_path / "m.json").exists()
