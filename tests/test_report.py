@@ -74,7 +74,8 @@ def test_report_on_a_fabricated_study(tmp_path):
     _write(res / "vqa_metrics" / "blind.json", {"overall": 12.0, "per_question_type": {"exists": 12.0}})
     analysis = report(res, data, tmp_path / "report", n_boot=200)
     assert analysis["correlations"]["all"]["spearman"] > 0.9
-    assert analysis["correlations"]["kd"]["spearman"] == pytest.approx(1)
+    kd = analysis["correlations"]["kd"]  # one pair per run (3 teachers × 2 seeds), not per seed mean
+    assert kd["n"] == 6 and kd["spearman"] > 0.9 and kd["spearman_ci"][0] < kd["spearman_ci"][1]
     assert "baseline" not in analysis["correlations"]  # its VQA does not depend on the teacher
     baselines = [r for r in analysis["table"] if r["method"] == "baseline"]
     assert len(baselines) == 3 and len({r["vqa"] for r in baselines}) == 1 and all(r["teacher_free"] for r in baselines)

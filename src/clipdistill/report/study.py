@@ -90,15 +90,16 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                       "cka_image": float(np.mean([r["cka_image"] for r in runs])),
                       "vqa": mean, "vqa_ci": [lo, hi]})
     correlations = {}
-    by_method = defaultdict(list)
-    for row in table:
-        if not row["teacher_free"]:  # a baseline's VQA does not depend on the teacher
-            by_method[row["method"]].append(row)
-    for method, items in sorted(by_method.items()):
-        if len(items) >= 3:
-            correlations[method] = rank_correlations([i["teacher_zeroshot"] for i in items],
-                                                     [i["vqa"] for i in items], n_boot, seed)
+    # one pair per run (teacher × seed), not per seed mean: with 3 teachers, 3 means would
+    # make every bootstrap resample perfectly ordered and the CI a degenerate [±1, ±1]
     students = [r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")]
+    by_method = defaultdict(list)
+    for r in students:  # teacher-free baselines are left out: their VQA does not depend on the teacher
+        by_method[r["method"]].append(r)
+    for method, runs in sorted(by_method.items()):
+        if len(runs) >= 3:
+            correlations[method] = rank_correlations([r["teacher_zeroshot"] for r in runs],
+                                                     [r["vqa_overall"] for r in runs], n_boot, seed)
     if len(students) >= 3:
         correlations["all"] = rank_correlations([r["teacher_zeroshot"] for r in students],
                                                 [r["vqa_overall"] for r in students], n_boot, seed)
