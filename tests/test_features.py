@@ -51,7 +51,7 @@ def test_replayed_views_equal_stored_ones(stores):
     store = by_dtype["float32"]
     idx = np.array([0, 3, 7, 15, 23])  # crosses shard boundaries (shard_size 7)
     boxes = store.get("view_boxes", idx)
-    assert boxes.shape == (5, 2, 4) and torch.equal(boxes, sample_boxes(len(store), 32, 32, 2, FeatureParams(views=2))[idx])
+    assert boxes.shape == (5, 2, 4) and torch.equal(boxes, sample_boxes(len(store), *split.images.shape[-2:], 2, FeatureParams(views=2))[idx])
     for k in range(2):
         views = replay_views(split.images[idx], boxes[:, k])
         emb = bundle.model.encode_image(preprocess_images(views, bundle.preprocess), normalize=True)
@@ -97,7 +97,7 @@ def test_manifest_describes_the_store(stores, teacher_dir):
 def test_mismatched_store_is_refused(stores, world):
     bundle, split, by_dtype = stores
     store = by_dtype["float32"]
-    store.check(data_sha256=split.content_sha256, preprocess=bundle.preprocess, image_size=[32, 32])
+    store.check(data_sha256=split.content_sha256, preprocess=bundle.preprocess, image_size=list(split.images.shape[-2:]))
     other = load_split(world / "clip_eval")
     with pytest.raises(StoreMismatch, match=r"feature store does not match: data hash .* != stored"):
         store.check(data_sha256=other.content_sha256)

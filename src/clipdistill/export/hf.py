@@ -26,7 +26,7 @@ class ExportError(ClipdistillError):
 
 
 def vision_config(bundle: ClipBundle) -> CLIPVisionConfig:
-    cfg = open_clip.get_model_config(bundle.model_name)
+    cfg = bundle.config or open_clip.get_model_config(bundle.model_name)
     v = cfg["vision_cfg"]
     visual = bundle.model.visual
     for attr, why in (("attn_pool", "attentional pooling"), ("attn_pool_contrastive", "attentional pooling")):

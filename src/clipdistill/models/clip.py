@@ -43,6 +43,7 @@ class ClipBundle:
     preprocess: dict[str, Any]   # size, mean, std, interpolation (open_clip's preprocess cfg)
     manifest: dict[str, Any]
     tokenizer_spec: dict[str, Any]
+    config: dict[str, Any] | None = None   # the open_clip config; None: the registry's for model_name
 
 
 def preprocess_cfg(model) -> dict[str, Any]:
@@ -122,12 +123,22 @@ def load_model_dir(path: str | Path) -> ClipBundle:
         raise ModelError(f"{path}: not a model directory (no manifest.json)")
     manifest = read_json(path / "manifest.json")
     name = manifest["model_name"]
-    if open_clip.get_model_config(name) is None:  # a config we do not ship: register the saved one
-        open_clip.factory._MODEL_CONFIGS[name] = read_json(path / "model_config.json")
-    model = open_clip.create_model(name, pretrained=str(path / "model.safetensors"))
+    # The saved config wins over the registry's config of the same name: a directory written
+    # before a shipped config changed must load as it was trained (open_clip would otherwise
+    # resize the position embedding to the new image size without a word).
+    registry = open_clip.factory._MODEL_CONFIGS
+    shipped = registry.get(name)
+    config = registry[name] = read_json(path / "model_config.json")
+    try:
+        model = open_clip.create_model(name, pretrained=str(path / "model.safetensors"))
+    finally:
+        if shipped is None:
+            registry.pop(name)
+        else:
+            registry[name] = shipped
     model.eval()
     spec = read_json(path / "tokenizer.json")
-    return ClipBundle(model, tokenizer_from_spec(spec), name, preprocess_cfg(model), manifest, spec)
+    return ClipBundle(model, tokenizer_from_spec(spec), name, preprocess_cfg(model), manifest, spec, config)
 
 
 def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None = None) -> Path:
