@@ -69,7 +69,7 @@ def test_every_method_term_trains_a_step(store_dir, teacher_dir, world):
 
 def test_mfd_really_masks_patches():
     student = create_model("cd-student-xs", 0).eval()
-    x = torch.randn(2, 3, 60, 60)
+    x = torch.randn(2, 3, 64, 64)
     lengths = []
     hook = student.visual.transformer.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
     full = student.encode_image(x)
@@ -77,7 +77,7 @@ def test_mfd_really_masks_patches():
         masked = student.encode_image(x)
     after = student.encode_image(x)
     hook.remove()
-    assert lengths == [37, 1 + 9, 37]  # CLS + 36 patches; CLS + 25% of them; restored afterwards
+    assert lengths == [65, 1 + 16, 65]  # CLS + 64 patches; CLS + 25% of them; restored afterwards
     assert not torch.allclose(full, masked, atol=1e-4) and torch.equal(full, after)
     assert not student.visual.training
 

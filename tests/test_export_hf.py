@@ -44,7 +44,7 @@ def test_processor_carries_the_towers_preprocessing(tmp_path, teacher_dir):
     bundle = load_model_dir(teacher_dir)
     export_hf(bundle, tmp_path / "hf")
     proc = CLIPImageProcessor.from_pretrained(tmp_path / "hf")
-    assert proc.crop_size == {"height": 60, "width": 60} and list(proc.image_mean) == bundle.preprocess["mean"]
+    assert proc.crop_size == {"height": 64, "width": 64} and list(proc.image_mean) == bundle.preprocess["mean"]
 
 
 def test_non_plain_towers_are_refused():

@@ -37,7 +37,7 @@ class DataParams(Strict):
     """The synthetic world (`clipdistill data synth`)."""
 
     seed: int = Field(0, ge=0, description="root seed; every split derives its own")
-    image_size: int = Field(60, ge=16, le=1024, description="rendered image side, pixels")
+    image_size: int = Field(64, ge=16, le=1024, description="rendered image side, pixels")
     supersample: int = Field(4, ge=1, le=8, description="anti-aliasing factor")
     min_objects: int = Field(1, ge=1, le=9)
     max_objects: int = Field(4, ge=1, le=9)
