@@ -52,6 +52,25 @@ def test_saved_teacher_reloads_bit_exactly_through_every_path(teacher_dir, tmp_p
     assert bundle.manifest["source"] == "pipeline" and len(bundle.manifest["weights_sha256"]) == 64
 
 
+def test_model_dir_loads_with_its_saved_config_not_the_shipped_one(tmp_path):
+    """A directory saved under a shipped name but another config (here 72 px) loads as saved;
+    open_clip alone would resize its position embedding to the shipped 64 px."""
+    from clipdistill.models.clip import create_model, save_model_dir
+
+    registry = open_clip.factory._MODEL_CONFIGS
+    shipped = registry["cd-teacher-s"]
+    registry["cd-teacher-s"] = {**shipped, "vision_cfg": {**shipped["vision_cfg"], "image_size": 72}}
+    try:
+        model = create_model("cd-teacher-s", 0)
+        save_model_dir(tmp_path / "m", model, "cd-teacher-s", {"kind": "open_clip", "name": "cd-teacher-s"}, {})
+    finally:
+        registry["cd-teacher-s"] = shipped
+    bundle = load_model_dir(tmp_path / "m")
+    assert bundle.preprocess["size"] == [72, 72] and bundle.config["vision_cfg"]["image_size"] == 72
+    assert torch.equal(bundle.model.visual.positional_embedding, model.visual.positional_embedding)
+    assert registry["cd-teacher-s"] is shipped  # the shipped config is back
+
+
 def test_missing_offline_weights_fail_in_one_line(tmp_path):
     with pytest.raises(ModelError) as info:
         resolve_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path))
