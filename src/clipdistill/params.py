@@ -259,8 +259,9 @@ class VQAParams(Strict):
 
     lm: LMParams = Field(default_factory=LMParams)
     lm_pretrain: VQAStageParams | None = Field(
-        None, description="instruction-tune the LM on the VQA training text alone (no image) before any "
-                          "encoder sees it, as LLaVA starts from an instruction-tuned LM; shared by every VLM")
+        None, description="instruction-tune the LM on text alone before any encoder sees it (each image's caption "
+                          "in the image's place, then its VQA conversation), as LLaVA starts from an LM that "
+                          "reads its context; shared by every VLM")
     stage1: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=1, lr=1e-3),
                                    description="projector alignment on captions (LM frozen)")
     stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),

@@ -3,9 +3,13 @@
 LLaVA starts from an instruction-tuned LM (Vicuna), never from random weights. Here the LM
 is the seeded tiny Llama with a word-level tokenizer trained on the corpus, or any local HF
 causal LM with its own tokenizer (the `<image>` token added). With `vqa.lm_pretrain` it is
-then instruction-tuned on the *text* of the VQA training split — the same conversations with
-no image, loss on the answers — so that each encoder's stage 2 spends its steps on grounding,
-not on language. Built once and shared: every encoder gets the identical starting LM.
+then instruction-tuned on *text* reading comprehension: each image's caption (a scene
+description) stands where the image will stand, followed by that image's VQA conversation
+(loss on the answers), and the caption is also repeated back as a description. The LM thus
+learns to read answers out of its context — what a pretrained LLM brings to LLaVA — and stage 1
+only has to make the image tokens readable. Without the description in context, the LM only
+learns answer priors, and a VLM on perfect per-object features still could not read colour
+or shape from its image tokens. Built once and shared: every encoder gets the identical LM.
 
 Directory: the LM (`save_pretrained`), its tokenizer, `train_log.csv`, `manifest.json`.
 """
@@ -63,6 +67,14 @@ def load_language_dir(path: str | Path):
     return lm, tokenizer
 
 
+def reading_examples(captions: list, qa: list) -> list:
+    """Text-only examples with the scene description where the image goes: the description
+    then each VQA conversation, and the description repeated back (stage 1's task in words)."""
+    text = {i: turns[0][1] for i, turns in captions}
+    with_context = [(i, [(f"{text[i]} . {turns[0][0]}", turns[0][1]), *turns[1:]]) for i, turns in qa]
+    return with_context + [(i, [(text[i], text[i])]) for i, _ in captions]
+
+
 def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = True):
     """(LM, tokenizer, log): the configured LM, instruction-tuned on the split's text when
     `spec.lm_pretrain` is set."""
@@ -74,7 +86,7 @@ def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = Tru
         lm = tiny_llama(spec, tokenizer)
     log = []
     if spec.lm_pretrain is not None:
-        examples = qa + captions  # captions as answers to an empty prompt, like stage 1 without the image
+        examples = reading_examples(captions, qa)
         log = run_stage(lm, examples, spec.lm_pretrain, spec.lm.seed, "language model", list(lm.parameters()),
                         lambda chunk: batch_loss(lm, tokenizer, chunk, 0, None), show_progress)
     return lm.eval(), tokenizer, log
