@@ -10,12 +10,13 @@ from clipdistill.export.hf import export_hf
 from clipdistill.models import load_model_dir
 from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
-from clipdistill.vqa.language import tiny_llama
+from clipdistill.vqa.language import prepare_language, tiny_llama
 from clipdistill.vqa.train import pixel_values, train_vlm
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
-                                 "stage1": {"epochs": 1, "batch_size": 32, "max_samples": 320, "lr": 2e-3},
-                                 "stage2": {"epochs": 30, "batch_size": 32, "lr": 2e-3},
+                                 "lm_pretrain": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
+                                 "stage1": {"epochs": 2, "batch_size": 32, "lr": 2e-3},
+                                 "stage2": {"epochs": 15, "batch_size": 32, "lr": 2e-3},
                                  "eval_batch_size": 32, "max_new_tokens": 4})
 
 
@@ -24,9 +25,10 @@ def vlms(teacher_dir, world, tmp_path_factory):
     vision = tmp_path_factory.mktemp("hf") / "vision"
     export_hf(load_model_dir(teacher_dir), vision)
     train = load_split(world / "vqa_train")
+    language = prepare_language(SPEC, world / "vqa_train", show_progress=False)[:2]  # shared, as in the study
     out = {}
     for name, blind in (("teacher", False), ("blind", True)):
-        vlm, tok, proc, log = train_vlm(vision, world / "vqa_train", train, SPEC, blind=blind)
+        vlm, tok, proc, log = train_vlm(vision, world / "vqa_train", train, SPEC, blind=blind, language=language)
         out[name] = (vlm, tok, proc, log)
     return out
 
@@ -54,8 +56,9 @@ def test_batched_answers_equal_batch_size_one(vlms, world):
 
 @pytest.mark.slow
 def test_teacher_vlm_beats_the_blind_baseline(vlms, world):
-    """Colour needs the image; the blind VLM can only learn answer priors. (Shape questions do
-    not yet separate at this scale: see the VQA issue's note.)"""
+    """Colour and count need the image; the blind VLM can only learn answer priors. Shape
+    questions do not separate (19 vs 14 here): the recipe can read shape (the oracle-feature
+    test in test_vqa_language.py), but a CLIP tower trained at this scale hardly encodes it."""
     split, records = eval_set(world)
     acc = {}
     for name, (vlm, tok, proc, log) in vlms.items():
@@ -65,7 +68,8 @@ def test_teacher_vlm_beats_the_blind_baseline(vlms, world):
         assert len(rows) == len(records) and {"question_id", "prompt", "text", "model_id"} == set(rows[0])
         assert per_type.startswith("kind,type,accuracy\n")
         acc[name] = metrics["per_question_type"]
-    assert acc["teacher"]["color"] > acc["blind"]["color"] + 5, (acc["teacher"], acc["blind"])
+    for kind in ("color", "count"):
+        assert acc["teacher"][kind] > acc["blind"][kind] + 5, (kind, acc["teacher"], acc["blind"])
 
 
 def test_blind_pixels_carry_no_image_information(world):
@@ -124,6 +128,7 @@ def test_lora_stage_two_changes_the_lm_by_a_low_rank_update_only(teacher_dir, wo
 
     export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
     spec = SPEC.model_copy(update={
+        "lm_pretrain": None,  # the seeded LM as built, so the frozen weights can be compared with it
         "stage1": SPEC.stage1.model_copy(update={"max_samples": 64}),
         "stage2": SPEC.stage2.model_copy(update={"epochs": 1, "max_samples": 96}),
         "lora": VQAParams.model_validate({"lora": {"r": 2, "alpha": 4}}).lora})
