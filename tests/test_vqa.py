@@ -21,9 +21,31 @@ SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 
 
 
 @pytest.fixture(scope="module")
-def vlms(teacher_dir, world, tmp_path_factory):
+def one_object_world(smoke_params, tmp_path_factory):
+    """One object per scene at 64 px, and a pipeline teacher trained on it. With one object the
+    caption's colour no longer tells scenes apart, so CLIP training has to learn shape too (at
+    this scale it does not on multi-object scenes: see the oracle-feature test)."""
+    from clipdistill.data.synth import synthesize
+    from clipdistill.params import SplitParams, TeacherParams
+    from clipdistill.teachers import train as T
+
+    params = smoke_params.model_copy(update={"image_size": 64, "max_objects": 1, "splits": {
+        "pretrain": SplitParams(size=2000), "vqa_train": SplitParams(size=2000), "vqa_eval": SplitParams(size=200)}})
+    root = tmp_path_factory.mktemp("one_object")
+    for split in params.splits:
+        synthesize(params, split, root / split)
+    spec = TeacherParams(arch="cd-teacher-s", epochs=40, batch_size=64, lr=3e-3)
+    pretrain = load_split(root / "pretrain")
+    model, tok, log = T.train_teacher(spec, pretrain, show_progress=False)
+    T.save_pipeline_teacher(root / "teacher", "s", spec, pretrain, model, tok, log)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vlms(one_object_world, tmp_path_factory):
+    world = one_object_world
     vision = tmp_path_factory.mktemp("hf") / "vision"
-    export_hf(load_model_dir(teacher_dir), vision)
+    export_hf(load_model_dir(world / "teacher"), vision)
     train = load_split(world / "vqa_train")
     language = prepare_language(SPEC, world / "vqa_train", show_progress=False)[:2]  # shared, as in the study
     out = {}
@@ -41,9 +63,9 @@ def eval_set(world):
 
 
 @pytest.mark.slow
-def test_batched_answers_equal_batch_size_one(vlms, world):
+def test_batched_answers_equal_batch_size_one(vlms, one_object_world):
     vlm, tok, proc, _ = vlms["teacher"]
-    split, records = eval_set(world)
+    split, records = eval_set(one_object_world)
     records = records[:24]
     pixels = pixel_values(split.images, proc, False)[[r.image_id for r in records]]
     prompts = [prompt_of(r) for r in records]
@@ -55,11 +77,11 @@ def test_batched_answers_equal_batch_size_one(vlms, world):
 
 
 @pytest.mark.slow
-def test_teacher_vlm_beats_the_blind_baseline(vlms, world):
-    """Colour and count need the image; the blind VLM can only learn answer priors. Shape
-    questions do not separate (19 vs 14 here): the recipe can read shape (the oracle-feature
-    test in test_vqa_language.py), but a CLIP tower trained at this scale hardly encodes it."""
-    split, records = eval_set(world)
+def test_teacher_vlm_beats_the_blind_baseline(vlms, one_object_world):
+    """Colour, shape and position need the image; the blind VLM can only learn answer priors.
+    Measured: colour 99.8 vs 14.9, shape 29.4 vs 16.6 (the teacher's own zero-shot shape
+    accuracy is 0.30), position 97.9 vs 13.7."""
+    split, records = eval_set(one_object_world)
     acc = {}
     for name, (vlm, tok, proc, log) in vlms.items():
         assert log[-1]["loss"] < log[0]["loss"]
@@ -68,7 +90,7 @@ def test_teacher_vlm_beats_the_blind_baseline(vlms, world):
         assert len(rows) == len(records) and {"question_id", "prompt", "text", "model_id"} == set(rows[0])
         assert per_type.startswith("kind,type,accuracy\n")
         acc[name] = metrics["per_question_type"]
-    for kind in ("color", "count"):
+    for kind in ("color", "shape", "position"):
         assert acc["teacher"][kind] > acc["blind"][kind] + 5, (kind, acc["teacher"], acc["blind"])
 
 
