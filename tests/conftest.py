@@ -15,6 +15,28 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 BIN = Path(sys.executable).parent
 
 
+def synth_world(params, root: Path, splits=None) -> Path:
+    """The named splits of `params` (all by default), each under root/<split>."""
+    from clipdistill.data.synth import synthesize
+
+    for split in splits or params.splits:
+        synthesize(params, split, root / split)
+    return root
+
+
+def train_small_teacher(pretrain: Path, out: Path, epochs: int) -> Path:
+    """A cd-teacher-s trained by the pipeline's own code on the `pretrain` split, saved to out."""
+    from clipdistill.data.splits import load_split
+    from clipdistill.params import TeacherParams
+    from clipdistill.teachers import train as T
+
+    spec = TeacherParams(arch="cd-teacher-s", epochs=epochs, batch_size=64, lr=3e-3)
+    split = load_split(pretrain)
+    model, tok, log = T.train_teacher(spec, split, show_progress=False)
+    T.save_pipeline_teacher(out, "s", spec, split, model, tok, log)
+    return out
+
+
 @pytest.fixture(scope="session")
 def smoke_params():
     from clipdistill.params import load_section
@@ -25,12 +47,7 @@ def smoke_params():
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory, smoke_params):
     """The smoke synthetic world, generated once per test session."""
-    from clipdistill.data.synth import synthesize
-
-    out = tmp_path_factory.mktemp("world") / "data"
-    for split in smoke_params.splits:
-        synthesize(smoke_params, split, out / split)
-    return out
+    return synth_world(smoke_params, tmp_path_factory.mktemp("world") / "data")
 
 
 def run_cli(*args, cwd=None, check=False, timeout=300):
@@ -60,7 +77,6 @@ def project_copy(dest: Path, params: Path = SMOKE) -> Path:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory, smoke_params):
     """A world big enough to learn from: 1200 pretraining scenes, 480 to distil on, 200 to evaluate."""
-    from clipdistill.data.synth import synthesize
     from clipdistill.params import SplitParams
 
     params = smoke_params.model_copy(update={"splits": {**smoke_params.splits,
@@ -69,21 +85,10 @@ def world(tmp_path_factory, smoke_params):
                                                         "distill_big": SplitParams(size=480),
                                                         "vqa_train": SplitParams(size=600),
                                                         "vqa_eval": SplitParams(size=120)}})
-    root = tmp_path_factory.mktemp("teacher_world")
-    for split in ("pretrain", "clip_eval", "distill", "distill_big", "vqa_train", "vqa_eval"):
-        synthesize(params, split, root / split)
-    return root
+    return synth_world(params, tmp_path_factory.mktemp("teacher_world"),
+                       ("pretrain", "clip_eval", "distill", "distill_big", "vqa_train", "vqa_eval"))
 
 
 @pytest.fixture(scope="session")
 def teacher_dir(world, tmp_path_factory):
-    from clipdistill.data.splits import load_split
-    from clipdistill.params import TeacherParams
-    from clipdistill.teachers import train as T
-
-    spec = TeacherParams(arch="cd-teacher-s", epochs=6, batch_size=64, lr=3e-3)
-    split = load_split(world / "pretrain")
-    model, tok, log = T.train_teacher(spec, split, show_progress=False)
-    out = tmp_path_factory.mktemp("teachers") / "s"
-    T.save_pipeline_teacher(out, "s", spec, split, model, tok, log)
-    return out
+    return train_small_teacher(world / "pretrain", tmp_path_factory.mktemp("teachers") / "s", epochs=6)

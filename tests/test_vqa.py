@@ -12,6 +12,7 @@ from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
 from clipdistill.vqa.language import prepare_language, tiny_llama
 from clipdistill.vqa.train import pixel_values, train_vlm
+from conftest import synth_world, train_small_teacher
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
                                  "lm_pretrain": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
@@ -25,19 +26,12 @@ def one_object_world(smoke_params, tmp_path_factory):
     """One object per scene at 64 px, and a pipeline teacher trained on it. With one object the
     caption's colour no longer tells scenes apart, so CLIP training has to learn shape too (at
     this scale it does not on multi-object scenes: see the oracle-feature test)."""
-    from clipdistill.data.synth import synthesize
-    from clipdistill.params import SplitParams, TeacherParams
-    from clipdistill.teachers import train as T
+    from clipdistill.params import SplitParams
 
     params = smoke_params.model_copy(update={"image_size": 64, "max_objects": 1, "splits": {
         "pretrain": SplitParams(size=2000), "vqa_train": SplitParams(size=2000), "vqa_eval": SplitParams(size=200)}})
-    root = tmp_path_factory.mktemp("one_object")
-    for split in params.splits:
-        synthesize(params, split, root / split)
-    spec = TeacherParams(arch="cd-teacher-s", epochs=40, batch_size=64, lr=3e-3)
-    pretrain = load_split(root / "pretrain")
-    model, tok, log = T.train_teacher(spec, pretrain, show_progress=False)
-    T.save_pipeline_teacher(root / "teacher", "s", spec, pretrain, model, tok, log)
+    root = synth_world(params, tmp_path_factory.mktemp("one_object"))
+    train_small_teacher(root / "pretrain", root / "teacher", epochs=40)
     return root
 
 

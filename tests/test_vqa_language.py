@@ -14,7 +14,7 @@ from clipdistill.vqa.evaluate import answer
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
 from clipdistill.vqa.model import IMAGE_TOKEN, encode_conversation, load_vlm
 from clipdistill.vqa.train import corpus, pixel_values, stage_examples, train_vlm
-from conftest import run_cli
+from conftest import run_cli, synth_world
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2}
 SMALL_STAGES = {"stage1": {"epochs": 1, "batch_size": 8, "max_samples": 16},
@@ -125,15 +125,13 @@ def test_the_recipe_reads_colour_and_shape_from_a_tower_that_encodes_them(teache
     from collections import Counter
 
     import clipdistill.vqa.train as vqa_train
-    from clipdistill.data.synth import synthesize
     from clipdistill.params import SplitParams
     from clipdistill.vqa.model import collate
 
     # the images are never looked at (the tower's output is replaced), so they can be tiny
     params = smoke_params.model_copy(update={"image_size": 16, "supersample": 1, "splits": {
         "vqa_train": SplitParams(size=2000), "vqa_eval": SplitParams(size=300)}})
-    for split in params.splits:
-        synthesize(params, split, tmp_path / split)
+    synth_world(params, tmp_path)
     export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
     grid = 8  # cd-teacher-s: 64 px, 8 px patches
     scenes = {s: json.loads((tmp_path / s / "scenes.json").read_text()) for s in params.splits}
