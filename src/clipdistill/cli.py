@@ -285,11 +285,11 @@ def report_cmd(results: Annotated[Path, typer.Option(help="the pipeline's result
                vqa_eval: Annotated[Path, typer.Option(help="VQA evaluation split")] = Path("results/data/vqa_eval"),
                out: Annotated[Path, typer.Option(help="report folder")] = Path("results/report"),
                params: ParamsOpt = Path("params.yaml")) -> None:
-    """The study table (CSV + Markdown), rank correlations with bootstrap CIs, plots."""
+    """The verdict (teacher effect, paired and per teacher), the study table (CSV + Markdown), plots."""
     from clipdistill.report.study import report
 
     spec = load_section(params, "report")
-    analysis = report(results, vqa_eval, out, spec.bootstrap, spec.seed)
+    analysis = report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin)
     typer.echo(analysis["answer"], err=True)
 
 

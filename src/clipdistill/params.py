@@ -277,6 +277,10 @@ class ReportParams(Strict):
 
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for every CI")
     seed: int = Field(0, ge=0)
+    equivalence_margin: float = Field(
+        0.1, gt=0, description="largest slope (VQA points of KD gain per point of teacher zero-shot top-1 %) "
+        "that counts as 'teacher quality does not matter': the verdict is `equivalent` only when the "
+        "slope's 95% CI lies inside ±margin")
 
 
 class Params(Strict):

@@ -1,5 +1,6 @@
-"""`clipdistill report`: one table, rank correlations and plots that answer the question
-"do better teachers make better students (as VLM vision encoders)?".
+"""`clipdistill report`: the answer to "do better teachers make better students (as VLM
+vision encoders)?" — one of four verdicts from `stats.teacher_effect` (paired against the
+no-KD student, the teacher as the unit) — with the tables, paired gains and plots behind it.
 
 Reads what the pipeline wrote under `results/` (teacher/student evaluations, VQA metrics and
 answer files, student manifests and training logs) — nothing is recomputed.
@@ -16,15 +17,21 @@ from pathlib import Path
 import numpy as np
 
 from clipdistill.io import DataError, atomic_dir, read_json, rounded, write_json
-from clipdistill.report.stats import bootstrap_mean_ci, rank_correlations, verdict
+from clipdistill.report.stats import (StudyInputError, bootstrap_mean_ci, paired_effects, rank_correlations,
+                                      teacher_effect, verdict_sentence)
 from clipdistill.vqa.metrics import vqa_accuracy
 
 QUALITY = "zeroshot_mean_top1"
+QUALITY_NAME = "teacher zero-shot (top-1 %)"  # the unit of the slope and of report.equivalence_margin
 
 
-def _question_scores(answers_file: Path, gold: dict) -> np.ndarray:
+def _question_scores(answers_file: Path, gold: dict) -> dict:
+    """question_id → that answer's VQA soft accuracy (0–1)."""
     rows = [json.loads(line) for line in answers_file.read_text().splitlines() if line.strip()]
-    return np.array([vqa_accuracy(r["text"], gold[r["question_id"]]) for r in rows]) * 100
+    missing = [r["question_id"] for r in rows if r["question_id"] not in gold]
+    if missing:
+        raise DataError(f"{answers_file}: question_id {missing[0]!r} is not in the evaluation split's annotations")
+    return {r["question_id"]: vqa_accuracy(r["text"], gold[r["question_id"]]) for r in rows}
 
 
 def collect(results: Path, vqa_eval: Path) -> list[dict]:
@@ -74,15 +81,42 @@ def collect(results: Path, vqa_eval: Path) -> list[dict]:
     return rows
 
 
-def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Group means with CIs, and teacher-quality vs student-VQA rank correlations."""
+def score_table(rows: list[dict]):
+    """The long (run × question) table `teacher_effect` reads: KD students with their
+    teacher's zero-shot in %, and each no-KD baseline once per (student, seed)."""
+    import pandas as pd
+
+    frames, seen = [], set()
+    for r in rows:
+        if r["kind"] != "student" or "_scores" not in r:
+            continue
+        if r.get("teacher_free"):
+            key = (r["student"], r["seed"])
+            if key in seen:  # evaluated against every teacher, trained and asked once
+                continue
+            seen.add(key)
+            teacher, quality, method = None, np.nan, "baseline"
+        else:
+            teacher, quality, method = r["teacher"], 100 * r["teacher_zeroshot"], r["method"]
+        qids, scores = zip(*r["_scores"].items())
+        frames.append(pd.DataFrame({"student": r["student"], "teacher": teacher, "teacher_quality": quality,
+                                    "method": method, "seed": r["seed"], "question_id": list(qids),
+                                    "score": list(scores)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1) -> dict:
+    """Group means with CIs, the paired KD gains, the teacher effect and its verdict, and the
+    (descriptive) rank correlations."""
     groups = defaultdict(list)
     for r in rows:
         if r["kind"] == "student" and "_scores" in r:
             groups[(r["teacher"], r["student"], r["method"])].append(r)
     table = []
     for (t, s, m), runs in sorted(groups.items()):
-        mean, lo, hi = bootstrap_mean_ci([r["_scores"] for r in runs], n_boot, seed)
+        qids = sorted(runs[0]["_scores"], key=str)
+        matrix = 100 * np.array([[run["_scores"][q] for q in qids] for run in runs])
+        mean, lo, hi = bootstrap_mean_ci(matrix, n_boot, seed)
         table.append({"teacher": t, "student": s, "method": m, "seeds": len(runs),
                       "teacher_free": runs[0].get("teacher_free", False),
                       "teacher_zeroshot": runs[0]["teacher_zeroshot"],
@@ -90,8 +124,7 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                       "cka_image": float(np.mean([r["cka_image"] for r in runs])),
                       "vqa": mean, "vqa_ci": [lo, hi]})
     correlations = {}
-    # one pair per run (teacher × seed), not per seed mean: with 3 teachers, 3 means would
-    # make every bootstrap resample perfectly ordered and the CI a degenerate [±1, ±1]
+    # descriptive only: one pair per run (teacher × seed); runs of a teacher are not independent
     students = [r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")]
     by_method = defaultdict(list)
     for r in students:  # teacher-free baselines are left out: their VQA does not depend on the teacher
@@ -103,8 +136,15 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     if len(students) >= 3:
         correlations["all"] = rank_correlations([r["teacher_zeroshot"] for r in students],
                                                 [r["vqa_overall"] for r in students], n_boot, seed)
-    answer = verdict(correlations["all"]) if "all" in correlations else "Too few runs with VQA to say."
-    return {"table": table, "correlations": correlations, "answer": answer}
+    scores = score_table(rows)
+    effect, gains = None, []
+    try:
+        effect = teacher_effect(scores, margin=margin, n_boot=n_boot, seed=seed)
+        gains = paired_effects(scores, n_boot=n_boot, seed=seed)
+        answer = verdict_sentence(effect, QUALITY_NAME)
+    except StudyInputError as e:  # e.g. no baseline in the grid: say what is missing, not a traceback
+        answer = f"Inconclusive: the study cannot be analysed ({e})."
+    return {"table": table, "correlations": correlations, "effect": effect, "gains": gains, "answer": answer}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -133,14 +173,79 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
             name = "blind (no image)" if r["kind"] == "blind" else f"teacher {r['teacher']}"
             zs = f"{r['zeroshot']:.3f}" if r.get("zeroshot") is not None else "–"
             lines.append(f"| {name} | {zs} | {r['vqa_overall']:.1f} |")
-    lines += ["", "## Teacher zero-shot vs student VQA: rank correlations", "",
+    lines += _effect_markdown(analysis)
+    lines += ["", "## Teacher zero-shot vs student VQA: rank correlations (descriptive)", "",
+              "Runs of one teacher are not independent; the verdict above comes from the teacher effect.", "",
               "| methods | n | Spearman ρ [95% CI] | Kendall τ [95% CI] |", "|---|---|---|---|"]
     for name, c in analysis["correlations"].items():
         lines.append(f"| {name} | {c['n']} | {c['spearman']:+.2f} [{c['spearman_ci'][0]:+.2f}, {c['spearman_ci'][1]:+.2f}] | "
                      f"{c['kendall']:+.2f} [{c['kendall_ci'][0]:+.2f}, {c['kendall_ci'][1]:+.2f}] |")
-    lines += ["", "![teacher quality vs student VQA](teacher_vs_student_vqa.png)",
+    lines += ["", "![KD gain vs teacher quality](teacher_effect.png)",
+              "![teacher quality vs student VQA](teacher_vs_student_vqa.png)",
               "![student zero-shot vs VQA](zeroshot_vs_vqa.png)", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
+
+
+def _num(x: float, fmt: str = "+.2f") -> str:
+    return format(x, fmt) if np.isfinite(x) else ("−∞" if x < 0 else "+∞")
+
+
+def _effect_markdown(analysis: dict) -> list[str]:
+    effect = analysis["effect"]
+    if effect is None:
+        return []
+    lo, hi = effect["ci"]
+    lines = ["", "## Teacher effect: KD gain over the no-KD student vs teacher quality", "",
+             f"Slope of the paired gain (KD − seed-matched no-KD student, VQA points) per point of {QUALITY_NAME}, "
+             f"the teacher as the unit ({effect['n_teachers']} teachers, {effect['n_runs']} KD runs, "
+             f"{effect['n_seeds']} seeds, {effect['n_questions']} questions).", "",
+             "| verdict | slope | 95% CI | SE (teachers) | SE (seeds, questions) | df | equivalence margin | "
+             "detectable slope (80% power) |", "|---|---|---|---|---|---|---|---|",
+             f"| **{effect['verdict']}** | {_num(effect['slope'])} | [{_num(lo)}, {_num(hi)}] | "
+             f"{_num(effect.get('se_teacher', np.nan), '.3f')} | {_num(effect.get('se_measurement', np.nan), '.3f')} | "
+             f"{effect['df']} | ±{effect['margin']:g} | {_num(effect['detectable_slope'], '.3f')} |"]
+    need = effect["teachers_needed_for_margin"]
+    c = effect["components"]
+    lines += ["", f"Variance components (points²): teacher {c['teacher']:.3g}, run {c['run']:.3g}, "
+              f"per question {c['question']:.3g}. To detect a slope of ±{effect['margin']:g} with 80% power "
+              + (f"the study needs about {need} teachers at this many runs and questions per teacher."
+                 if need else "more than 200 teachers would be needed at this many runs per teacher."), "",
+              "| method | teachers | slope | CI (Bonferroni level) | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+    for m, r in effect["methods"].items():
+        lines.append(f"| {m} | {r['n_teachers']} | {_num(r['slope'])} | [{_num(r['ci'][0])}, {_num(r['ci'][1])}] | "
+                     f"{r['p_holm']:.3f} | {r['verdict']} |")
+    lines += ["", "## Paired KD gains over the no-KD student (VQA points; p Holm-adjusted over all cells)", "",
+              "| teacher | method | seeds | gain [95% CI] | p (Holm) |", "|---|---|---|---|---|"]
+    for g in analysis["gains"]:
+        lines.append(f"| {g['teacher']} | {g['method']} | {g['seeds']} | {g['gain']:+.1f} "
+                     f"[{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}] | {g['p_holm']:.3f} |")
+    return lines
+
+
+def _effect_plot(analysis: dict, out: Path, meta: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    effect = analysis["effect"]
+    by_method = defaultdict(list)
+    for g in analysis["gains"]:
+        by_method[g["method"]].append(g)
+    for method, items in sorted(by_method.items()):
+        items.sort(key=lambda g: g["quality"])
+        ax.errorbar([g["quality"] for g in items], [g["gain"] for g in items], capsize=3, marker="o", ls=":",
+                    yerr=[[g["gain"] - g["ci"][0] for g in items], [g["ci"][1] - g["gain"] for g in items]],
+                    label=method, alpha=0.8)
+    if effect is not None and np.isfinite(effect["slope"]):
+        x = np.array([t["quality"] for t in effect["teachers"]])
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, effect["intercept"] + effect["slope"] * xs, color="black", lw=2,
+                label=f"teacher effect ({effect['verdict']})")
+    ax.axhline(0, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel=QUALITY_NAME, ylabel="KD − no-KD student VQA (points)", title="KD gain vs teacher quality")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "teacher_effect.png", dpi=110, metadata=meta)
+    plt.close(fig)
 
 
 def _plots(rows: list[dict], analysis: dict, results: Path, out: Path) -> None:
@@ -150,6 +255,7 @@ def _plots(rows: list[dict], analysis: dict, results: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     meta = {"Software": None}
+    _effect_plot(analysis, out, meta)
     fig, ax = plt.subplots(figsize=(6, 4))
     by_method = defaultdict(list)
     for r in analysis["table"]:
@@ -197,13 +303,27 @@ def _plots(rows: list[dict], analysis: dict, results: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
+def _finite(obj):
+    """JSON has no infinities: an unbounded CI end is written as null."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: int = 1000, seed: int = 0,
+           margin: float = 0.1) -> dict:
     results, out = Path(results), Path(out)
     rows = collect(results, Path(vqa_eval))
-    analysis = analyse(rows, n_boot, seed)
+    analysis = analyse(rows, n_boot, seed, margin)
     with atomic_dir(out) as tmp:
         (tmp / "study.csv").write_text(_csv(rows))
         (tmp / "study.md").write_text(_markdown(rows, analysis))
         write_json(tmp / "correlations.json", rounded(analysis["correlations"], 4))
+        write_json(tmp / "effect.json", _finite(rounded({"answer": analysis["answer"], "effect": analysis["effect"],
+                                                         "gains": analysis["gains"]}, 4)))
         _plots(rows, analysis, results, tmp)
     return analysis

@@ -1,0 +1,141 @@
+"""The teacher effect on studies small enough to work out by hand, and its refusals."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from clipdistill.report.stats import (StudyInputError, detectable_slope, holm, paired_effects, teacher_effect,
+                                      verdict_sentence)
+
+
+def study(gains: dict, quality: dict, seeds=(0, 1), n_q=12, base=0.5, method="kd"):
+    """Every question of a KD run scores `base + gain/100`, every baseline question `base`:
+    each teacher's mean gain is exactly `gains[teacher]` points, with no noise at all."""
+    rows = []
+    for s in seeds:
+        rows += [{"teacher": None, "teacher_quality": np.nan, "method": "baseline", "seed": s, "question_id": q,
+                  "score": base} for q in range(n_q)]
+        for t, g in gains.items():
+            rows += [{"teacher": t, "teacher_quality": quality[t], "method": method, "seed": s, "question_id": q,
+                      "score": base + g / 100} for q in range(n_q)]
+    return pd.DataFrame(rows)
+
+
+def test_slope_and_ci_are_the_teacher_level_regression_written_out():
+    x, y = np.array([30.0, 40.0, 50.0]), np.array([1.0, 2.0, 4.0])
+    r = teacher_effect(study(dict(zip("abc", y)), dict(zip("abc", x))), margin=1.0, n_boot=50)
+    # OLS through the teacher means: slope = Σ(x − x̄)y / Σ(x − x̄)² = (−10·1 + 10·4) / 200
+    assert r["slope"] == pytest.approx(0.15)
+    # residuals (1/6, −1/3, 1/6): s² = (1/36 + 1/9 + 1/36) / (3 − 2) = 1/6; se = √(s² / 200)
+    se = (1 / 6 / 200) ** 0.5
+    assert r["se"] == pytest.approx(se) and r["se_measurement"] == pytest.approx(0, abs=1e-12)
+    half = stats.t.ppf(0.975, 1) * se  # 12.706 · 0.0289 = 0.367
+    assert r["ci"] == pytest.approx([0.15 - half, 0.15 + half])
+    assert r["df"] == 1 and r["n_teachers"] == 3
+    assert r["verdict"] == "equivalent"  # [−0.22, 0.52] lies inside ±1 and contains 0
+    assert teacher_effect(study(dict(zip("abc", y)), dict(zip("abc", x))), margin=0.1, n_boot=50)["verdict"] \
+        == "inconclusive"  # the same CI against a margin of ±0.1
+
+
+@pytest.mark.parametrize("sign, expected", [(1, "better"), (-1, "worse")])
+def test_a_clear_slope_gives_its_direction(sign, expected):
+    x = np.array([30.0, 40.0, 50.0, 60.0, 70.0])
+    y = sign * np.array([1.0, 2.1, 2.9, 4.0, 5.05])
+    r = teacher_effect(study(dict(zip("abcde", y)), dict(zip("abcde", x))), margin=0.01, n_boot=50)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    se = (resid @ resid / 3 / ((x - x.mean()) @ (x - x.mean()))) ** 0.5
+    assert r["slope"] == pytest.approx(slope) and r["se"] == pytest.approx(se)
+    assert r["verdict"] == expected and r["p"] < 0.001
+    assert verdict_sentence(r).startswith(f"Better teachers make {expected} students here")
+
+
+def test_the_measurement_floors_the_teacher_level_error():
+    """Three teachers exactly on a line have zero residual; the seeds' and questions' own
+    noise must still widen the CI, or three lucky teachers would 'prove' anything."""
+    rng = np.random.default_rng(0)
+    df = study({"a": 0.0, "b": 1.0, "c": 2.0}, {"a": 30, "b": 40, "c": 50}, n_q=400)
+    kd = df["method"] == "kd"
+    noise = rng.choice([-0.2, 0.2], size=kd.sum())
+    noise -= pd.Series(noise).groupby([df.loc[kd, "teacher"].to_numpy(), df.loc[kd, "seed"].to_numpy()]) \
+        .transform("mean").to_numpy()  # zero mean per run: the teacher means stay exactly on the line
+    df.loc[kd, "score"] += noise
+    r = teacher_effect(df, margin=1.0, n_boot=300)
+    assert r["slope"] == pytest.approx(0.1) and r["se_teacher"] == pytest.approx(0, abs=1e-9)
+    assert r["se_measurement"] > 0.003 and r["se"] == r["se_measurement"]
+    assert r["ci"][0] < 0.1 - 12 * 0.003  # t(1 df) times the floor, not a zero-width interval
+
+
+def test_paired_against_the_seed_matched_baseline():
+    """Seed 1's baseline is 20 points better than seed 0's, and so are seed 1's KD runs: the
+    paired gain removes it; an unpaired comparison would not."""
+    df = study({"a": 1.0, "b": 3.0, "c": 5.0}, {"a": 30, "b": 40, "c": 50}, base=0.3)
+    df.loc[df["seed"] == 1, "score"] += 0.2
+    r = teacher_effect(df, n_boot=50)
+    assert [t["gain"] for t in r["teachers"]] == pytest.approx([1.0, 3.0, 5.0])
+    assert r["slope"] == pytest.approx(0.2) and r["se"] == pytest.approx(0, abs=1e-9)
+    gains = paired_effects(df, n_boot=50)
+    assert [(g["teacher"], g["gain"]) for g in gains] == [("a", pytest.approx(1)), ("b", pytest.approx(3)),
+                                                          ("c", pytest.approx(5))]
+
+
+def test_methods_get_their_own_slopes_with_holm():
+    a = study({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, {"a": 30, "b": 40, "c": 50, "d": 60}, method="fd")
+    b = study({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, {"a": 30, "b": 40, "c": 50, "d": 60}, method="crd")
+    df = pd.concat([a, b[b["method"] == "crd"]], ignore_index=True)
+    r = teacher_effect(df, margin=0.05, n_boot=50)
+    assert r["methods"]["fd"]["slope"] == pytest.approx(0.1) and r["methods"]["crd"]["slope"] == pytest.approx(0)
+    assert r["slope"] == pytest.approx(0.05)  # teacher means pool both methods
+    assert {m: v["verdict"] for m, v in r["methods"].items()} == {"fd": "better", "crd": "equivalent"}
+
+
+def test_holm_by_hand():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → raised to 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_detectable_slope_written_out():
+    comp = {"teacher": 1.0, "run": 0.5, "question": 1000.0, "quality_sd": 10.0}
+    # var of a teacher mean = 1 + (0.5 + 1000/1000) / 3 = 1.5; se = √(1.5 / (8 · 10²))
+    se = (1.5 / 800) ** 0.5
+    expected = (stats.t.ppf(0.975, 6) + stats.t.ppf(0.8, 6)) * se
+    assert detectable_slope(comp, n_teachers=8, runs_per_teacher=3, n_questions=1000) == pytest.approx(expected)
+    assert detectable_slope(comp, n_teachers=2, runs_per_teacher=3, n_questions=1000) == np.inf
+    assert detectable_slope(comp, n_teachers=20, runs_per_teacher=3, n_questions=1000) < expected
+
+
+def test_inconclusive_says_what_it_would_need():
+    df = study({"a": 1.0, "b": 5.0, "c": 2.0}, {"a": 30, "b": 40, "c": 50})
+    r = teacher_effect(df, margin=0.05, n_boot=50)
+    assert r["verdict"] == "inconclusive" and r["detectable_slope"] > 0.05
+    assert r["teachers_needed_for_margin"] is None or r["teachers_needed_for_margin"] > 3
+    sentence = verdict_sentence(r)
+    assert sentence.startswith("Inconclusive: this study cannot tell") and "80% power" in sentence
+    eq = teacher_effect(study({"a": 1.0, "b": 1.01, "c": 1.0, "d": 1.02}, {"a": 30, "b": 40, "c": 50, "d": 60}),
+                        margin=0.05, n_boot=50)
+    assert eq["verdict"] == "equivalent"
+    assert verdict_sentence(eq).startswith("Teacher quality does not matter here")
+
+
+def _base():
+    return study({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 30, "b": 40, "c": 50})
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda d: d[d["method"] != "baseline"], "no baseline rows"),
+    (lambda d: d[d["teacher"].isin(["a", None]) | (d["method"] == "baseline")], "only one teacher"),
+    (lambda d: d.assign(score=d["score"].where(d.index != 5, 1.5)), r"score\(s\) outside \[0, 1\]"),
+    (lambda d: d.assign(score=d["score"].where(d.index != 5, np.nan)), r"outside \[0, 1\]"),
+    (lambda d: pd.concat([d, d.iloc[[3]]]), "duplicate rows"),
+    (lambda d: d.drop(columns="seed"), "lacks column"),
+    (lambda d: d[~((d["seed"] == 1) & (d["method"] == "baseline"))], "no baseline with seed 1"),
+    (lambda d: d[~((d["teacher"] == "b") & (d["question_id"] == 3) & (d["seed"] == 0))], "answers 11 of"),
+    (lambda d: d.assign(teacher_quality=d["teacher_quality"].where(d.index != 20, 99.0)), "more than one"),
+    (lambda d: d.iloc[0:0], "empty"),
+])
+def test_bad_input_is_one_line(broken, message):
+    with pytest.raises(StudyInputError, match=message) as err:
+        teacher_effect(broken(_base()), n_boot=10)
+    assert "\n" not in str(err.value)
