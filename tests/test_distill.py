@@ -1,7 +1,9 @@
 """Student training: KD pulls the student toward its teacher, mfd really masks, a killed
 run resumes to the same bytes, a NaN stops with the step and term named."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -104,33 +106,65 @@ def _cli(params, out, world, teacher_dir, store_dir):
             "--data", str(world / "distill_big"), "--out", str(out)]
 
 
+def _ckpt_step(path) -> int:
+    """The step a checkpoint holds (0 while none is written yet); written atomically, so never partial."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return 0
+    with safe_open(path, framework="pt") as fh:
+        return json.loads(fh.metadata()["state"])["step"]
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path, world, teacher_dir, store_dir):
+    """Every random choice derives from (seed, step), so a run that ignored its checkpoint and
+    restarted would give the same bytes too: the run must also say it resumed (step > 0), and a
+    tampered checkpoint must change the result."""
+    from safetensors.torch import load_file, save_file
+
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"distill": {
         "students": {"xs": {"arch": "cd-student-xs"}},
         "methods": {"clipkd": {"clip": 1, "crd": 1, "icl": 1, "fd": 2000}},
-        "train": {"epochs": 3, "batch_size": 16, "checkpoint_every": 4}}}))
+        "train": {"epochs": 2, "batch_size": 16, "checkpoint_every": 4}}}))
     ref, out = tmp_path / "ref", tmp_path / "run"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(_cli(params, ref, world, teacher_dir, store_dir), check=True, env=env, capture_output=True,
                    timeout=600)
+    assert json.loads((ref / "manifest.json").read_text())["resumed_from_step"] == 0
     ckpt = tmp_path / ".run.ckpt" / "last.safetensors"
     proc = subprocess.Popen(_cli(params, out, world, teacher_dir, store_dir), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # land somewhere between checkpoints
+    # kill once the second checkpoint is logged (step 8 of 60): the run is past a checkpoint and mid-way
+    while _ckpt_step(ckpt) < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)  # polling, not a guess at how long training takes
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists(), "the run ended before its first checkpoint"
+    saved = _ckpt_step(ckpt)
+    assert 8 <= saved < 60, f"the run was killed at checkpoint step {saved}, not mid-run"
     assert not out.exists(), "a killed run left a partial artifact"
+    # a copy of the checkpoint with one student tensor nudged: resuming from it must not give ref's bytes
+    tampered = load_file(ckpt)
+    key = next(k for k in sorted(tampered) if k.startswith("student.visual.conv1"))
+    tampered[key] = tampered[key] + 0.01
+    from safetensors import safe_open
+
+    with safe_open(ckpt, framework="pt") as fh:
+        meta = fh.metadata()
+    (tmp_path / ".tampered.ckpt").mkdir()
+    save_file(tampered, tmp_path / ".tampered.ckpt" / "last.safetensors", metadata=meta)
     subprocess.run(_cli(params, out, world, teacher_dir, store_dir), check=True, env=env, capture_output=True,
                    timeout=600)
+    assert json.loads((out / "manifest.json").read_text())["resumed_from_step"] == saved
     assert sha256_file(out / "model.safetensors") == sha256_file(ref / "model.safetensors")
     assert (out / "train_log.csv").read_bytes() == (ref / "train_log.csv").read_bytes()
     assert not ckpt.parent.exists(), "the checkpoint is removed once the student is saved"
+    subprocess.run(_cli(params, tmp_path / "tampered", world, teacher_dir, store_dir), check=True, env=env,
+                   capture_output=True, timeout=600)
+    assert json.loads((tmp_path / "tampered" / "manifest.json").read_text())["resumed_from_step"] == saved
+    assert sha256_file(tmp_path / "tampered" / "model.safetensors") != sha256_file(ref / "model.safetensors")
 
 
 def test_store_of_other_data_is_refused(tmp_path, world, teacher_dir, store_dir):
@@ -144,3 +178,37 @@ def test_store_of_other_data_is_refused(tmp_path, world, teacher_dir, store_dir)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("clipdistill: error:")]
     assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def _refused(cmd, out, match):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and match in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("clipdistill: error:")
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), "a refused run wrote something"
+
+
+def test_store_of_another_teacher_is_refused(tmp_path, world, teacher_dir, store_dir):
+    from clipdistill.models.clip import default_tokenizer_spec, save_model_dir
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"distill": {"students": {"xs": {"arch": "cd-student-xs"}},
+                                                  "methods": {"clipkd": {"clip": 1}}}}))
+    other = tmp_path / "other_teacher"  # same architecture and data, different weights
+    save_model_dir(other, create_model("cd-teacher-s", 1), "cd-teacher-s", default_tokenizer_spec("cd-teacher-s"),
+                   {"source": "test"})
+    cmd = _cli(params, tmp_path / "out", world, teacher_dir, store_dir)
+    cmd[cmd.index("--teacher") + 1] = str(other)
+    _refused(cmd, tmp_path / "out", "feature store was made by another teacher")
+
+
+def test_store_of_other_preprocessing_is_refused(tmp_path, world, teacher_dir, store_dir):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"distill": {"students": {"xs": {"arch": "cd-student-xs"}},
+                                                  "methods": {"clipkd": {"clip": 1}}}}))
+    store = tmp_path / "store"  # the right teacher and data, but features made with another normalisation
+    shutil.copytree(store_dir, store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["preprocess"]["mean"] = [0.5, 0.5, 0.5]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    cmd = _cli(params, tmp_path / "out", world, teacher_dir, store)
+    _refused(cmd, tmp_path / "out", "preprocessing differs in ['mean']")

@@ -180,15 +180,18 @@ def distill_cmd(student: Annotated[str, typer.Option(help="student name from dis
         source, teacher_id = Teacher(), None
     else:
         store = FeatureStore(features)
-        store.check(data_sha256=split.content_sha256, image_size=list(split.images.shape[-2:]))
         bundle = load_model_dir(teacher)
+        store.check(data_sha256=split.content_sha256, preprocess=bundle.preprocess,
+                    image_size=list(split.images.shape[-2:]))
         if store.manifest["teacher"]["weights_sha256"] != bundle.manifest["weights_sha256"]:
             raise ClipdistillError(f"{features}: feature store was made by another teacher than {teacher}")
         source = Teacher(store=store) if spec.train.teacher_mode == "store" else Teacher(bundle=bundle)
         teacher_id = store.manifest["teacher"]
     checkpoint = out.parent / f".{out.name}.ckpt" / "last.safetensors"
-    model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint)
+    info: dict = {}
+    model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint, info=info)
     provenance = {"source": "distilled", "teacher": teacher_id, "teacher_name": teacher_name,
+                  "resumed_from_step": info["resumed_from"],
                   "student": student, "method": method, "method_spec": {k: v.options() for k, v in method_spec.items()},
                   "seed": seed, "train": spec.train.model_dump(mode="json"),
                   "data": {"split": str(data), "content_sha256": split.content_sha256},

@@ -150,8 +150,10 @@ def load_checkpoint(path: Path, student, heads, opt, sched) -> tuple[int, list[d
 # ------------------------------------------------------------------ training
 
 def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: TrainParams, seed: int,
-            split: Split, teacher: Teacher, checkpoint: Path | None = None, show_progress: bool = True):
-    """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`."""
+            split: Split, teacher: Teacher, checkpoint: Path | None = None, show_progress: bool = True,
+            info: dict | None = None):
+    """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`;
+    `info`, when given, receives `resumed_from`: the step the checkpoint restored (0 when fresh)."""
     opts = {name: o.options() for name, o in method.items()}
     needs = set().union(*(LOSSES[name][1] for name in opts))
     if not teacher.present and (uses := teacher_fields(opts)):
@@ -184,6 +186,8 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     step, log = 0, []
     if checkpoint is not None and checkpoint.is_file():
         step, log = load_checkpoint(checkpoint, student, heads, opt, sched)
+    if info is not None:
+        info["resumed_from"] = step  # the resume test needs it: a fresh restart gives the same bytes
     t_scale = torch.tensor(teacher.logit_scale)
     student.train()
     bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step",
