@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
-from clipdistill.report.stats import (StudyInputError, detectable_slope, holm, paired_effects, teacher_effect,
-                                      verdict_sentence)
+from clipdistill.report.stats import (StudyInputError, detectable_slope, holm, paired_effects, rejection_probability,
+                                      teacher_effect, verdict_sentence)
 
 
 def study(gains: dict, quality: dict, seeds=(0, 1), n_q=12, base=0.5, method="kd"):
@@ -96,14 +96,34 @@ def test_holm_by_hand():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+def test_power_without_a_floor_is_the_noncentral_t():
+    for df, delta in [(1, 2.0), (6, 2.5), (20, 3.0)]:
+        crit = stats.t.ppf(0.975, df)
+        exact = stats.nct.sf(crit, df, delta) + stats.nct.cdf(-crit, df, delta)
+        assert rejection_probability(delta * 0.3, se_total=0.3, se_floor=0.0, df=df, grid=4000) \
+            == pytest.approx(exact, abs=2e-3)
+    # a floor at the whole standard error: a z-test against the t critical value
+    crit = stats.t.ppf(0.975, 4)
+    assert rejection_probability(1.0, se_total=0.5, se_floor=0.5 * 1e6, df=4) == pytest.approx(0, abs=1e-12)
+    assert rejection_probability(1.0, se_total=0.5, se_floor=0.5, df=4) <= stats.norm.sf(crit - 2.0) + stats.norm.cdf(-crit - 2.0)
+
+
 def test_detectable_slope_written_out():
-    comp = {"teacher": 1.0, "run": 0.5, "question": 1000.0, "quality_sd": 10.0}
-    # var of a teacher mean = 1 + (0.5 + 1000/1000) / 3 = 1.5; se = √(1.5 / (8 · 10²))
+    # nothing measured (run = question = 0): no floor, the non-central t with 6 df;
+    # var of a teacher mean = 1.5, se = √(1.5 / (8 · 10²))
+    comp = {"teacher": 1.5, "run": 0.0, "question": 0.0, "quality_sd": 10.0}
     se = (1.5 / 800) ** 0.5
-    expected = (stats.t.ppf(0.975, 6) + stats.t.ppf(0.8, 6)) * se
-    assert detectable_slope(comp, n_teachers=8, runs_per_teacher=3, n_questions=1000) == pytest.approx(expected)
+    crit = stats.t.ppf(0.975, 6)
+    delta = optimize.brentq(lambda d: stats.nct.sf(crit, 6, d) + stats.nct.cdf(-crit, 6, d) - 0.8, 0, 8)
+    assert detectable_slope(comp, n_teachers=8, runs_per_teacher=3, n_questions=1000) == pytest.approx(delta * se, rel=1e-3)
+    # with measurement noise the floor costs power: a larger slope is needed than the plain t says
+    comp = {"teacher": 1.0, "run": 0.5, "question": 1000.0, "quality_sd": 10.0}
+    mds = detectable_slope(comp, n_teachers=8, runs_per_teacher=3, n_questions=1000)
+    assert mds > delta * se
+    se_floor = ((0.5 + 1.0) / 3 / 800) ** 0.5
+    assert rejection_probability(mds, se_total=se, se_floor=se_floor, df=6) == pytest.approx(0.8, abs=1e-4)
     assert detectable_slope(comp, n_teachers=2, runs_per_teacher=3, n_questions=1000) == np.inf
-    assert detectable_slope(comp, n_teachers=20, runs_per_teacher=3, n_questions=1000) < expected
+    assert detectable_slope(comp, n_teachers=20, runs_per_teacher=3, n_questions=1000) < mds
 
 
 def test_inconclusive_says_what_it_would_need():

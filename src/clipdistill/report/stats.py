@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 COLUMNS = ("teacher", "teacher_quality", "method", "seed", "question_id", "score")
 BASELINE = "baseline"
@@ -239,9 +239,10 @@ def variance_components(prep: dict, result: dict) -> dict:
         rows = np.flatnonzero(seeds == s)
         if len(rows) < 2:
             continue
-        part = gains[rows] - gains[rows].mean(axis=0)
+        # subtracting the mean of R runs leaves (R − 1)/R of each run's own variance
+        part = (gains[rows] - gains[rows].mean(axis=0)) * math.sqrt(len(rows) / (len(rows) - 1))
         resid[rows] = part
-        q_var.append(part.var(axis=1, ddof=1).mean() * len(rows) / (len(rows) - 1))
+        q_var.append(part.var(axis=1, ddof=1).mean())
     question = float(np.mean(q_var)) if q_var else math.nan
     run_mean = resid.mean(axis=1)
     cells = {}
@@ -266,24 +267,47 @@ def _sxx(result: dict) -> float:
     return float(((x - x.mean()) ** 2).sum())
 
 
+def rejection_probability(slope: float, *, se_total: float, se_floor: float, df: int, level: float = 0.95,
+               grid: int = 400) -> float:
+    """Probability that `teacher_effect`'s test rejects slope = 0 when the true slope is
+    `slope`: the estimate is N(slope, se_total²), its teacher-level standard error is
+    se_total·√(χ²_df / df) (independent of the estimate), floored at the measurement's
+    `se_floor`. Integrated over `grid` quantiles of χ²_df."""
+    crit = stats.t.ppf(1 - (1 - level) / 2, df)
+    w = stats.chi2.ppf((np.arange(grid) + 0.5) / grid, df) / df
+    se = np.maximum(se_total * np.sqrt(w), se_floor)
+    z = crit * se / se_total
+    d = slope / se_total
+    return float(np.mean(stats.norm.sf(z - d) + stats.norm.cdf(-z - d)))
+
+
 def detectable_slope(components: dict, *, n_teachers: int, runs_per_teacher: float, n_questions: int,
                      quality_sd: float | None = None, power: float = 0.8, level: float = 0.95) -> float:
-    """Smallest true slope (points per unit of quality) the two-sided test of `teacher_effect`
-    detects with probability `power`, for teachers whose quality spreads like the pilot's
-    (population SD `quality_sd`): se² = (teacher + (run + question / Q) / runs) / (T · sd²),
-    T − 2 df. Infinite below 3 teachers."""
+    """Smallest true slope (points per unit of quality) that `teacher_effect`'s test detects
+    with probability `power`, for teachers whose quality spreads like the pilot's
+    (population SD `quality_sd`). A teacher mean varies by v = teacher + (run + question/Q) /
+    runs, the slope by v / (T · sd²); the test's floor is the measured part alone
+    (`rejection_probability`). Infinite below 3 teachers."""
     if n_teachers < 3:
         return math.inf
     sd = components["quality_sd"] if quality_sd is None else quality_sd
-    var_mean = components["teacher"] + (components["run"] + components["question"] / n_questions) / runs_per_teacher
+    measured = (components["run"] + components["question"] / n_questions) / runs_per_teacher
+    var_mean = components["teacher"] + measured
     if not sd > 0 or not math.isfinite(var_mean):
         return math.inf
-    se = math.sqrt(var_mean / (n_teachers * sd * sd))
-    if se == 0:
+    sxx = n_teachers * sd * sd
+    se_total, se_floor = math.sqrt(var_mean / sxx), math.sqrt(measured / sxx)
+    if se_total == 0:
         return 0.0
     df = n_teachers - 2
-    # (t_{1-α/2} + t_{power}) · se: the usual closed form of the non-central t's power
-    return float((stats.t.ppf(1 - (1 - level) / 2, df) + stats.t.ppf(power, df)) * se)
+
+    def shortfall(slope):
+        return rejection_probability(slope, se_total=se_total, se_floor=se_floor, df=df, level=level) - power
+
+    hi = se_total
+    while shortfall(hi) < 0:  # power rises with the slope; bracket the root
+        hi *= 2
+    return float(optimize.brentq(shortfall, 0.0, hi, xtol=1e-6 * se_total))
 
 
 def teachers_needed(components: dict, target: float, *, runs_per_teacher: float, n_questions: int,
