@@ -159,3 +159,11 @@ def test_bad_input_is_one_line(broken, message):
     with pytest.raises(StudyInputError, match=message) as err:
         teacher_effect(broken(_base()), n_boot=10)
     assert "\n" not in str(err.value)
+
+
+def test_two_teachers_are_inconclusive_whatever_the_gap():
+    """A line through two points has no residual to judge it by: no CI, no verdict."""
+    r = teacher_effect(study({"a": 0.0, "b": 30.0}, {"a": 30, "b": 40}), margin=1.0, n_boot=50)
+    assert r["slope"] == pytest.approx(3.0) and r["ci"] == [-np.inf, np.inf] and r["verdict"] == "inconclusive"
+    assert r["detectable_slope"] == np.inf
+    assert "at least 3 teachers" in verdict_sentence(r)

@@ -388,9 +388,12 @@ def verdict_sentence(effect: dict, quality: str = "teacher quality") -> str:
     if v == "equivalent":
         return (f"Teacher quality does not matter here: any relation is smaller than the margin of ±{m:g} "
                 f"points per unit ({ci}).")
+    if effect["n_teachers"] < 3:
+        return (f"Inconclusive: this study cannot tell whether the KD gain depends on {quality} ({ci}; "
+                "a confidence interval for a slope needs at least 3 teachers).")
     need = effect.get("teachers_needed_for_margin")
-    needs = (f"about {need} teachers at this many seeds and questions" if need
-             else "more teachers than this design can reach")
+    needs = (f"about {need} teachers at this many seeds and questions per teacher" if need
+             else "more than 200 teachers at this many seeds and questions per teacher")
     return (f"Inconclusive: this study cannot tell whether the KD gain depends on {quality} ({ci}; "
             f"smallest slope detectable with 80% power: {effect['detectable_slope']:.2f}; to resolve a slope "
             f"of ±{m:g} it would need {needs}).")
