@@ -36,6 +36,8 @@ def test_slope_and_ci_are_the_teacher_level_regression_written_out():
     assert r["verdict"] == "equivalent"  # [−0.22, 0.52] lies inside ±1 and contains 0
     assert teacher_effect(study(dict(zip("abc", y)), dict(zip("abc", x))), margin=0.1, n_boot=50)["verdict"] \
         == "inconclusive"  # the same CI against a margin of ±0.1
+    assert teacher_effect(study(dict(zip("abc", y)), dict(zip("abc", x))), margin=0.3, n_boot=50)["verdict"] \
+        == "inconclusive"  # one end inside ±0.3, the other outside: equivalence needs both
 
 
 @pytest.mark.parametrize("sign, expected", [(1, "better"), (-1, "worse")])
