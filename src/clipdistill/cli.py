@@ -320,11 +320,16 @@ def pull_cmd(remote: RemoteOpt = None, project: ProjectOpt = Path(".")) -> None:
 
 @app.command("sync")
 def sync_cmd(project: ProjectOpt = Path(".")) -> None:
-    """After `dvc pull`/`dvc checkout`: verify hashes against dvc.lock, then `snakemake --touch`."""
-    from clipdistill.share import sync
+    """Make DVC and Snakemake agree: after a killed Snakemake run, `dvc repro`, `dvc pull` or `dvc checkout`."""
+    from clipdistill.state import sync
 
-    sync(project)
-    typer.echo("in sync: dvc.lock hashes match, Snakemake timestamps follow the DAG", err=True)
+    done = sync(project)
+    recorded = f"recorded {len(done.committed)} finished stage(s) in dvc.lock; " if done.committed else ""
+    if done.pending:
+        shown = ", ".join(done.pending[:5]) + (f" (+{len(done.pending) - 5} more)" if len(done.pending) > 5 else "")
+        typer.echo(f"{recorded}{len(done.pending)} stage(s) still to run, for both runners: {shown}", err=True)
+    else:
+        typer.echo(f"{recorded}in sync: dvc.lock matches every artifact, Snakemake has nothing to run", err=True)
 
 
 def _pick(entries: dict, name: str, section: str):
