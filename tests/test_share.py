@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,20 +48,12 @@ def cli(*args, cwd, home, check=True):
     return run([BIN / "clipdistill", *args], cwd, home, check)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, seconds: float = 15) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+def unanswered_port():
+    """A socket bound to a port the kernel chose and never listened on: connecting is refused.
+    The caller keeps it open, so no other process can take the port meanwhile."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +126,9 @@ def s3_server():
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # it binds a free port itself
     server.start()
-    url = f"http://127.0.0.1:{port}"
+    url = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
     boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket="artifacts")
     yield server, url
@@ -153,18 +144,38 @@ def ssh_server(tmp_path_factory):
     for name in ("host", "client"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / name], check=True)
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    port = free_port()
     (d / "sshd_config").write_text(
         f"ListenAddress 127.0.0.1\nHostKey {d / 'host'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
         "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", d / "sshd_config", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    made_run_dir = not Path("/run/sshd").exists()
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory: required
+    proc, port = start_sshd(sshd, d)
     yield port, d / "client"
     proc.terminate()
     proc.wait(timeout=10)
+    if made_run_dir:
+        shutil.rmtree("/run/sshd", ignore_errors=True)
+
+
+def start_sshd(sshd: str, d: Path, tries: int = 5):
+    """sshd cannot bind port 0 and report it, so: offer it a port the kernel just called free and
+    believe only sshd's own "Server listening" line; if another process took the port first, sshd
+    exits and the next port is tried (a port probe would be answered by that other process)."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", d / "sshd_config", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines = []
+        for line in proc.stderr:  # ends when sshd exits
+            lines.append(line)
+            if f"Server listening on 127.0.0.1 port {port}" in line:
+                threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
+                return proc, port
+        proc.wait(timeout=10)
+    raise RuntimeError("sshd did not start:\n" + "".join(lines[-20:]))
 
 
 def configure(kind: str, root: Path, home: Path, request, tmp_path) -> str:
@@ -232,14 +243,9 @@ def _one_line_error(proc, name: str) -> str:
 
 
 def test_unreachable_s3_remote_fails_in_one_line_and_touches_nothing(study, home, tmp_path):
-    from moto.server import ThreadedMotoServer
-
     copy = tmp_path / "copy"
     shutil.copytree(study, copy, symlinks=True)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    server.stop()  # a port where nothing answers any more
+    sock, port = unanswered_port()  # held until the test ends: a port where nothing answers
     dvc("remote", "add", "gone", "s3://artifacts/x", cwd=copy, home=home)
     dvc("remote", "modify", "gone", "endpointurl", f"http://127.0.0.1:{port}", cwd=copy, home=home)
     for key in ("access_key_id", "secret_access_key"):
@@ -248,6 +254,7 @@ def test_unreachable_s3_remote_fails_in_one_line_and_touches_nothing(study, home
     _one_line_error(cli("push", "--remote", "gone", cwd=copy, home=home, check=False), "gone")
     _one_line_error(cli("pull", "--remote", "gone", cwd=copy, home=home, check=False), "gone")
     assert tree_hash(copy / "results") == before
+    sock.close()
 
 
 def test_missing_local_remote_and_unknown_remote_fail_in_one_line(study, home, tmp_path):
