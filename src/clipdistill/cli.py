@@ -249,6 +249,7 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     from clipdistill.models import ClipBundle, create_model, load_model_dir
     from clipdistill.models.clip import preprocess_cfg
     from clipdistill.teachers.train import log_csv
+    from clipdistill.vqa.diagnostics import vqa_diagnostics
     from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
     from clipdistill.vqa.language import load_language_dir
     from clipdistill.vqa.train import pixel_values, train_vlm
@@ -272,6 +273,9 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
     eval_pixels = pixel_values(eval_split.images, processor, blind)
     rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, dict(enumerate(eval_pixels)),
                                            spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))
+    summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split.images,
+                                             data / "vqa_eval", eval_split.images, records,
+                                             [r["text"] for r in rows], summary, blind)
     with atomic_dir(out) as tmp:
         vlm.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
@@ -280,7 +284,9 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
         (tmp / "per_type.csv").write_text(per_type)
         (tmp / "train_log.csv").write_bytes(log_csv(log))
     write_json(metrics, rounded(summary, 4))
-    typer.echo(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions -> {out}", err=True)
+    collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
+    typer.echo(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"
+               + (f", COLLAPSED on {', '.join(collapsed)}" if collapsed else "") + f" -> {out}", err=True)
 
 
 @app.command("report")

@@ -82,9 +82,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def render(scene: list[Obj], rng: np.random.Generator, *, size: int, style: str,
-           supersample: int = 4, noise: float = 0.0) -> Image.Image:
-    """Render one scene. All randomness (jitter, texture, noise) comes from `rng`."""
-    background, colour_of = _style(style)
+           supersample: int = 4, noise: float = 0.0, palette: dict | None = None, background=None,
+           scale: float = 1.0) -> Image.Image:
+    """Render one scene. All randomness (jitter, texture, noise) comes from `rng`. A world
+    variant (`data.variants`) may bring its own `palette` (colour name → RGB), `background`
+    and object `scale` (× the radius of each size)."""
+    background_, colour_of = _style(style)
+    if palette is not None:
+        colour_of = palette.__getitem__
+    background = background_ if background is None else tuple(background)
     big = size * supersample
     cell = big / 3
     img = Image.new("RGB", (big, big), background)
@@ -100,8 +106,8 @@ def render(scene: list[Obj], rng: np.random.Generator, *, size: int, style: str,
             draw.line([(ox - 2 * big * dy, oy + 2 * big * dx), (ox + 2 * big * dy, oy - 2 * big * dx)],
                       fill=(58, 52, 46), width=max(1, int(period / 2)))
     for obj in scene:
-        r = SIZE_RADIUS[obj.size] * cell * rng.uniform(0.9, 1.1)
-        jitter = (0.5 - SIZE_RADIUS[obj.size]) * cell * 0.6
+        r = SIZE_RADIUS[obj.size] * scale * cell * rng.uniform(0.9, 1.1)
+        jitter = (0.5 - SIZE_RADIUS[obj.size] * scale) * cell * 0.6
         cx = (obj.col + 0.5) * cell + rng.uniform(-jitter, jitter)
         cy = (obj.row + 0.5) * cell + rng.uniform(-jitter, jitter)
         fill = colour_of(obj.color)

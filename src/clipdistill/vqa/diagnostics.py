@@ -1,0 +1,218 @@
+"""What the encoder can tell, what the VLM reads of it, and whether the VLM answers at all.
+
+Three diagnostics land in every VQA `metrics.json` (key `diagnostics`):
+
+- **Attribute probe** — a linear (multinomial logistic) probe on the frozen tower's layer −2
+  patch features, trained on the VQA *training* images and scored on the *eval* images:
+  `pooled`: the mean-pooled tokens → each question's canonical answer, per question type,
+  scored with the same VQAv2 soft accuracy as the VLM (needs nothing but the VQA split, so it
+  works on any set); `cell`: where the world knows its objects (`scenes.json` with row/col on
+  the 3×3 grid) the tokens whose centres fall in an object's cell, mean-pooled → that object's
+  colour / shape / size (plain accuracy over objects). A probe with fewer than two training
+  classes or no eval examples is `{"estimable": false, "reason": ...}`, never a crash.
+- **Reading efficiency** — per question type, VLM accuracy / probe accuracy, the probe being
+  the cell probe where there is one, else the pooled one (`null` when the probe is not
+  estimable or scores 0).
+- **Answer health** — per question type, the VLM's most frequent answer, its share of the
+  VLM's outputs and its share of the ground truth (canonical answers). A type is `collapsed`
+  when that answer exceeds both 2× its ground-truth share and 50 % of the outputs; the VLM is
+  `collapsed` when any type is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import torch
+
+from clipdistill.vqa.metrics import normalize_answer, vqa_accuracy
+
+CELL_ATTRIBUTES = ("color", "shape", "size")  # object fields the cell probe predicts (question type of that name)
+COLLAPSE_RATIO, COLLAPSE_SHARE = 2.0, 0.5
+
+
+def not_estimable(reason: str) -> dict:
+    return {"estimable": False, "reason": reason}
+
+
+# ---------------------------------------------------------------- answer health
+
+def answer_health(records: list[dict]) -> dict:
+    """records: {"prediction", "answer", "question_type"}. Per question type: the most frequent
+    normalised prediction, its output share and ground-truth share, `collapsed`; plus the
+    VLM-level `collapsed` and the list of collapsed types."""
+    by_type = defaultdict(list)
+    for r in records:
+        by_type[r["question_type"]].append((normalize_answer(r["prediction"]), normalize_answer(r["answer"])))
+    per_type = {}
+    for qtype, pairs in sorted(by_type.items()):
+        preds = Counter(p for p, _ in pairs)
+        top, n_top = min(preds.items(), key=lambda kv: (-kv[1], kv[0]))  # ties: alphabetical, deterministic
+        share = n_top / len(pairs)
+        truth = sum(t == top for _, t in pairs) / len(pairs)
+        per_type[qtype] = {"top_answer": top, "top_share": share, "truth_share": truth,
+                           "distinct_answers": len(preds), "count": len(pairs),
+                           "collapsed": share > COLLAPSE_RATIO * truth and share > COLLAPSE_SHARE}
+    collapsed = [t for t, h in per_type.items() if h["collapsed"]]
+    return {"per_question_type": per_type, "collapsed": bool(collapsed), "collapsed_types": collapsed}
+
+
+# ---------------------------------------------------------------- linear probes
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float = 1e-3,
+                 steps: int = 200, seed: int = 0):
+    """Multinomial logistic regression on standardised features (L-BFGS, L2); returns predict(x)."""
+    x = x.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(z.shape[1], n_classes, generator=gen, dtype=torch.float64) * 1e-3).requires_grad_(True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ w + b, y) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w, b = w.detach(), b.detach()
+    return lambda q: (((q.double() - mean) / std) @ w + b).argmax(1)
+
+
+def _probe(x_train, labels_train: list[str], x_eval, labels_eval: list[str], score=None) -> dict:
+    """Fit on (x_train, labels_train), score on x_eval: plain accuracy, or `score(i, prediction)`."""
+    classes = sorted(set(labels_train))
+    if len(classes) < 2:
+        return not_estimable(f"{len(classes)} class(es) among {len(labels_train)} training examples")
+    if not labels_eval:
+        return not_estimable("no eval examples")
+    index = {c: k for k, c in enumerate(classes)}
+    predict = fit_logistic(x_train, torch.tensor([index[c] for c in labels_train]), len(classes))
+    preds = [classes[k] for k in predict(x_eval).tolist()]
+    scores = [score(i, p) if score else float(p == labels_eval[i]) for i, p in enumerate(preds)]
+    majority = Counter(labels_train).most_common(1)[0][0]
+    prior = [score(i, majority) if score else float(majority == labels_eval[i]) for i in range(len(preds))]
+    return {"estimable": True, "accuracy": 100 * sum(scores) / len(scores),
+            "majority_accuracy": 100 * sum(prior) / len(prior), "classes": len(classes),
+            "train": len(labels_train), "eval": len(labels_eval)}
+
+
+def pooled_probe(train_feats: torch.Tensor, train_records: list, eval_feats: torch.Tensor,
+                 eval_records: list) -> dict:
+    """Per question type: mean-pooled tokens of the question's image → its canonical answer,
+    scored by VQAv2 soft accuracy against the eval annotators. Records are `VQARecord`s whose
+    `image_id` indexes the feature rows."""
+    pooled_train, pooled_eval = train_feats.float().mean(1), eval_feats.float().mean(1)
+    out = {}
+    for qtype in sorted({r.question_type for r in train_records} | {r.question_type for r in eval_records}):
+        tr = [r for r in train_records if r.question_type == qtype]
+        ev = [r for r in eval_records if r.question_type == qtype]
+        if not tr:
+            out[qtype] = not_estimable("no training questions")
+            continue
+        out[qtype] = _probe(pooled_train[[r.image_id for r in tr]], [normalize_answer(r.answer) for r in tr],
+                            pooled_eval[[r.image_id for r in ev]], [normalize_answer(r.answer) for r in ev],
+                            lambda i, p: vqa_accuracy(p, list(ev[i].answers)))
+    return out
+
+
+def cell_tokens(feats: torch.Tensor, scenes: list[list[dict]], grid: int = 3):
+    """(per-object features, objects): the mean of the patch tokens whose centres lie in each
+    object's grid cell. `feats` is N×P×D with P a square number of patches (CLS dropped)."""
+    side = math.isqrt(feats.shape[1])
+    if side * side != feats.shape[1]:
+        raise ValueError(f"{feats.shape[1]} tokens are not a square patch grid")
+    centre = (torch.arange(side) + 0.5) * grid / side
+    cell_of = centre.floor().long().clamp(max=grid - 1)  # grid cell of each patch row / column
+    rows, cols = cell_of.repeat_interleave(side), cell_of.repeat(side)
+    x, objs = [], []
+    for i, scene in enumerate(scenes):
+        for o in scene:
+            mask = (rows == o["row"]) & (cols == o["col"])
+            x.append(feats[i, mask].float().mean(0))
+            objs.append(o)
+    return (torch.stack(x) if x else torch.zeros(0, feats.shape[2])), objs
+
+
+def cell_probe(train_feats: torch.Tensor, train_scenes: list, eval_feats: torch.Tensor, eval_scenes: list) -> dict:
+    """Per object attribute (colour, shape, size): the object's cell tokens → the attribute."""
+    xt, ot = cell_tokens(train_feats, train_scenes)
+    xe, oe = cell_tokens(eval_feats, eval_scenes)
+    return {a: _probe(xt, [str(o[a]) for o in ot], xe, [str(o[a]) for o in oe])
+            for a in CELL_ATTRIBUTES if ot and a in ot[0]}
+
+
+def scenes_with_cells(scenes) -> bool:
+    return bool(scenes) and all(isinstance(s, list) and all({"row", "col"} <= set(o) for o in s) for s in scenes)
+
+
+# ---------------------------------------------------------------- all together
+
+def diagnose(metrics: dict, answer_records: list[dict], train_feats=None, train_records=None, eval_feats=None,
+             eval_records=None, train_scenes=None, eval_scenes=None) -> dict:
+    """The `diagnostics` block of a VQA metrics.json: answer health always; the probes and the
+    reading efficiency when the tower features are given (not for the blind baseline)."""
+    out = {"answer_health": answer_health(answer_records)}
+    out["collapsed"] = out["answer_health"]["collapsed"]
+    if train_feats is None:
+        return out
+    probe = {"pooled": pooled_probe(train_feats, train_records, eval_feats, eval_records)}
+    if scenes_with_cells(train_scenes) and scenes_with_cells(eval_scenes):
+        probe["cell"] = cell_probe(train_feats, train_scenes, eval_feats, eval_scenes)
+    out["probe"] = probe
+    out["reading_efficiency"] = reading_efficiency(metrics["per_question_type"], probe)
+    return out
+
+
+def reading_efficiency(vlm_accuracy: dict, probe: dict) -> dict:
+    """Per question type: VLM accuracy / what the encoder can tell (cell probe if any, else pooled)."""
+    out = {}
+    for qtype, acc in sorted(vlm_accuracy.items()):
+        p = probe.get("cell", {}).get(qtype) or probe["pooled"].get(qtype)
+        if p is None or not p["estimable"] or p["accuracy"] <= 0:
+            out[qtype] = {"efficiency": None, "probe": None, "vlm": acc,
+                          "reason": p["reason"] if p and not p["estimable"] else "no probe accuracy"}
+        else:
+            out[qtype] = {"efficiency": acc / p["accuracy"], "probe": p["accuracy"], "vlm": acc,
+                          "probe_kind": "cell" if qtype in probe.get("cell", {}) else "pooled"}
+    return out
+
+
+def image_rows(records: list, split_dir) -> list[int]:
+    """Each record's row in the split's image tensor (pairs.csv order), matched by image path;
+    the image id where the path is not in pairs.csv."""
+    from pathlib import Path
+
+    from clipdistill.data.formats import read_pairs_csv
+
+    split_dir = Path(split_dir)
+    pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
+    row = {str((split_dir / p.image).resolve()): i for i, p in enumerate(pairs)}
+    return [row.get(str(Path(r.image).resolve()), r.image_id) for r in records]
+
+
+def vqa_diagnostics(vlm, processor, train_dir, train_images: torch.Tensor, eval_dir, eval_images: torch.Tensor,
+                    eval_records: list, predictions: list[str], metrics: dict, blind: bool) -> dict:
+    """The diagnostics of one trained VLM on its splits (see the module docstring)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from clipdistill.data.formats import read_vqa
+    from clipdistill.io import read_json
+    from clipdistill.vqa.train import pixel_values, tower_features
+
+    answers = [{"prediction": t, "answer": r.answer, "question_type": r.question_type}
+               for r, t in zip(eval_records, predictions)]
+    if blind:
+        return diagnose(metrics, answers)
+    train_dir, eval_dir = Path(train_dir), Path(eval_dir)
+    train_records, _ = read_vqa(train_dir / "questions.json", train_dir / "annotations.json", train_dir,
+                                check_images=False)
+    feats = [tower_features(vlm, pixel_values(x, processor, False)) for x in (train_images, eval_images)]
+    rec = [[replace(r, image_id=k) for r, k in zip(rs, image_rows(rs, d))]
+           for rs, d in ((train_records, train_dir), (eval_records, eval_dir))]
+    scenes = [read_json(d / "scenes.json") if (d / "scenes.json").is_file() else None for d in (train_dir, eval_dir)]
+    return diagnose(metrics, answers, feats[0], rec[0], feats[1], rec[1], scenes[0], scenes[1])

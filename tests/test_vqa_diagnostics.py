@@ -1,0 +1,159 @@
+"""VQA diagnostics: the collapse flag, the attribute probes (and when they are not estimable),
+the reading efficiency, and the diagnostics written by a real VQA run."""
+
+import math
+
+import pytest
+import torch
+
+from clipdistill.data.formats import VQARecord, read_vqa
+from clipdistill.io import read_json
+from clipdistill.vqa.diagnostics import (answer_health, cell_probe, cell_tokens, diagnose, pooled_probe,
+                                         reading_efficiency)
+
+
+@pytest.fixture(scope="module")
+def eval_records(smoke_data):
+    d = smoke_data / "vqa_eval"
+    return read_vqa(d / "questions.json", d / "annotations.json", d, check_images=False)[0]
+
+
+def health_of(records, predict):
+    return answer_health([{"prediction": predict(r), "answer": r.answer, "question_type": r.question_type}
+                          for r in records])
+
+
+def test_collapse_flag_fires_on_a_collapsed_vlm_and_stays_off_on_a_healthy_one(eval_records):
+    """The failure seen on an external set: 'no' to (nearly) every question."""
+    collapsed = health_of(eval_records, lambda r: "no")
+    assert collapsed["collapsed"]
+    assert {"color", "shape", "count"} <= set(collapsed["collapsed_types"])
+    colour = collapsed["per_question_type"]["color"]
+    assert colour["top_answer"] == "no" and colour["top_share"] == 1.0 and colour["truth_share"] == 0.0
+    # a healthy VLM: right on every question (its answers follow the ground-truth distribution)
+    healthy = health_of(eval_records, lambda r: r.answer)
+    assert not healthy["collapsed"] and healthy["collapsed_types"] == []
+    for h in healthy["per_question_type"].values():
+        assert h["top_share"] == h["truth_share"] and not h["collapsed"]
+
+
+def test_collapse_needs_both_twice_the_truth_share_and_half_the_outputs():
+    def rec(pred, truth, qtype="exists"):
+        return {"prediction": pred, "answer": truth, "question_type": qtype}
+
+    # 'no' is 70 % of the truth, the VLM says it 100 %: < 2x truth share -> a prior-heavy but not collapsed VLM
+    h = answer_health([rec("no", "no")] * 7 + [rec("no", "yes")] * 3)
+    assert not h["collapsed"] and h["per_question_type"]["exists"]["top_share"] == 1.0
+    # 40 % of outputs on one answer that is 10 % of the truth: > 2x but not > 50 % -> not collapsed
+    h = answer_health([rec("red", c, "color") for c in ["red"] + ["blue"] * 9][:4]
+                      + [rec(c, c, "color") for c in ["blue", "green", "pink", "cyan", "gray", "teal"]])
+    assert h["per_question_type"]["color"]["top_share"] == pytest.approx(0.4) and not h["collapsed"]
+    # 60 % on an answer with 10 % truth share -> collapsed; normalisation applies ("Red." == "red")
+    h = answer_health([rec("Red.", "red", "color")] + [rec("red", "blue", "color")] * 5
+                      + [rec(c, c, "color") for c in ["blue", "green", "pink", "cyan"]])
+    assert h["collapsed"] and h["collapsed_types"] == ["color"]
+
+
+def _records(labels, qtype="color", answers=None):
+    return [VQARecord(k, k, f"{k}.png", "q", a, tuple(answers[k] if answers else [a] * 10), qtype, "other")
+            for k, a in enumerate(labels)]
+
+
+def test_cell_tokens_take_the_patches_whose_centres_lie_in_the_object_cell():
+    feats = torch.arange(64, dtype=torch.float32).view(1, 64, 1)  # 8x8 patch grid, value = patch index
+    x, objs = cell_tokens(feats, [[{"row": 0, "col": 0}, {"row": 2, "col": 1}]])
+    # 8 patches per side over 3 cells: centres (k+0.5)*3/8 -> cells 0,0,0,1,1,2,2,2 by row/column
+    top_left = [r * 8 + c for r in (0, 1, 2) for c in (0, 1, 2)]
+    bottom_centre = [r * 8 + c for r in (5, 6, 7) for c in (3, 4)]
+    assert x[0].item() == pytest.approx(sum(top_left) / len(top_left))
+    assert x[1].item() == pytest.approx(sum(bottom_centre) / len(bottom_centre))
+    assert len(objs) == 2
+    with pytest.raises(ValueError):
+        cell_tokens(torch.zeros(1, 10, 4), [[{"row": 0, "col": 0}]])
+
+
+def test_cell_probe_reads_what_the_tokens_encode_and_nothing_else():
+    """Colour written into the object's cell tokens, shape nowhere: the probe reads colour, and
+    shape stays at chance."""
+    gen = torch.Generator().manual_seed(0)
+    colours, shapes = ["red", "green", "blue", "pink"], ["circle", "square", "star", "ring"]
+
+    def world(n):
+        scenes, feats = [], torch.randn(n, 64, 16, generator=gen) * 0.5
+        side_cell = (torch.arange(8) + 0.5).mul(3 / 8).floor().long()
+        for i in range(n):
+            r, c = int(torch.randint(3, (1,), generator=gen)), int(torch.randint(3, (1,), generator=gen))
+            o = {"row": r, "col": c, "color": colours[i % 4], "shape": shapes[int(torch.randint(4, (1,), generator=gen))],
+                 "size": "small"}
+            mask = (side_cell.repeat_interleave(8) == r) & (side_cell.repeat(8) == c)
+            feats[i, mask, colours.index(o["color"])] += 3.0
+            scenes.append([o])
+        return feats, scenes
+
+    (ft, st), (fe, se) = world(200), world(100)
+    probe = cell_probe(ft, st, fe, se)
+    assert probe["color"]["estimable"] and probe["color"]["accuracy"] > 95
+    assert probe["shape"]["accuracy"] < 45  # chance 25
+    assert probe["size"] == {"estimable": False, "reason": "1 class(es) among 200 training examples"}
+    eff = reading_efficiency({"color": 50.0, "size": 80.0}, {"pooled": {}, "cell": probe})
+    assert eff["color"]["efficiency"] == pytest.approx(50.0 / probe["color"]["accuracy"])
+    assert eff["color"]["probe_kind"] == "cell"
+    assert eff["size"]["efficiency"] is None and "1 class" in eff["size"]["reason"]
+
+
+def test_pooled_probe_scores_with_vqa_soft_accuracy():
+    gen = torch.Generator().manual_seed(1)
+    labels = ["yes", "no"] * 40
+    feats = torch.randn(80, 4, 8, generator=gen)
+    feats[:, :, 0] += torch.tensor([4.0 if a == "yes" else -4.0 for a in labels]).view(-1, 1)
+    # eval annotators: 2 of 10 say the canonical answer -> the right answer scores 0.6, not 1
+    ev = _records(labels[:20], "exists", [[a] * 2 + ["maybe"] * 8 for a in labels[:20]])
+    out = pooled_probe(feats, _records(labels, "exists"), feats[:20], ev)
+    assert out["exists"]["accuracy"] == pytest.approx(60.0)
+    assert out["exists"]["majority_accuracy"] == pytest.approx(30.0)  # 'no' (alphabetical tie) right on half
+
+
+def test_single_answer_split_and_single_class_type_are_not_estimable():
+    """Bad input: every answer the same word, or one question type with a single class; no
+    crash, no division by zero, the efficiency is None."""
+    feats = torch.randn(10, 4, 8)
+    one_word = _records(["yes"] * 10, "exists")
+    probe = {"pooled": pooled_probe(feats, one_word, feats, one_word)}
+    assert probe["pooled"]["exists"]["estimable"] is False
+    eff = reading_efficiency({"exists": 100.0}, probe)
+    assert eff["exists"]["efficiency"] is None
+    mixed = _records(["red", "blue"] * 5, "color") + _records(["2"] * 10, "count")
+    probe = pooled_probe(feats, mixed, feats, [])
+    assert probe["color"] == {"estimable": False, "reason": "no eval examples"}
+    assert probe["count"]["estimable"] is False
+    scenes = [[{"row": 1, "col": 1, "color": "red", "shape": "star", "size": "large"}]] * 10
+    cells = cell_probe(torch.randn(10, 64, 8), scenes, torch.randn(10, 64, 8), scenes)
+    assert all(not p["estimable"] for p in cells.values())
+    answers = [{"prediction": "yes", "answer": "yes", "question_type": "exists"}] * 10
+    d = diagnose({"per_question_type": {"exists": 100.0}}, answers, feats, one_word, feats, one_word, scenes, scenes)
+    assert d["reading_efficiency"]["exists"]["efficiency"] is None and not d["collapsed"]
+    assert all(v is None or isinstance(v, (bool, str, int)) or math.isfinite(v)
+               for v in d["reading_efficiency"]["exists"].values())
+
+
+@pytest.mark.slow
+def test_vqa_run_writes_the_diagnostics(teacher_dir, smoke_data, tmp_path):
+    """`clipdistill vqa run` on a pipeline teacher: metrics.json carries answer health, both
+    probes per type and the reading efficiency; the blind run carries answer health only."""
+    import yaml
+
+    from conftest import SMOKE, run_cli
+
+    params = yaml.safe_load(SMOKE.read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for enc in (teacher_dir, "blind"):
+        m = tmp_path / f"{'blind' if enc == 'blind' else 'teacher'}.json"
+        run_cli("vqa", "run", "--encoder", enc, "--out", tmp_path / m.stem, "--metrics", m, "--data", smoke_data,
+                "--params", tmp_path / "params.yaml", check=True, timeout=600)
+    teacher, blind = read_json(tmp_path / "teacher.json"), read_json(tmp_path / "blind.json")
+    d = teacher["diagnostics"]
+    assert set(d) == {"answer_health", "collapsed", "probe", "reading_efficiency"}
+    assert set(d["probe"]["cell"]) == {"color", "shape", "size"} and "color" in d["probe"]["pooled"]
+    assert d["probe"]["cell"]["color"]["estimable"] and d["probe"]["pooled"]["color"]["estimable"]
+    assert set(d["reading_efficiency"]) == set(teacher["per_question_type"])
+    assert set(blind["diagnostics"]) == {"answer_health", "collapsed"}
