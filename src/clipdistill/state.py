@@ -231,13 +231,15 @@ def sync(project: Path, profile: str = PROFILE, timeout: float = 1800) -> Record
 def record_after_run(workflow_dir: str | Path = ".") -> None:
     """The Snakefile's onsuccess/onerror hook: never fails the run, says what it did in one line."""
     import sys
+    import time
 
+    t0 = time.monotonic()
     try:
         done = record(Path(workflow_dir))
     except Exception as exc:  # noqa: BLE001 - a hook must not turn a finished run into a failure
         print(f"clipdistill: dvc.lock not updated ({exc}); run `clipdistill sync`", file=sys.stderr)
         return
-    msg = f"clipdistill: recorded {len(done.committed)} stage(s) in dvc.lock"
+    msg = f"clipdistill: recorded {len(done.committed)} stage(s) in dvc.lock ({time.monotonic() - t0:.1f} s)"
     if done.pending:
         msg += f"; {len(done.pending)} still to run"
     if done.changed:
