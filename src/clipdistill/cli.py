@@ -204,14 +204,54 @@ def distill_cmd(student: Annotated[str, typer.Option(help="student name from dis
 
 
 @export_app.command("hf")
-def export_hf_cmd(model: Annotated[Path, typer.Option(help="open_clip model directory")],
-                  out: Annotated[Path, typer.Option(help="Hugging Face CLIPVisionModel directory")]) -> None:
-    """Export the vision tower as a transformers CLIPVisionModel + CLIPImageProcessor."""
-    from clipdistill.export.hf import export_hf
+def export_hf_cmd(model: Annotated[Optional[Path], typer.Option(help="open_clip model directory")] = None,
+                  out: Annotated[Optional[Path], typer.Option(help="Hugging Face CLIPVisionModel directory")] = None,
+                  vlm: Annotated[Optional[Path], typer.Option(help="a saved VLM (`vqa run` output): add its "
+                                                                "LlavaProcessor + chat template in place")] = None) -> None:
+    """Export the vision tower as a transformers CLIPVisionModel + CLIPImageProcessor, or
+    (--vlm) upgrade a VLM directory so AutoProcessor, pipelines and lmms-eval can drive it."""
+    from clipdistill.export.hf import export_hf, upgrade_vlm_dir
     from clipdistill.models import load_model_dir
 
+    if vlm is not None:
+        model_dir, written = upgrade_vlm_dir(vlm)
+        typer.echo(f"{model_dir}: " + ("LlavaProcessor and chat template written" if written
+                                       else "already has a LlavaProcessor"), err=True)
+        return
+    if model is None or out is None:
+        raise ClipdistillError("export hf needs --model and --out (or --vlm DIR)")
     manifest = export_hf(load_model_dir(model), out)
     typer.echo(f"{model} -> {out} ({manifest['layers']} layers, {manifest['patches']} patches)", err=True)
+
+
+@eval_app.command("lmms")
+def eval_lmms(model: Annotated[Path, typer.Option(help="VLM directory (`vqa run` output or its model/)")],
+              out: Annotated[Path, typer.Option(help="folder for lmms-eval's task and results.json")],
+              data: Annotated[Path, typer.Option(help="VQAv2-format split (questions.json, annotations.json)")] =
+              Path("results/data/vqa_eval"),
+              limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+              params: ParamsOpt = Path("params.yaml")) -> None:
+    """lmms-eval (HF LLaVA model type, its VQAv2 scoring) on a local VQAv2-format split."""
+    from clipdistill.harness.lmms import run_lmms
+
+    summary = run_lmms(model, data, out, load_section(params, "vqa").max_new_tokens, limit)
+    typer.echo(f"lmms-eval {model}: VQAv2 accuracy {summary['accuracy']:.2f} on {summary['count']} questions"
+               f" -> {out / 'results.json'}", err=True)
+
+
+@eval_app.command("mieb")
+def eval_mieb(model: Annotated[Path, typer.Option(help="clipdistill / open_clip model directory")],
+              out: Annotated[Path, typer.Option(help="JSON to write")],
+              data: Annotated[Path, typer.Option(help="folder of data splits")] = Path("results/data"),
+              params: ParamsOpt = Path("params.yaml")) -> None:
+    """mteb (MIEB) on local tasks from the eval split: zero-shot per label set, image<->text retrieval."""
+    from clipdistill.harness.mieb import run_mieb
+
+    spec = load_section(params, "eval")
+    summary = run_mieb(model, data / spec.split, out, spec.batch_size)
+    shown = [f"{k} {v['top1']:.3f}" for k, v in summary["zeroshot"].items()]
+    shown += [f"{k} R@1 {v['R@1']:.3f}" for k, v in summary["retrieval"].items()]
+    typer.echo(f"mteb {model}: " + ", ".join(shown), err=True)
 
 
 @vqa_app.command("lm")
@@ -244,7 +284,7 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
 
     from clipdistill.data.formats import read_vqa
     from clipdistill.data.splits import load_split
-    from clipdistill.export.hf import to_hf
+    from clipdistill.export.hf import save_vlm_processor, to_hf
     from clipdistill.io import atomic_dir, write_json
     from clipdistill.models import ClipBundle, create_model, load_model_dir
     from clipdistill.models.clip import preprocess_cfg
@@ -280,6 +320,7 @@ def vqa_run(encoder: Annotated[str, typer.Option(help="open_clip model directory
         vlm.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         processor.save_pretrained(tmp / "model")
+        save_vlm_processor(tmp / "model", tokenizer, processor, vlm.config)  # AutoProcessor, pipelines, lmms-eval
         (tmp / "answers.jsonl").write_text(jsonl(rows))
         (tmp / "per_type.csv").write_text(per_type)
         (tmp / "train_log.csv").write_bytes(log_csv(log))

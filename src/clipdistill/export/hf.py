@@ -88,3 +88,87 @@ def export_hf(bundle: ClipBundle, out: str | Path) -> dict:
                     "patches": (model.config.image_size // model.config.patch_size) ** 2}
         write_json(tmp / "clipdistill_export.json", manifest)
     return manifest
+
+
+# --- VLM directories: a LlavaProcessor and a chat template for AutoProcessor, pipelines, harnesses ---
+
+# clipdistill's prompt format (vqa.model.encode_conversation) as a chat template:
+#   <s>user : <image>… <prompt, lower-cased> assistant : <answer, lower-cased></s>user : …
+# Images go first in the first user turn; words are separated by spaces because the
+# study's word-level tokenizer splits on whitespace (subword tokenizers are not exact here:
+# encode_conversation tokenizes each piece on its own).
+CHAT_TEMPLATE = (
+    "{%- if bos_token %}{{ bos_token }}{% endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{{ 'user :' }}"
+    "{%- if m['content'] is string -%}{{ ' ' + m['content'] | lower }}"
+    "{%- else -%}"
+    "{%- for c in m['content'] if c['type'] == 'image' %} <image>{% endfor -%}"
+    "{%- for c in m['content'] if c['type'] == 'text' %} {{ c['text'] | lower }}{% endfor -%}"
+    "{%- endif -%}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{{ ' assistant : ' }}"
+    "{%- if m['content'] is string -%}{{ m['content'] | lower }}"
+    "{%- else -%}{%- for c in m['content'] if c['type'] == 'text' %}{{ c['text'] | lower }}{% endfor -%}"
+    "{%- endif -%}"
+    "{{ ' ' + eos_token + ' ' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ ' assistant :' }}{% endif -%}"
+)
+PROCESSOR_FILE = "processor_config.json"
+
+
+def vlm_model_dir(path: str | Path) -> Path:
+    """The HF directory of a VLM: `vqa run`'s output folder (its `model/`) or the model folder itself."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    if (path / "config.json").is_file():
+        return path
+    raise ExportError(f"{path}: not a VLM directory (no config.json, no model/config.json)")
+
+
+def llava_processor(tokenizer, image_processor, config):
+    """A LlavaProcessor that expands `<image>` into exactly the tokens the VLM was trained with."""
+    from transformers import LlavaProcessor
+
+    tower = config.vision_config
+    proc = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=tower.patch_size,
+                          vision_feature_select_strategy=config.vision_feature_select_strategy,
+                          num_additional_image_tokens=1,  # the CLS token the tower adds (and "default" drops)
+                          chat_template=CHAT_TEMPLATE, image_token="<image>")
+    expected = (tower.image_size // tower.patch_size) ** 2
+    if config.vision_feature_select_strategy == "full":
+        expected += 1
+    if expected != config.image_seq_length:
+        raise ExportError(f"processor would insert {expected} image tokens, the VLM expects {config.image_seq_length}")
+    return proc
+
+
+def save_vlm_processor(model_dir: str | Path, tokenizer, image_processor, config) -> None:
+    """Write the LlavaProcessor (tokenizer, image processor, chat template) next to the VLM."""
+    llava_processor(tokenizer, image_processor, config).save_pretrained(model_dir)
+
+
+def has_processor(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / PROCESSOR_FILE).is_file()
+
+
+def upgrade_vlm_dir(path: str | Path) -> tuple[Path, bool]:
+    """Give a VLM directory saved before processors existed its LlavaProcessor, in place.
+    Returns (model dir, whether it was written)."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, LlavaConfig
+
+    model_dir = vlm_model_dir(path)
+    if has_processor(model_dir):
+        return model_dir, False
+    try:
+        config = LlavaConfig.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        image_processor = CLIPImageProcessor.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{model_dir}: cannot build a processor ({str(e).splitlines()[0]})") from None
+    save_vlm_processor(model_dir, tokenizer, image_processor, config)
+    return model_dir, True
