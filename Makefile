@@ -41,3 +41,8 @@ lint: install
 
 clean:
 	rm -rf results .snakemake
+
+# Issue 21: on a CUDA machine, the loss tests on the GPU and the GPU loss benchmark in one go.
+.PHONY: gpu-kernels
+gpu-kernels:
+	bash benchmarks/gpu_kernels.sh

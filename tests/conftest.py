@@ -1,7 +1,9 @@
 import os
 
 # Triton kernels run in the interpreter on CPU; must be set before any kernel import.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# CLIPDISTILL_GPU_TESTS=1 (make gpu-kernels) leaves it off so they run on the GPU.
+if os.environ.get("CLIPDISTILL_GPU_TESTS") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

@@ -4,6 +4,9 @@
 - "torch": chunked PyTorch with recomputation, O(B·chunk) memory (the CPU path);
 - "triton": fused GPU kernels (CUDA tensors, or the interpreter with TRITON_INTERPRET=1);
 - "auto": triton for CUDA tensors when available, else torch.
+
+fp32 inputs run as IEEE fp32 everywhere; `allow_tf32=True` lets the Triton backend (and its
+cuBLAS matmuls) round fp32 operands to TF32, ~8× faster on Hopper at ~1e-3 relative error.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
         raise ValueError(f"{names}: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
 
 
+def _check_kd(s_image, s_text, t_image, t_text, temperature, name: str) -> None:
+    _check_pair(s_image, s_text, f"{name} (student)")
+    _check_pair(t_image, t_text, f"{name} (teacher)")
+    if len(s_image) != len(t_image):
+        raise ValueError(f"{name}: batch sizes differ: student {len(s_image)} vs teacher {len(t_image)}")
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature}")
+
+
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -35,7 +47,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                     *, logit_bias=None, backend: str = "auto") -> torch.Tensor:
+                     *, logit_bias=None, backend: str = "auto", allow_tf32: bool = False) -> torch.Tensor:
     """Symmetric CLIP InfoNCE on L2-normalised features.
 
     logits = logit_scale · image @ textᵀ (+ logit_bias); loss = ½ (row CE + column CE),
@@ -50,7 +62,7 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
         return _contrastive.contrastive_chunked(image_features, text_features, logit_scale, logit_bias)
     from clipdistill.kernels.contrastive import contrastive_triton
 
-    return contrastive_triton(image_features, text_features, logit_scale, logit_bias)
+    return contrastive_triton(image_features, text_features, logit_scale, logit_bias, allow_tf32=allow_tf32)
 
 
 def similarity_kd_loss(s_image: torch.Tensor, s_text: torch.Tensor, s_scale, t_image: torch.Tensor,
@@ -60,12 +72,7 @@ def similarity_kd_loss(s_image: torch.Tensor, s_text: torch.Tensor, s_scale, t_i
     τ²·½[KL(softmax(T rows) ‖ softmax(S rows)) + KL(softmax(T cols) ‖ softmax(S cols))],
     each KL summed over the row (column) and averaged over the batch. No teacher gradient.
     Student and teacher widths may differ."""
-    _check_pair(s_image, s_text, "similarity_kd_loss (student)")
-    _check_pair(t_image, t_text, "similarity_kd_loss (teacher)")
-    if len(s_image) != len(t_image):
-        raise ValueError(f"similarity_kd_loss: batch sizes differ: student {len(s_image)} vs teacher {len(t_image)}")
-    if temperature <= 0:
-        raise ValueError(f"similarity_kd_loss: temperature must be > 0, got {temperature}")
+    _check_kd(s_image, s_text, t_image, t_text, temperature, "similarity_kd_loss")
     backend = resolve_backend(backend, s_image)
     if backend == "naive":
         return _kd.similarity_kd_naive(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
@@ -76,23 +83,26 @@ def similarity_kd_loss(s_image: torch.Tensor, s_text: torch.Tensor, s_scale, t_i
 
 
 def contrastive_kd_loss(s_image, s_text, s_scale, t_image, t_text, t_scale, *, temperature: float = 1.0,
-                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(contrastive_loss of the student, similarity_kd_loss to the teacher); on the Triton
-    backend both come from one fused loop over the similarity tiles."""
+                        backend: str = "auto", allow_tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(contrastive_loss of the student, similarity_kd_loss to the teacher); on the Triton and
+    torch backends both come from one fused loop over the similarity tiles (chunks)."""
     backend = resolve_backend(backend, s_image)
+    if backend in ("triton", "torch"):
+        _check_kd(s_image, s_text, t_image, t_text, temperature, "contrastive_kd_loss")
     if backend == "triton":
-        _check_pair(s_image, s_text, "contrastive_kd_loss (student)")
-        _check_pair(t_image, t_text, "contrastive_kd_loss (teacher)")
         from clipdistill.kernels.contrastive import contrastive_kd_triton
 
-        return contrastive_kd_triton(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
+        return contrastive_kd_triton(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature,
+                                     allow_tf32=allow_tf32)
+    if backend == "torch":
+        return _kd.contrastive_kd_chunked(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature)
     return (contrastive_loss(s_image, s_text, s_scale, backend=backend),
             similarity_kd_loss(s_image, s_text, s_scale, t_image, t_text, t_scale,
                                temperature=temperature, backend=backend))
 
 
 def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
-                *, backend: str = "auto") -> torch.Tensor:
+                *, backend: str = "auto", allow_tf32: bool = False) -> torch.Tensor:
     """SigLIP: −(1/B) Σ_ij log σ(z_ij (logit_scale·image_i·text_j + logit_bias)), z = +1 on the
     diagonal and −1 elsewhere."""
     _check_pair(image_features, text_features, "siglip_loss")
@@ -103,7 +113,7 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
         return _siglip.siglip_chunked(image_features, text_features, logit_scale, logit_bias)
     from clipdistill.kernels.siglip import siglip_triton
 
-    return siglip_triton(image_features, text_features, logit_scale, logit_bias)
+    return siglip_triton(image_features, text_features, logit_scale, logit_bias, allow_tf32=allow_tf32)
 
 
 # The loss zoo imports the functions above, so it comes last.

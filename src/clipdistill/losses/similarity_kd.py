@@ -91,3 +91,100 @@ def similarity_kd_chunked(s_image, s_text, s_scale, t_image, t_text, t_scale, te
     return _ChunkedSimilarityKD.apply(s_image, s_text, _as_tensor(s_scale, s_image), t_image.detach(),
                                       t_text.detach(), _as_tensor(t_scale, t_image).detach(),
                                       float(temperature), chunk)
+
+
+class _ChunkedContrastiveKD(torch.autograd.Function):
+    """CLIP InfoNCE of the student and similarity KD to the teacher in one chunked loop.
+
+    Forward, one pass over row chunks: the student and teacher logit chunks are computed once
+    and give the CLIP row log-sum-exps and online column log-sum-exps, the KD row statistics
+    and row KL, and online column statistics of S and T with the teacher-weighted log-ratio
+    Σ_i e^{T_ij − m_j}(T_ij − S_ij) rescaled as the running column max m_j moves (the column
+    KL needs no second pass). Backward, one pass: recompute both chunks, form the summed
+    dℓ/dlogits of both terms, two matmuls. 6 chunk matmuls in all (B²·D each, D_t for the
+    teacher's two), O(B·chunk) memory.
+    """
+
+    @staticmethod
+    def forward(ctx, s_image, s_text, s_scale, t_image, t_text, t_scale, tau, chunk):
+        dt = _acc_dtype(s_image)
+        si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
+        ss, ts = s_scale.to(dt), t_scale.to(dt)
+        n, dev = si.shape[0], si.device
+        c_row, s_row, t_row = (torch.empty(n, device=dev, dtype=dt) for _ in range(3))
+        c_col, s_col = (torch.full((n,), -torch.inf, device=dev, dtype=dt) for _ in range(2))
+        t_max = torch.full((n,), -torch.inf, device=dev, dtype=dt)
+        t_sum, t_w = torch.zeros(n, device=dev, dtype=dt), torch.zeros(n, device=dev, dtype=dt)
+        row_kl = torch.zeros((), device=dev, dtype=dt)
+        for r in range(0, n, chunk):
+            L = ss * (si[r:r + chunk] @ st.T)  # CLIP logits (no bias on this API)
+            S = L if tau == 1.0 else L / tau
+            T = ts * (ti[r:r + chunk] @ tt.T)
+            if tau != 1.0:
+                T /= tau
+            c_row[r:r + chunk] = L.logsumexp(1)
+            c_col = torch.logaddexp(c_col, L.logsumexp(0))
+            if S is L:
+                s_row[r:r + chunk], s_col = c_row[r:r + chunk], c_col
+            else:
+                s_row[r:r + chunk] = S.logsumexp(1)
+                s_col = torch.logaddexp(s_col, S.logsumexp(0))
+            t_row[r:r + chunk] = T.logsumexp(1)
+            diff = T - S
+            p = torch.exp(T - t_row[r:r + chunk, None])
+            row_kl += (p * diff).sum() - t_row[r:r + chunk].sum() + s_row[r:r + chunk].sum()
+            m_new = torch.maximum(t_max, T.amax(0))
+            alpha = torch.exp(t_max - m_new)
+            torch.exp(T - m_new, out=p)  # reuse the buffer: column-shifted teacher probabilities
+            t_sum = t_sum * alpha + p.sum(0)
+            t_w = t_w * alpha + (p * diff).sum(0)
+            t_max = m_new
+        t_col = t_max + torch.log(t_sum)
+        col_kl = (t_w / t_sum - t_col + s_col).sum()
+        diag = ss * (si * st).sum(1)
+        clip = 0.5 * (c_row.mean() + c_col.mean()) - diag.mean()
+        kd = 0.5 * (row_kl + col_kl) / n * tau**2
+        ctx.save_for_backward(s_image, s_text, s_scale, t_image, t_text, t_scale, c_row, c_col, s_row, t_row,
+                              s_col, t_col)
+        ctx.tau, ctx.chunk = tau, chunk
+        return clip, kd
+
+    @staticmethod
+    def backward(ctx, g_clip, g_kd):
+        s_image, s_text, s_scale, t_image, t_text, t_scale, c_row, c_col, s_row, t_row, s_col, t_col = \
+            ctx.saved_tensors
+        dt = _acc_dtype(s_image)
+        tau, chunk = ctx.tau, ctx.chunk
+        si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
+        ss, ts = s_scale.to(dt), t_scale.to(dt)
+        n = si.shape[0]
+        g_clip = torch.zeros((), dtype=dt, device=si.device) if g_clip is None else g_clip.to(dt)
+        g_kd = torch.zeros((), dtype=dt, device=si.device) if g_kd is None else g_kd.to(dt)
+        k_clip, k_kd = g_clip / (2 * n), g_kd * tau / (2 * n)  # KD: τ²·½·1/B, and 1/τ for raw logits
+        d_si, d_st = torch.empty_like(si), torch.zeros_like(st)
+        d_ss = torch.zeros((), device=si.device, dtype=dt)
+        for r in range(0, n, chunk):
+            sim = si[r:r + chunk] @ st.T
+            L = ss * sim
+            S = L if tau == 1.0 else L / tau
+            T = ts * (ti[r:r + chunk] @ tt.T)
+            if tau != 1.0:
+                T /= tau
+            G = (torch.exp(L - c_row[r:r + chunk, None]) + torch.exp(L - c_col[None, :])) * k_clip
+            rows = torch.arange(r, min(r + chunk, n), device=si.device)
+            G[rows - r, rows] -= 2 * k_clip
+            G += (torch.exp(S - s_row[r:r + chunk, None]) - torch.exp(T - t_row[r:r + chunk, None])
+                  + torch.exp(S - s_col[None, :]) - torch.exp(T.sub_(t_col[None, :]))) * k_kd
+            d_si[r:r + chunk] = ss * (G @ st)
+            d_st += ss * (G.T @ si[r:r + chunk])
+            d_ss += (G * sim).sum()
+        return (d_si.to(s_image.dtype), d_st.to(s_text.dtype), d_ss.to(s_scale.dtype).reshape(s_scale.shape),
+                None, None, None, None, None)
+
+
+def contrastive_kd_chunked(s_image, s_text, s_scale, t_image, t_text, t_scale, temperature: float = 1.0,
+                           chunk: int = DEFAULT_CHUNK):
+    """(CLIP InfoNCE of the student, similarity KD to the teacher) from one chunked loop."""
+    return _ChunkedContrastiveKD.apply(s_image, s_text, _as_tensor(s_scale, s_image), t_image.detach(),
+                                       t_text.detach(), _as_tensor(t_scale, t_image).detach(),
+                                       float(temperature), chunk)
