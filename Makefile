@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps lint clean
+.PHONY: run test install system-deps lint clean mutants
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ run: install
 PYTEST_SELECT := $(if $(filter true 1,$(CI)),,-m "not slow")
 test: install system-deps
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_SELECT)
+
+# Mutation testing, by hand (hours on 2 cores, so not in CI): every mutant of the modules
+# configured in pyproject's [tool.mutmut]; MUTANTS narrows it, e.g. MUTANTS='clipdistill.vqa.metrics*'.
+# Prints the score per module and the survivors (`mutmut show NAME` gives a survivor's diff).
+MUTANTS ?=
+mutants: install
+	PATH=$(CURDIR)/$(BIN):$$PATH nice $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/python tests/helpers/mutation_scores.py
 
 lint: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint

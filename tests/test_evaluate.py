@@ -23,13 +23,17 @@ def test_cka_of_hand_worked_matrices():
     rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
     assert linear_cka(x, 3 * x @ rot + 7) == pytest.approx(1.0, abs=1e-12)
     assert linear_cka(x[:, :1] + 5, x) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    # each column is centred on its own mean (not the matrix's): offsets per column change nothing
+    offsets = torch.tensor([3.0, -5.0])
+    assert linear_cka(x + offsets, x[:, :1]) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    assert linear_cka(x[:, :1], x + offsets) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
     # orthogonal features: (1,-1,1,-1) against (1,1,-1,-1) share nothing
     a, b = torch.tensor([[1.0], [-1], [1], [-1]]), torch.tensor([[1.0], [1], [-1], [-1]])
     assert linear_cka(a, b) == pytest.approx(0.0, abs=1e-12)
     # not invariant to anisotropic scaling: X·diag(1, 2) against X[:, :1]: XᵀX = diag(2, 8) (‖·‖ = √68),
     # YᵀX = [2, 0] → 4 / (√68 · 2) = 2/√68
     assert linear_cka(x * torch.tensor([1.0, 2.0]), x[:, :1]) == pytest.approx(2 / math.sqrt(68), abs=1e-12)
-    with pytest.raises(ValueError, match="sample counts differ"):
+    with pytest.raises(ValueError, match="sample counts differ: 4 vs 3"):
         linear_cka(x, x[:3])
 
 
@@ -68,9 +72,10 @@ def test_zero_shot_and_retrieval_on_a_toy_model():
                         {"size": [2, 2], "mean": [0.0] * 3, "std": [1.0] * 3, "interpolation": "bicubic"}, {}, {})
     pixels = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
     classes = {"classnames": ["red", "blue"], "templates": ["a {} thing", "one {}"]}
-    split = Split(pixels, ["c0", "c1", "c2"], {"colour": {**classes, "labels": [0, 1, 1]},
-                                               "ambiguous": {**classes, "labels": [0, -1, 1]},
-                                               "unlabelled": {**classes, "labels": [-1, -1, -1]}})
+    # the unlabelled set comes first: it is skipped, and the sets after it are still scored
+    split = Split(pixels, ["c0", "c1", "c2"], {"unlabelled": {**classes, "labels": [-1, -1, -1]},
+                                               "colour": {**classes, "labels": [0, 1, 1]},
+                                               "ambiguous": {**classes, "labels": [0, -1, 1]}})
     m = evaluate_clip(bundle, split, EvalParams(recall_at=(1, 2)))
     assert m["count"] == 3
     assert m["retrieval"]["image_to_text"] == pytest.approx({"R@1": 2 / 3, "R@2": 1.0}, abs=1e-6)
@@ -86,3 +91,27 @@ def test_zero_shot_and_retrieval_on_a_toy_model():
     assert "unlabelled" not in m["zeroshot"]
     assert m["summary"] == pytest.approx({"retrieval_mean_R@1": 2 / 3, "zeroshot_mean_top1": (2 / 3 + 1) / 2},
                                          abs=1e-6)
+
+
+def test_alignment_of_a_model_with_itself_is_one_and_batching_changes_nothing():
+    """CKA of a model to itself is 1 on every representation (image, text, patch tokens); to
+    another model it is below 1; and the batch size of the encoding does not matter."""
+    from clipdistill.models.clip import create_model, default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
+
+    def bundle(arch, seed):
+        model, spec = create_model(arch, seed).eval(), default_tokenizer_spec(arch)
+        return ClipBundle(model, tokenizer_from_spec(spec), arch, preprocess_cfg(model), {}, spec)
+
+    teacher, student = bundle("cd-teacher-s", 0), bundle("cd-student-xs", 1)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (7, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    captions = ["a red circle", "a blue square", "a green triangle", "two red squares", "a small blue circle",
+                "a large green square", "three circles"]
+    split = Split(images, captions)
+    same = evaluate_clip(teacher, split, EvalParams(batch_size=3, recall_at=(1,)), teacher)
+    assert same["cka"] == pytest.approx({"image": 1.0, "text": 1.0, "patch_tokens": 1.0}, abs=1e-5)
+    assert same["summary"]["cka_image"] == pytest.approx(1.0, abs=1e-5)
+    other = [evaluate_clip(student, split, EvalParams(batch_size=b, recall_at=(1,)), teacher) for b in (2, 7)]
+    assert all(0 < v < 0.999 for v in other[0]["cka"].values()), other[0]["cka"]
+    assert other[0]["cka"] == pytest.approx(other[1]["cka"], abs=1e-5)
+    assert other[0]["retrieval"] == other[1]["retrieval"]  # rounded to 6 digits by evaluate_clip

@@ -73,3 +73,25 @@ def test_lora_adapts_every_target_projection_in_every_layer(smoke_data, tmp_path
         else:
             assert torch.equal(after[name], before[name]), name  # norms, embeddings, untargeted: frozen
     assert len(adapted) == len(targets) * spec.lm.layers
+
+
+def _yes_no(pairs):
+    return [{"prediction": p, "answer": a, "answers": [a] * 10, "question_type": "exists", "answer_type": "yes/no"}
+            for p, a in pairs]
+
+
+def test_yes_no_statistics_on_hand_worked_cases():
+    from clipdistill.vqa.metrics import summarize
+
+    # 1 of 1 predicted yes is right, 2 true yes: precision 1, recall 1/2, F1 = 2·½/1.5 = 2/3
+    s = summarize(_yes_no([("yes", "yes"), ("no", "yes"), ("no", "no")]))["yes_no"]
+    assert s == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "yes_ratio": 1 / 3})
+    # precision 1/3, recall 1/2 (P + R < 1): F1 = 2·(1/6)/(5/6) = 0.4
+    s = summarize(_yes_no([("yes", "yes"), ("yes", "no"), ("yes", "no"), ("no", "yes")]))["yes_no"]
+    assert s == pytest.approx({"precision": 1 / 3, "recall": 0.5, "f1": 0.4, "yes_ratio": 0.75})
+    # never "yes", never right: all zero, no division by zero
+    s = summarize(_yes_no([("no", "yes")]))["yes_no"]
+    assert s == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0}
+    assert "yes_no" not in summarize([{**_yes_no([("red", "red")])[0], "answer_type": "other"}])
+    with pytest.raises(ValueError, match="no records to summarise"):
+        summarize([])
