@@ -172,15 +172,24 @@ def time_cuda(impl, b, d, reps, dtype=torch.bfloat16) -> dict:
 def run_one_cpu(impl: str, b: int, d: int, reps: int) -> dict:
     step, _ = make_case(impl, b, d, "cpu", torch.float32)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        u0, t0 = _cpu_seconds(), time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_seconds() - u0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     sec = statistics.median(times)
     return {"impl": impl, "B": b, "D": d, "dtype": "float32", "device": "cpu", "ms": round(sec * 1e3, 1),
-            "peak_extra_MB": round(peak / 2**20, 1), "TFLOPs": round(flops(impl, b, d) / sec / 1e12, 3)}
+            "cpu_ms": round(statistics.median(cpu) * 1e3, 1), "peak_extra_MB": round(peak / 2**20, 1),
+            "TFLOPs": round(flops(impl, b, d) / sec / 1e12, 3)}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): unlike wall time, it does not grow
+    when other processes share the cores."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def subprocess_case(impl, b, d, reps) -> dict | None:
@@ -306,21 +315,23 @@ def cpu_main(args) -> list[dict]:
             if (r := subprocess_case(impl, b, 512, args.reps)):
                 rows.append(r)
                 print(r, file=sys.stderr)
-    print("| device | impl | B | D | dtype | ms (median) | peak extra MB | TFLOP/s |\n|---|---|---|---|---|---|---|---|")
+    print("| device | impl | B | D | dtype | wall ms (median) | CPU ms (median) | peak extra MB | TFLOP/s |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['device']} | {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['ms']} | "
+        print(f"| {r['device']} | {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['ms']} | {r['cpu_ms']} | "
               f"{r['peak_extra_MB']} | {r['TFLOPs']} |")
     cpu = {(r["impl"], r["B"]): r for r in rows}
-    print("\nCPU ratios, ours / open_clip (lower is better):")
+    print("\nCPU ratios, ours / open_clip (lower is better; CPU time is robust to other load, wall is not):")
     for b in args.cpu_batches:
         for ours, theirs in (("torch", "open_clip"), ("torch+kd", "open_clip+kd")):
             if (ours, b) in cpu and (theirs, b) in cpu:
                 o, t = cpu[(ours, b)], cpu[(theirs, b)]
-                tr, mr = o["ms"] / t["ms"], o["peak_extra_MB"] / max(t["peak_extra_MB"], 1e-9)
-                print(f"  B={b} {ours}: time {tr:.2f}x, peak memory {mr:.3f}x")
+                tr, wr = o["cpu_ms"] / t["cpu_ms"], o["ms"] / t["ms"]
+                mr = o["peak_extra_MB"] / max(t["peak_extra_MB"], 1e-9)
+                print(f"  B={b} {ours}: CPU time {tr:.2f}x (wall {wr:.2f}x), peak memory {mr:.3f}x")
                 if ours == "torch+kd" and b == 8192:
                     verdict(tr <= GOAL_CPU_TIME and mr <= GOAL_CPU_MEM,
-                            f"CPU CLIP+KD B=8k D=512: time {tr:.2f}x ≤ {GOAL_CPU_TIME}x, "
+                            f"CPU CLIP+KD B=8k D=512: CPU time {tr:.2f}x ≤ {GOAL_CPU_TIME}x, "
                             f"peak memory {mr:.3f}x ≤ {GOAL_CPU_MEM:.3f}x of open_clip DistillClipLoss")
     return rows
 

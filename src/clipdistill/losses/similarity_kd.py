@@ -170,11 +170,15 @@ class _ChunkedContrastiveKD(torch.autograd.Function):
             T = ts * (ti[r:r + chunk] @ tt.T)
             if tau != 1.0:
                 T /= tau
-            G = (torch.exp(L - c_row[r:r + chunk, None]) + torch.exp(L - c_col[None, :])) * k_clip
+            P = torch.exp(L - c_row[r:r + chunk, None]) + torch.exp(L - c_col[None, :])
+            if S is L:  # τ = 1: the student's KD softmaxes are the CLIP ones
+                G = P * (k_clip + k_kd)
+            else:
+                G = P * k_clip + (torch.exp(S - s_row[r:r + chunk, None]) + torch.exp(S - s_col[None, :])) * k_kd
+            del P
+            G -= (torch.exp(T - t_row[r:r + chunk, None]) + torch.exp(T.sub_(t_col[None, :]))) * k_kd
             rows = torch.arange(r, min(r + chunk, n), device=si.device)
             G[rows - r, rows] -= 2 * k_clip
-            G += (torch.exp(S - s_row[r:r + chunk, None]) - torch.exp(T - t_row[r:r + chunk, None])
-                  + torch.exp(S - s_col[None, :]) - torch.exp(T.sub_(t_col[None, :]))) * k_kd
             d_si[r:r + chunk] = ss * (G @ st)
             d_st += ss * (G.T @ si[r:r + chunk])
             d_ss += (G * sim).sum()
