@@ -36,6 +36,7 @@ def test_answers_follow_image_ids_that_are_not_row_indices(monkeypatch):
                        pixels, 4, 4, model_id="stub")
 
 
+@pytest.mark.slow  # trains both VQA stages (small, ~20 s): CI runs it
 def test_lora_adapts_every_target_projection_in_every_layer(smoke_data, tmp_path):
     """After stage two with LoRA the merged LM differs from the seeded one by a non-zero update
     of rank ≤ r on every targeted projection of every layer, and nowhere else."""
