@@ -163,3 +163,33 @@ def test_lora_stage_two_changes_the_lm_by_a_low_rank_update_only(teacher_dir, wo
     vlm.save_pretrained(tmp_path / "saved")
     reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "saved")
     assert not any("lora" in k for k in reloaded.state_dict())
+
+
+def test_standardised_features_fold_into_the_projector_exactly(teacher_dir, world, tmp_path):
+    """Training sees (f − μ)/σ; the saved VLM takes raw tower features: after folding, the
+    projector of raw features equals the trained projector of standardised ones."""
+    from clipdistill.vqa.model import build_vlm, train_tokenizer
+    from clipdistill.vqa.train import feature_standardizer, fold_standardizer, stage_examples, corpus, tower_features
+    from transformers import CLIPImageProcessor
+
+    export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
+    _, qa = stage_examples(world / "vqa_train")
+    tok = train_tokenizer(corpus(qa))
+    vlm = build_vlm(tmp_path / "vision", tok, tiny_llama(SPEC, tok), SPEC)
+    pixels = pixel_values(load_split(world / "vqa_train").images[:16],
+                          CLIPImageProcessor.from_pretrained(tmp_path / "vision"), False)
+    feats = tower_features(vlm, pixels)
+    mean, std = feature_standardizer(feats)
+    z = (feats - mean) / std
+    flat = z.reshape(-1, z.shape[-1])
+    assert flat.mean(0).abs().max() < 1e-4 and (flat.std(0) - 1).abs().max() < 1e-3
+    with torch.no_grad():
+        trained = vlm.model.multi_modal_projector(z)
+        fold_standardizer(vlm, mean, std)
+        folded = vlm.model.multi_modal_projector(feats)
+        via_pixels = vlm.model.get_image_features(pixel_values=pixels).pooler_output
+    assert torch.allclose(trained, folded, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(torch.stack(list(via_pixels)).view_as(folded), folded, atol=1e-4, rtol=1e-4)
+    # a constant feature dimension (the blind baseline's grey image) stays finite
+    _, std0 = feature_standardizer(torch.ones(2, 3, 4))
+    assert torch.isfinite(std0).all() and (std0 > 0).all()

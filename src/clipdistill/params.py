@@ -267,6 +267,10 @@ class VQAParams(Strict):
     stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),
                                    description="instruction tuning on VQA (projector + LM)")
     lora: LoRAParams | None = Field(None, description="train LoRA adapters instead of the full LM in stage 2")
+    standardize_features: bool = Field(
+        True, description="standardise each tower feature dimension (mean and std over the training images' "
+                          "tokens) before the projector, folded into the projector's first layer when training "
+                          "ends: every encoder enters the projector at the same scale")
     eval_batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(6, ge=1)
     seed: int = Field(0, ge=0, description="data order")

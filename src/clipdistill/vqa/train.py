@@ -73,6 +73,23 @@ def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256) -> torch.Te
     return torch.cat(out)
 
 
+def feature_standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per feature dimension over every token of every training image; the std is
+    floored so a constant dimension (the blind baseline's grey image) stays finite."""
+    flat = features.reshape(-1, features.shape[-1]).double()
+    return flat.mean(0).float(), flat.std(0).clamp_min(1e-4).float()
+
+
+@torch.no_grad()
+def fold_standardizer(vlm, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make the projector's first layer take raw tower features: W (x − μ)/σ + b = (W/σ) x + (b − W μ/σ).
+    Exact, so the saved VLM is a plain LlavaForConditionalGeneration."""
+    lin = vlm.model.multi_modal_projector.linear_1
+    w = lin.weight.double() / std.double()
+    lin.bias.copy_((lin.bias.double() - w @ mean.double()).float())
+    lin.weight.copy_(w.float())
+
+
 def image_inputs(vlm, features: torch.Tensor) -> dict:
     """`mm_encoder_outputs` for precomputed tower features: the projector runs here, with gradients."""
     projected = vlm.model.multi_modal_projector(features)
@@ -159,6 +176,9 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
         tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
     vlm = build_vlm(tower, tokenizer, lm_model, spec)
     features = tower_features(vlm, pixel_values(images.images, processor, blind))
+    if spec.standardize_features:  # trained on standardised features, folded into the projector at the end
+        mean, std = feature_standardizer(features)
+        features = (features - mean) / std
     n_image = num_image_tokens(vlm)
     projector = list(vlm.model.multi_modal_projector.parameters())
     lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
@@ -173,6 +193,8 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
         for p in lm:
             p.requires_grad_(True)
         log += run_stage(vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm, loss_of(vlm))
+        if spec.standardize_features:
+            fold_standardizer(vlm, mean, std)
         return vlm, tokenizer, processor, log
     peft_vlm = with_lora(vlm, spec.lora)
     adapters = [p for n, p in peft_vlm.named_parameters() if "lora_" in n]
@@ -180,4 +202,7 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
         p.requires_grad_(True)
     log += run_stage(peft_vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2 (LoRA)", projector + adapters,
                      loss_of(peft_vlm))
-    return peft_vlm.merge_and_unload(), tokenizer, processor, log
+    vlm = peft_vlm.merge_and_unload()
+    if spec.standardize_features:
+        fold_standardizer(vlm, mean, std)
+    return vlm, tokenizer, processor, log
