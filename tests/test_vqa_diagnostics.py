@@ -157,3 +157,19 @@ def test_vqa_run_writes_the_diagnostics(teacher_dir, smoke_data, tmp_path):
     assert d["probe"]["cell"]["color"]["estimable"] and d["probe"]["pooled"]["color"]["estimable"]
     assert set(d["reading_efficiency"]) == set(teacher["per_question_type"])
     assert set(blind["diagnostics"]) == {"answer_health", "collapsed"}
+
+
+def test_report_row_flattens_the_diagnostics():
+    from clipdistill.vqa.diagnostics import report_row
+
+    feats = torch.randn(20, 4, 8)
+    recs = _records(["red", "blue"] * 10)
+    answers = [{"prediction": "red", "answer": r.answer, "question_type": "color"} for r in recs]
+    metrics = {"per_question_type": {"color": 50.0}}
+    metrics["diagnostics"] = diagnose(metrics, answers, feats, recs, feats, recs)
+    row = report_row(metrics)
+    assert row["vqa_collapsed"] is False and row["vqa_collapsed_types"] == ""
+    assert row["vqa_efficiency_color"] == pytest.approx(50.0 / row["vqa_probe_color"])
+    assert report_row({"overall": 1.0}) == {}
+    blind = {"per_question_type": {"color": 50.0}, "diagnostics": diagnose(metrics, [dict(a, prediction="green") for a in answers])}
+    assert report_row(blind)["vqa_collapsed"] is True and "vqa_efficiency_color" not in report_row(blind)

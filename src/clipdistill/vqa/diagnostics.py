@@ -216,3 +216,18 @@ def vqa_diagnostics(vlm, processor, train_dir, train_images: torch.Tensor, eval_
            for rs, d in ((train_records, train_dir), (eval_records, eval_dir))]
     scenes = [read_json(d / "scenes.json") if (d / "scenes.json").is_file() else None for d in (train_dir, eval_dir)]
     return diagnose(metrics, answers, feats[0], rec[0], feats[1], rec[1], scenes[0], scenes[1])
+
+
+def report_row(metrics: dict) -> dict:
+    """Flat columns for the study table from one VQA metrics.json (missing diagnostics: {}):
+    `vqa_collapsed` (bool), `vqa_collapsed_types` ("color,shape" or ""), and per question type
+    `vqa_probe_<type>` (the probe the efficiency uses; None if not estimable) and
+    `vqa_efficiency_<type>`."""
+    d = metrics.get("diagnostics")
+    if not d:
+        return {}
+    row = {"vqa_collapsed": d["collapsed"], "vqa_collapsed_types": ",".join(d["answer_health"]["collapsed_types"])}
+    for qtype, e in d.get("reading_efficiency", {}).items():
+        row[f"vqa_probe_{qtype}"] = e["probe"]
+        row[f"vqa_efficiency_{qtype}"] = e["efficiency"]
+    return row
