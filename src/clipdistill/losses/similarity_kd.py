@@ -93,6 +93,15 @@ def similarity_kd_chunked(s_image, s_text, s_scale, t_image, t_text, t_scale, te
                                       float(temperature), chunk)
 
 
+def _lse_both(x: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) log-sum-exps of x, exponentials written into buf (no temporaries)."""
+    m1 = x.amax(1, keepdim=True)
+    row = (m1 + torch.sub(x, m1, out=buf).exp_().sum(1, keepdim=True).log_()).squeeze(1)
+    m0 = x.amax(0)
+    col = m0 + torch.sub(x, m0, out=buf).exp_().sum(0).log_()
+    return row, col
+
+
 class _ChunkedContrastiveKD(torch.autograd.Function):
     """CLIP InfoNCE of the student and similarity KD to the teacher in one chunked loop.
 
@@ -102,7 +111,8 @@ class _ChunkedContrastiveKD(torch.autograd.Function):
     Σ_i e^{T_ij − m_j}(T_ij − S_ij) rescaled as the running column max m_j moves (the column
     KL needs no second pass). Backward, one pass: recompute both chunks, form the summed
     dℓ/dlogits of both terms, two matmuls. 6 chunk matmuls in all (B²·D each, D_t for the
-    teacher's two), O(B·chunk) memory.
+    teacher's two), O(B·chunk) memory. Features are pre-multiplied by their scales (B·D work
+    instead of a pass over each chunk), and chunk-sized buffers are updated in place.
     """
 
     @staticmethod
@@ -111,33 +121,36 @@ class _ChunkedContrastiveKD(torch.autograd.Function):
         si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
         ss, ts = s_scale.to(dt), t_scale.to(dt)
         n, dev = si.shape[0], si.device
+        si_s, ti_s = si * ss, ti * (ts / tau)  # L = si_s @ stᵀ (CLIP logits), T = ti_s @ ttᵀ
         c_row, s_row, t_row = (torch.empty(n, device=dev, dtype=dt) for _ in range(3))
         c_col, s_col = (torch.full((n,), -torch.inf, device=dev, dtype=dt) for _ in range(2))
         t_max = torch.full((n,), -torch.inf, device=dev, dtype=dt)
         t_sum, t_w = torch.zeros(n, device=dev, dtype=dt), torch.zeros(n, device=dev, dtype=dt)
         row_kl = torch.zeros((), device=dev, dtype=dt)
         for r in range(0, n, chunk):
-            L = ss * (si[r:r + chunk] @ st.T)  # CLIP logits (no bias on this API)
+            rs = slice(r, r + chunk)
+            L = si_s[rs] @ st.T
             S = L if tau == 1.0 else L / tau
-            T = ts * (ti[r:r + chunk] @ tt.T)
-            if tau != 1.0:
-                T /= tau
-            c_row[r:r + chunk] = L.logsumexp(1)
-            c_col = torch.logaddexp(c_col, L.logsumexp(0))
+            T = ti_s[rs] @ tt.T
+            p = torch.empty_like(L)  # one chunk-sized scratch buffer for every exponential below
+            c_row[rs], lse0 = _lse_both(L, p)
+            c_col = torch.logaddexp(c_col, lse0)
             if S is L:
-                s_row[r:r + chunk], s_col = c_row[r:r + chunk], c_col
+                s_row[rs], s_col = c_row[rs], c_col
             else:
-                s_row[r:r + chunk] = S.logsumexp(1)
-                s_col = torch.logaddexp(s_col, S.logsumexp(0))
-            t_row[r:r + chunk] = T.logsumexp(1)
-            diff = T - S
-            p = torch.exp(T - t_row[r:r + chunk, None])
-            row_kl += (p * diff).sum() - t_row[r:r + chunk].sum() + s_row[r:r + chunk].sum()
+                s_row[rs], lse0 = _lse_both(S, p)
+                s_col = torch.logaddexp(s_col, lse0)
+            tm = T.amax(1, keepdim=True)
+            torch.sub(T, tm, out=p).exp_()  # one exponential gives the teacher's row lse and softmax
+            z = p.sum(1, keepdim=True)
+            t_row[rs] = (tm + z.log()).squeeze(1)
+            diff = torch.sub(T, S)
+            row_kl += torch.vdot(p.div_(z).view(-1), diff.view(-1)) - t_row[rs].sum() + s_row[rs].sum()
             m_new = torch.maximum(t_max, T.amax(0))
             alpha = torch.exp(t_max - m_new)
-            torch.exp(T - m_new, out=p)  # reuse the buffer: column-shifted teacher probabilities
+            torch.sub(T, m_new, out=p).exp_()  # column-shifted teacher probabilities, same buffer
             t_sum = t_sum * alpha + p.sum(0)
-            t_w = t_w * alpha + (p * diff).sum(0)
+            t_w = t_w * alpha + p.mul_(diff).sum(0)
             t_max = m_new
         t_col = t_max + torch.log(t_sum)
         col_kl = (t_w / t_sum - t_col + s_col).sum()
@@ -158,31 +171,31 @@ class _ChunkedContrastiveKD(torch.autograd.Function):
         si, st, ti, tt = s_image.to(dt), s_text.to(dt), t_image.to(dt), t_text.to(dt)
         ss, ts = s_scale.to(dt), t_scale.to(dt)
         n = si.shape[0]
+        si_s, ti_s = si * ss, ti * (ts / tau)
         g_clip = torch.zeros((), dtype=dt, device=si.device) if g_clip is None else g_clip.to(dt)
         g_kd = torch.zeros((), dtype=dt, device=si.device) if g_kd is None else g_kd.to(dt)
         k_clip, k_kd = g_clip / (2 * n), g_kd * tau / (2 * n)  # KD: τ²·½·1/B, and 1/τ for raw logits
         d_si, d_st = torch.empty_like(si), torch.zeros_like(st)
         d_ss = torch.zeros((), device=si.device, dtype=dt)
         for r in range(0, n, chunk):
-            sim = si[r:r + chunk] @ st.T
-            L = ss * sim
-            S = L if tau == 1.0 else L / tau
-            T = ts * (ti[r:r + chunk] @ tt.T)
-            if tau != 1.0:
-                T /= tau
-            P = torch.exp(L - c_row[r:r + chunk, None]) + torch.exp(L - c_col[None, :])
-            if S is L:  # τ = 1: the student's KD softmaxes are the CLIP ones
-                G = P * (k_clip + k_kd)
+            rs = slice(r, r + chunk)
+            L = si_s[rs] @ st.T
+            G = torch.sub(L, c_col[None, :]).exp_().add_(torch.sub(L, c_row[rs, None]).exp_())  # P + Q
+            if tau == 1.0:  # the student's KD softmaxes are the CLIP ones
+                G.mul_(k_clip + k_kd)
             else:
-                G = P * k_clip + (torch.exp(S - s_row[r:r + chunk, None]) + torch.exp(S - s_col[None, :])) * k_kd
-            del P
-            G -= (torch.exp(T - t_row[r:r + chunk, None]) + torch.exp(T.sub_(t_col[None, :]))) * k_kd
+                S = L.div_(tau)
+                G.mul_(k_clip).addcmul_(torch.sub(S, s_row[rs, None]).exp_().add_(S.sub_(s_col[None, :]).exp_()),
+                                        k_kd)
+            T = ti_s[rs] @ tt.T
+            G.addcmul_(torch.sub(T, t_row[rs, None]).exp_().add_(T.sub_(t_col[None, :]).exp_()), k_kd, value=-1)
             rows = torch.arange(r, min(r + chunk, n), device=si.device)
             G[rows - r, rows] -= 2 * k_clip
-            d_si[r:r + chunk] = ss * (G @ st)
-            d_st += ss * (G.T @ si[r:r + chunk])
-            d_ss += (G * sim).sum()
-        return (d_si.to(s_image.dtype), d_st.to(s_text.dtype), d_ss.to(s_scale.dtype).reshape(s_scale.shape),
+            GS = G @ st
+            d_ss += torch.vdot(GS.view(-1), si[rs].reshape(-1))  # Σ G·sim = Σ_i si_i·(G st)_i
+            d_si[rs] = ss * GS
+            d_st.addmm_(G.T, si[rs])
+        return (d_si.to(s_image.dtype), (ss * d_st).to(s_text.dtype), d_ss.to(s_scale.dtype).reshape(s_scale.shape),
                 None, None, None, None, None)
 
 
