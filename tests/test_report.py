@@ -138,3 +138,23 @@ def test_every_verdict_reads_as_its_own_sentence(tmp_path, right, margin, verdic
     others = {"better": "make better students", "worse": "make worse students",
               "equivalent": "does not matter", "inconclusive": "Inconclusive"}
     assert [w for v, w in others.items() if v != verdict and w in analysis["answer"]] == []
+
+
+def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
+    res, data = fabricate(tmp_path, lambda rank, seed: 10 + 5 * rank + seed)
+
+    def diagnostics(collapsed):
+        return {"collapsed": collapsed, "answer_health": {"collapsed_types": ["color"] if collapsed else []},
+                "reading_efficiency": {"color": {"probe": 0.8, "efficiency": 0.25 if collapsed else 0.9},
+                                       "shape": {"probe": None, "efficiency": None}}}
+
+    for run, collapsed in [("students/m/xs/kd/0", True), ("students/l/xs/kd/1", False)]:
+        path = res / "vqa_metrics" / f"{run}.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"diagnostics": diagnostics(collapsed)}))
+    report(res, data, tmp_path / "report", n_boot=100)
+    md = (tmp_path / "report" / "study.md").read_text()
+    assert "| m/xs/kd/0 | **yes** (color) | 0.25 | n/e |" in md
+    assert "| l/xs/kd/1 | no | 0.90 | n/e |" in md
+    assert "**1 VLM(s) collapsed**" in md
+    header = (tmp_path / "report" / "study.csv").read_text().splitlines()[0].split(",")
+    assert {"vqa_collapsed", "vqa_collapsed_types", "vqa_efficiency_color", "vqa_probe_color"} <= set(header)

@@ -19,6 +19,7 @@ import numpy as np
 from clipdistill.io import DataError, atomic_dir, read_json, rounded, write_json
 from clipdistill.report.stats import (StudyInputError, bootstrap_mean_ci, paired_effects, rank_correlations,
                                       teacher_effect, verdict_sentence)
+from clipdistill.vqa.diagnostics import report_row
 from clipdistill.vqa.metrics import vqa_accuracy
 
 QUALITY = "zeroshot_mean_top1"
@@ -45,7 +46,8 @@ def collect(results: Path, vqa_eval: Path) -> list[dict]:
         if not metrics_file.is_file():
             return {}
         m = read_json(metrics_file)
-        out = {"vqa_overall": m["overall"], **{f"vqa_{k}": v for k, v in m["per_question_type"].items()}}
+        out = {"vqa_overall": m["overall"], **{f"vqa_{k}": v for k, v in m["per_question_type"].items()},
+               **report_row(m)}
         if answers.is_file():
             out["_scores"] = _question_scores(answers, gold)
         return out
@@ -173,6 +175,7 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
             name = "blind (no image)" if r["kind"] == "blind" else f"teacher {r['teacher']}"
             zs = f"{r['zeroshot']:.3f}" if r.get("zeroshot") is not None else "–"
             lines.append(f"| {name} | {zs} | {r['vqa_overall']:.1f} |")
+    lines += _diagnostics_markdown(rows)
     lines += _effect_markdown(analysis)
     lines += ["", "## Teacher zero-shot vs student VQA: rank correlations (descriptive)", "",
               "Runs of one teacher are not independent; the verdict above comes from the teacher effect.", "",
@@ -184,6 +187,36 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
               "![teacher quality vs student VQA](teacher_vs_student_vqa.png)",
               "![student zero-shot vs VQA](zeroshot_vs_vqa.png)", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
+
+
+def _diagnostics_markdown(rows: list[dict]) -> list[str]:
+    """What each VLM reads of what its tower encodes (reading efficiency = VLM accuracy / probe
+    accuracy per question type), and which VLMs collapsed onto one answer."""
+    diag = [r for r in rows if "vqa_collapsed" in r]
+    if not diag:
+        return []
+    types = sorted({k[len("vqa_efficiency_"):] for r in diag for k in r if k.startswith("vqa_efficiency_")})
+
+    def name(r):
+        if r["kind"] == "student":
+            return f"{r['teacher']}/{r['student']}/{r['method']}/{r['seed']}"
+        return "blind" if r["kind"] == "blind" else f"teacher {r['teacher']}"
+
+    def cell(v):
+        return "n/e" if v is None else f"{v:.2f}"
+
+    lines = ["", "## VQA diagnostics: reading efficiency (VLM accuracy / tower probe) and answer collapse", "",
+             "n/e: the probe is not estimable there (one class, or no eval question of that type).", "",
+             "| encoder | collapsed | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
+    collapsed = [r for r in diag if r["vqa_collapsed"]]
+    for r in sorted(diag, key=lambda r: (r["kind"] != "teacher", r["kind"] != "blind", name(r))):
+        flag = f"**yes** ({r['vqa_collapsed_types']})" if r["vqa_collapsed"] else "no"
+        lines.append(f"| {name(r)} | {flag} | " + " | ".join(cell(r.get(f"vqa_efficiency_{t}")) for t in types) + " |")
+    if collapsed:
+        lines += ["", f"**{len(collapsed)} VLM(s) collapsed** onto one answer for some question type (its most "
+                  "frequent answer exceeds both twice its true share and half its outputs): their VQA numbers "
+                  "measure the recipe's failure, not the encoder."]
+    return lines
 
 
 def _num(x: float, fmt: str = "+.2f") -> str:
