@@ -192,6 +192,7 @@ def test_lmms_eval_accuracy_equals_our_vqav2_accuracy(vlm_dir, vqa_world, tmp_pa
     assert theirs["count"] == len(records)
     assert [a["text"].strip() for a in theirs["answers"]] == ours
     assert abs(theirs["accuracy"] - metrics["overall"]) < 0.1, (theirs["accuracy"], metrics["overall"])
+    print(f"lmms-eval {theirs['accuracy']:.4f} vs own {metrics['overall']:.4f} on {len(records)} questions")
     assert "VQAv2 accuracy" in proc.stderr
 
 
@@ -210,4 +211,5 @@ def test_mteb_scores_equal_eval_clip(teacher_dir, world, tmp_path):
     for direction in ("image_to_text", "text_to_image"):
         assert theirs["retrieval"][direction]["R@1"] == pytest.approx(ours["retrieval"][direction]["R@1"], abs=1e-6)
         assert theirs["retrieval"][direction]["R@5"] == pytest.approx(ours["retrieval"][direction]["R@5"], abs=1e-6)
+    print("eval clip", ours["zeroshot"], ours["retrieval"], "\nmteb", theirs["zeroshot"], theirs["retrieval"])
     assert ours["summary"]["zeroshot_mean_top1"] > 0.2  # a trained teacher: the check is not at chance
