@@ -90,9 +90,25 @@ def test_yes_no_statistics_on_hand_worked_cases():
     # precision 1/3, recall 1/2 (P + R < 1): F1 = 2·(1/6)/(5/6) = 0.4
     s = summarize(_yes_no([("yes", "yes"), ("yes", "no"), ("yes", "no"), ("no", "yes")]))["yes_no"]
     assert s == pytest.approx({"precision": 1 / 3, "recall": 0.5, "f1": 0.4, "yes_ratio": 0.75})
+    # the only true yes is found: recall 1, precision 1/2, F1 2/3
+    s = summarize(_yes_no([("yes", "yes"), ("yes", "no")]))["yes_no"]
+    assert s == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "yes_ratio": 1.0})
     # never "yes", never right: all zero, no division by zero
     s = summarize(_yes_no([("no", "yes")]))["yes_no"]
     assert s == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0}
     assert "yes_no" not in summarize([{**_yes_no([("red", "red")])[0], "answer_type": "other"}])
-    with pytest.raises(ValueError, match="no records to summarise"):
+    with pytest.raises(ValueError, match="^no records to summarise$"):
         summarize([])
+
+
+def test_punctuation_follows_the_official_whole_string_rule():
+    """The official script removes a mark everywhere once it touches a space anywhere in the
+    answer (else it becomes a space); newlines and tabs count as spaces for that test."""
+    from clipdistill.vqa.metrics import normalize_answer, vqa_accuracy
+
+    assert normalize_answer("black/white") == "black white"
+    assert normalize_answer("black/white /grey") == "blackwhite grey"  # " /" somewhere
+    assert normalize_answer("black/white/ grey") == "blackwhite grey"  # "/ " somewhere
+    assert normalize_answer("red\n/blue/green") == normalize_answer("red\t/blue/green") == "red bluegreen"
+    with pytest.raises(ValueError, match="^vqa_accuracy needs at least one annotator answer$"):
+        vqa_accuracy("yes", [])
