@@ -1,0 +1,116 @@
+"""The VQA instrument on a held-out world variant (issue 16): world -> pipeline teacher -> the
+shared LM -> VLMs on the teacher and on the blind (grey) image, with the default `vqa` params
+of params.yaml (or --set overrides) -> accuracy per question type and the diagnostics.
+
+    .venv/bin/python benchmarks/vqa_held_out.py single_yesno --sizes 1500,800,200 --root /tmp/held_out
+    .venv/bin/python benchmarks/vqa_held_out.py default            # the default world (tuning)
+
+WORLD is `default` or a name in `clipdistill.data.variants.VARIANTS` (HELD_OUT: never tune on them).
+Data, teacher and LM are cached under --root; each run appends its metrics to runs/.
+"""
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from clipdistill.data.formats import read_vqa
+from clipdistill.data.splits import load_split
+from clipdistill.export.hf import to_hf
+from clipdistill.io import rounded
+from clipdistill.models import load_model_dir
+from clipdistill.params import DataParams, SplitParams, TeacherParams, VQAParams
+from clipdistill.teachers import train as T
+from clipdistill.vqa.diagnostics import vqa_diagnostics
+from clipdistill.vqa.evaluate import evaluate_vqa
+from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
+from clipdistill.vqa.train import pixel_values, train_vlm
+
+ap = argparse.ArgumentParser()
+ap.add_argument("world")
+ap.add_argument("--teacher", default="cd-teacher-s:20")
+ap.add_argument("--set", action="append", default=[])
+ap.add_argument("--tag", default="base")
+ap.add_argument("--only", default=None)
+ap.add_argument("--sizes", default="2000,1500,300", help="pretrain,vqa_train,vqa_eval images")
+ap.add_argument("--root", default="/tmp/clipdistill-held-out")
+ap.add_argument("--params", default="params.yaml")
+a = ap.parse_args()
+torch.set_num_threads(1)
+ROOT = Path(a.root) / "worlds" / (a.world + ("" if a.sizes == "2000,1500,300" else "-" + a.sizes.replace(",", "-")))
+n_pre, n_tr, n_ev = map(int, a.sizes.split(","))
+t0 = time.time()
+if not (ROOT / "vqa_eval").exists():
+    if a.world == "default":
+        from clipdistill.data.synth import synthesize
+        base = yaml.safe_load(Path(a.params).read_text())["data"]
+        dp = DataParams.model_validate(base).model_copy(update={"splits": {
+            "pretrain": SplitParams(size=n_pre), "vqa_train": SplitParams(size=n_tr), "vqa_eval": SplitParams(size=n_ev)}})
+        for s in ("pretrain", "vqa_train", "vqa_eval"):
+            synthesize(dp, s, ROOT / s)
+    else:
+        from clipdistill.data.variants import VARIANTS, synth_variant
+        for s, n in (("pretrain", n_pre), ("vqa_train", n_tr), ("vqa_eval", n_ev)):
+            synth_variant(VARIANTS[a.world], s, n, ROOT / s)
+print(f"data {time.time()-t0:.0f}s", flush=True)
+arch, ep = a.teacher.split(":")
+tdir = ROOT / f"teacher-{arch}-{ep}"
+if not tdir.exists():
+    spec = TeacherParams(arch=arch, epochs=int(ep), batch_size=64, lr=3e-3)
+    split = load_split(ROOT / "pretrain")
+    model, tok, log = T.train_teacher(spec, split, show_progress=False)
+    T.save_pipeline_teacher(tdir, "t", spec, split, model, tok, log)
+    print(f"teacher {time.time()-t0:.0f}s loss {log[-1]['loss']:.3f}", flush=True)
+
+if a.only == "none":
+    sys.exit(0)
+vqa = yaml.safe_load(Path(a.params).read_text())["vqa"]
+for kv in a.set:
+    k, v = kv.split("=", 1)
+    d = vqa
+    ks = k.split(".")
+    for kk in ks[:-1]:
+        d = d.setdefault(kk, {})
+    d[ks[-1]] = yaml.safe_load(v)
+spec = VQAParams.model_validate(vqa)
+key = hashlib.sha1(json.dumps([spec.lm.model_dump(), spec.lm_pretrain.model_dump() if spec.lm_pretrain else None]).encode()).hexdigest()[:8]
+lmdir = ROOT / f"lm-{key}"
+if lmdir.exists():
+    language = load_language_dir(lmdir)
+else:
+    lm_, tok_, log_ = prepare_language(spec, ROOT / "vqa_train", show_progress=False)
+    save_language(lmdir, lm_, tok_, log_, spec)
+    language = load_language_dir(lmdir)
+print(f"lm {time.time()-t0:.0f}s", flush=True)
+train, ev = load_split(ROOT / "vqa_train"), load_split(ROOT / "vqa_eval")
+records, _ = read_vqa(ROOT / "vqa_eval/questions.json", ROOT / "vqa_eval/annotations.json", ROOT / "vqa_eval",
+                      check_images=False)
+out = {}
+for name in ("teacher", "blind"):
+    if a.only and name != a.only:
+        continue
+    blind = name == "blind"
+    vlm, tok, proc, log = train_vlm(to_hf(load_model_dir(tdir)), ROOT / "vqa_train", train, spec, blind, language)
+    px = pixel_values(ev.images, proc, blind)
+    rows, m, _ = evaluate_vqa(vlm, tok, records, dict(enumerate(px)), 64, spec.max_new_tokens, name)
+    m["diagnostics"] = vqa_diagnostics(vlm, proc, ROOT / "vqa_train", train.images, ROOT / "vqa_eval", ev.images,
+                                       records, [r["text"] for r in rows], m, blind)
+    out[name] = rounded(m, 2)
+    d = m["diagnostics"]
+    eff = {k: round(v["efficiency"], 2) for k, v in d.get("reading_efficiency", {}).items() if v["efficiency"]}
+    print(f"{a.world} {a.tag} {name}: overall {m['overall']:.1f} types "
+          f"{ {k: round(v, 1) for k, v in m['per_question_type'].items()} } collapsed {d['answer_health']['collapsed_types']} "
+          f"eff {eff} loss {log[-1]['loss']:.3f} t {time.time()-t0:.0f}s", flush=True)
+    if not blind:
+        pr = d["probe"]
+        print("  probe cell", {k: round(v.get("accuracy", -1), 1) for k, v in pr.get("cell", {}).items()},
+              "pooled", {k: round(v.get("accuracy", -1), 1) for k, v in pr["pooled"].items()}, flush=True)
+    print("  top answers", {k: (v["top_answer"], round(v["top_share"], 2), round(v["truth_share"], 2))
+                            for k, v in d["answer_health"]["per_question_type"].items()}, flush=True)
+(Path(a.root) / "runs").mkdir(parents=True, exist_ok=True)
+(Path(a.root) / "runs" / f"{a.world}-{a.tag}-{a.only or 'both'}.json").write_text(
+    json.dumps({"args": vars(a), "vqa": vqa, "out": out}, indent=1))
