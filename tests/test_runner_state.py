@@ -35,7 +35,7 @@ def test_sync_outside_a_project_fails_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no dvc.yaml" in proc.stderr, proc.stderr
 
 
-def run(args, cwd, home, timeout=900, check=True):
+def run(args, cwd, home, timeout=1800, check=True):
     t0 = time.monotonic()
     proc = subprocess.run(["timeout", "-k", "5", str(timeout), *map(str, args)], cwd=cwd, env=_env(home),
                           capture_output=True, text=True)
