@@ -6,9 +6,10 @@ restored or reproduced is up to date for Snakemake.
   Snakemake job wrote and that Snakemake would not rerun, is `dvc commit`ted, in one batch
   (one `dvc commit` per job would cost ~2 s each). A stage whose outputs or inputs changed
   after its Snakemake job is refused, never blessed.
-- `sync` adds what a kill and DVC need: it removes the lock a killed Snakemake leaves behind,
-  records, and once every stage matches dvc.lock runs `snakemake --touch`, so timestamps and
-  Snakemake's params/code records agree with what `dvc pull`/`checkout`/`repro` put there.
+- `sync` adds what a kill and DVC need: it removes the lock a killed Snakemake leaves behind
+  and the outputs of jobs it never saw finish (so they are stale in both), records, and once
+  every stage matches dvc.lock runs `snakemake --touch`, so timestamps and Snakemake's
+  params/code records agree with what `dvc pull`/`checkout`/`repro`/`exp run` put there.
 """
 
 from __future__ import annotations
