@@ -56,7 +56,7 @@ def snakemake_pending(project: Path, profile: str = PROFILE, timeout: float = 60
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise ShareError(f"snakemake -n failed: {lines[-1] if lines else proc.returncode}")
-    return {p for line in re.findall(r"^    output: (.*)$", proc.stdout, re.M) for p in line.split(", ")}
+    return {p for line in re.findall(r"^    output: (.*)$", proc.stdout, re.MULTILINE) for p in line.split(", ")}
 
 
 def _stages(project: Path) -> dict[str, tuple[list[str], list[str]]]:
@@ -201,7 +201,7 @@ def clear_incomplete(project: Path, profile: str = PROFILE, timeout: float = 600
                     project, timeout, _env())
         # It exits 1 when a killed job never got a metadata record, yet clears the markers.
         if left := set(paths) & set(incomplete_outputs(project)):
-            raise ShareError(f"snakemake --cleanup-metadata left {sorted(left)[0]} marked incomplete: "
+            raise ShareError(f"snakemake --cleanup-metadata left {min(left)} marked incomplete: "
                              f"{_cause(proc)}")
     return paths
 
