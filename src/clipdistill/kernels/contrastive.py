@@ -290,7 +290,10 @@ def mm32(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x @ y with fp32 output and fp32 accumulation. On CPU, 16-bit operands are widened to
     fp32 first: their products are exact there, which is what the GPU's tensor cores compute."""
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-        return torch.mm(x, y, out_dtype=torch.float32)
+        try:
+            return torch.mm(x, y, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch/cuBLAS without fp32 output for 16-bit: same numbers, slower
+            pass
     return x.float() @ y.float()
 
 
