@@ -224,10 +224,11 @@ def verdict(ok: bool, what: str) -> bool:
 
 def gpu_correctness() -> bool:
     """Triton vs the chunked torch path (fp32 accumulation) on the same inputs: losses and
-    gradients, relative to the largest entry."""
+    gradients, relative to the largest entry. Both gradients are rounded to the 16-bit
+    format, so the limits are twice the float64 tests' (tests/test_loss_backends.py)."""
     from clipdistill import losses
 
-    limits = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+    limits = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2, torch.float16: 4e-3}
     ok = True
     for dtype, b, d in ((torch.bfloat16, 8192, 768), (torch.float16, 8192, 768), (torch.float32, 4097, 768)):
         for kd in (False, True):
