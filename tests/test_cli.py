@@ -4,7 +4,8 @@ import yaml
 
 from conftest import SMOKE, run_cli
 
-STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"], "eval": ["clip"],
+STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"],
+          "eval": ["clip", "lmms", "mieb"],
           "export": ["hf"], "vqa": ["lm", "run"], "params": ["check", "schema"]}
 COMMANDS = ["distill", "report", "push", "pull", "sync"]
 
