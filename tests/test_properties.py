@@ -118,3 +118,20 @@ def test_vqa_accuracy_of_k_agreeing_annotators_out_of_ten(k):
     expected = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}.get(k, 1.0)
     assert abs(vqa_accuracy("red", answers) - expected) < 1e-12
     assert normalize_answer("Red.") == "red"
+
+
+@FAST
+@given(batches(), st.integers(1, 3), st.sampled_from([1.0, 2.5]))
+def test_chunked_crd_gradient_is_the_naive_gradient(batch, chunk, tau):
+    """Training's CRD term on CPU runs the chunked backward (mutation testing found no test
+    reaching it): its gradients must be autograd's through the materialised formula."""
+    si, st_, ti, tt, (s, t), _ = batch
+    grads = []
+    for fn in (KD.similarity_kd_naive, lambda *a: KD.similarity_kd_chunked(*a, chunk=chunk)):
+        a, b = si.clone().requires_grad_(), st_.clone().requires_grad_()
+        scale = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+        # a float64 teacher scale: a Python float would be rounded to float32 by the chunked path
+        loss = fn(a, b, scale, ti, tt, torch.tensor(t, dtype=torch.float64), tau)
+        grads.append([loss.detach(), *torch.autograd.grad(1.7 * loss, (a, b, scale))])
+    for got, want in zip(grads[1], grads[0]):
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), (got, want)
