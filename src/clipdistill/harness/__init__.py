@@ -5,6 +5,7 @@ and run offline: their tasks are built here from local splits, nothing is downlo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 from clipdistill.io import ClipdistillError
@@ -24,6 +25,14 @@ def require(module: str, dist: str):
         if e.name and e.name.split(".")[0] != module.split(".")[0]:
             raise  # the harness is there but one of its own imports failed: show that, not a hint
         raise HarnessError(f"{dist} is not installed: {EXTRA} (the 'harness' extra)") from None
+
+
+def installed(module: str) -> bool:
+    """Whether a harness package is importable, without importing it (lmms-eval takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked as sys.modules[name] = None
+        return False
 
 
 def offline() -> None:

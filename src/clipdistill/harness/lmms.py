@@ -13,7 +13,7 @@ import sys
 import types
 from pathlib import Path
 
-from clipdistill.harness import HarnessError, offline, require
+from clipdistill.harness import HarnessError, installed, offline, require
 
 TASK = "clipdistill_vqav2"
 
@@ -99,7 +99,8 @@ def run_lmms(model_dir: str | Path, split_dir: str | Path, out: str | Path, max_
              limit: int | None = None) -> dict:
     """Score the VLM with lmms-eval; writes out/results.json (accuracy ×100 and every answer)."""
     offline()
-    require("lmms_eval", "lmms-eval")  # first: a missing extra is said before anything is loaded
+    if not installed("lmms_eval"):  # said before anything is loaded
+        require("lmms_eval", "lmms-eval")
     from clipdistill.export.hf import has_processor, vlm_model_dir
     from clipdistill.io import write_json
 
@@ -107,6 +108,7 @@ def run_lmms(model_dir: str | Path, split_dir: str | Path, out: str | Path, max_
     if not has_processor(model_dir):
         raise HarnessError(f"{model_dir}: no LlavaProcessor (saved before processors existed); "
                            f"add it in place with `clipdistill export hf --vlm {model_dir}`")
+    require("lmms_eval", "lmms-eval")
     _stub_decord()
     from lmms_eval import evaluator
     from lmms_eval.evaluator import simple_evaluate
