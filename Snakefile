@@ -1,6 +1,6 @@
-# clipdistill study workflow. `snakemake -c2` runs it; dvc.yaml describes the same stages.
-# Every rule calls the `clipdistill` CLI with the same command, deps and outs as its DVC
-# stage (tests/test_dag.py proves the two agree).
+# clipdistill study workflow. `snakemake -c2` runs it. Every rule is built from the stage table
+# (src/clipdistill/stages.py), which also generates dvc.yaml: the same command, deps and outs
+# in both runners (tests/test_dag.py proves the two agree).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -29,12 +29,4 @@ include: "workflow/rules/state.smk"
 rule all:
     default_target: True
     input:
-        expand("results/data/{split}", split=config["data"]["splits"]),
-        rules.data_preview.output,
-        expand("results/teacher_eval/{teacher}/metrics.json", teacher=config["teachers"]),
-        expand("results/features/{teacher}", teacher=config["teachers"]),
-        expand("results/student_eval/{run}/metrics.json", run=KD_RUNS + BASELINE_EVALS),
-        expand("results/vqa_metrics/teachers/{teacher}.json", teacher=config["teachers"]),
-        expand("results/vqa_metrics/students/{run}.json", run=KD_RUNS + BASELINE_RUNS),
-        "results/vqa_metrics/blind.json",
-        "results/report",
+        [path for stage in ST.STAGES for path in stage_targets(stage.name)],

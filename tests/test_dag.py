@@ -1,11 +1,15 @@
-"""Snakemake and DVC define the same pipeline, and both run it."""
+"""Snakemake and DVC define the same pipeline, both built from the stage table
+(src/clipdistill/stages.py); code deps are the transitive imports, computed."""
 
 import os
 import re
 import subprocess
+import textwrap
 
-
+import pytest
 from conftest import BIN, REPO, project_copy
+
+from clipdistill import codedeps, stages
 
 
 def _env():
@@ -18,7 +22,13 @@ def _run(args, cwd, timeout=600):
     return proc
 
 
-def snakemake_jobs(cwd=REPO):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The default study's project, copied (dry runs leave .snakemake state behind)."""
+    return project_copy(tmp_path_factory.mktemp("dag") / "project", REPO / "params.yaml")
+
+
+def snakemake_jobs(cwd):
     """{(rule, command, deps, outs)} from a forced dry run with shell commands printed."""
     out = _run([str(BIN / "snakemake"), "-n", "-p", "--forceall"], cwd).stdout
     jobs = set()
@@ -33,18 +43,19 @@ def snakemake_jobs(cwd=REPO):
     return jobs
 
 
-def dvc_stages(cwd=REPO):
+def dvc_stages(cwd):
+    """{(table stage, command, deps, outs)} of every DVC stage."""
     from dvc.repo import Repo
 
-    stages = set()
+    found = set()
     with Repo(str(cwd)) as repo:
         for s in repo.index.stages:
             deps = frozenset(d.def_path for d in s.deps if not hasattr(d, "params"))
-            stages.add((s.name.split("@")[0], s.cmd, deps, frozenset(o.def_path for o in s.outs)))
-    return stages
+            found.add((stages.dvc_stage_of(s.name), s.cmd, deps, frozenset(o.def_path for o in s.outs)))
+    return found
 
 
-def dvc_params(cwd=REPO):
+def dvc_params(cwd):
     from dvc.repo import Repo
 
     with Repo(str(cwd)) as repo:
@@ -56,24 +67,27 @@ def _covered(path: str, by: str) -> bool:
     return path == by or path.startswith(by.rstrip("/") + "/")
 
 
-def test_snakemake_and_dvc_define_the_same_stages():
-    """Same stages, commands and outputs; the same dependencies, where DVC may name a folder
-    (e.g. results/vqa_metrics) for the files Snakemake lists inside it — each side covers
-    the other."""
-    smk = {(name, cmd, outs): deps for name, cmd, deps, outs in snakemake_jobs()}
-    dvc = {(name, cmd, outs): deps for name, cmd, deps, outs in dvc_stages()}
+def test_snakemake_and_dvc_define_the_same_stages(project):
+    """Same stages, commands and outputs; the same code files; the same data dependencies,
+    where DVC may name a folder (e.g. results/vqa_metrics/students) for the files Snakemake
+    lists inside it — each side covers the other."""
+    smk = {(name, cmd, outs): deps for name, cmd, deps, outs in snakemake_jobs(project)}
+    dvc = {(name, cmd, outs): deps for name, cmd, deps, outs in dvc_stages(project)}
     assert smk, "no jobs parsed from snakemake"
     assert smk.keys() == dvc.keys(), f"only in Snakemake: {smk.keys() - dvc.keys()}\nonly in DVC: {dvc.keys() - smk.keys()}"
     for key, s_deps in smk.items():
         d_deps = dvc[key]
+        code = {d for d in s_deps if d.startswith("src/")}
+        assert code == {d for d in d_deps if d.startswith("src/")}, key[0]
+        assert code == set(stages.code_deps(stages.BY_NAME[key[0]])) and "src/clipdistill/cli.py" in code, key[0]
         assert all(any(_covered(s, d) for d in d_deps) for s in s_deps), (key[0], s_deps - d_deps)
         assert all(any(_covered(s, d) for s in s_deps) for d in d_deps), (key[0], d_deps - s_deps)
 
 
-def test_each_stage_tracks_exactly_the_params_it_reads():
+def test_each_stage_tracks_exactly_the_params_it_reads(project):
     from clipdistill.params import DataParams, load_section
 
-    params = dvc_params()
+    params = dvc_params(project)
     shared = {f"data.{k}" for k in DataParams.model_fields if k != "splits"}
     for split in load_section(REPO / "params.yaml", "data").splits:
         assert set(params.pop(f"data_synth@{split}")) == shared | {f"data.splits.{split}"}
@@ -100,6 +114,131 @@ def test_each_stage_tracks_exactly_the_params_it_reads():
                       "report": ["report"]}
 
 
-def test_snakemake_lint_is_clean():
-    proc = _run([str(BIN / "snakemake"), "--lint"], REPO)
+def test_snakemake_lint_is_clean(project):
+    proc = _run([str(BIN / "snakemake"), "--lint"], project)
     assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_committed_dvc_yaml_is_the_generated_one():
+    """dvc.yaml is generated from the stage table; regenerate it after a change to the table or
+    to any import: `python -m clipdistill.stages dvc-yaml --out dvc.yaml`."""
+    assert (REPO / "dvc.yaml").read_text() == stages.dvc_yaml(), \
+        "dvc.yaml is stale: run `python -m clipdistill.stages dvc-yaml --out dvc.yaml`"
+
+
+def test_teacher_free_runs_are_the_same_stages_without_the_teacher():
+    dvc = stages.dvc_stages()
+    kd, baseline = dvc["distill"], dvc["distill_baseline"]
+    assert [d for d in kd["deps"] if d.startswith("src/")] == [d for d in baseline["deps"] if d.startswith("src/")]
+    assert "results/teachers/${item.teacher}" in kd["deps"]
+    assert not any(d.startswith("results/teachers") for d in baseline["deps"])
+    assert "--teacher-name none" in baseline["cmd"] and "--features" not in baseline["cmd"]
+    assert "--model results/students/none/" in dvc["student_eval_baseline"]["cmd"]
+    assert "--teacher results/teachers/${item.teacher}" in dvc["student_eval_baseline"]["cmd"]
+    assert dvc["vqa_baseline"]["matrix"]["method"] == "${distill.grid.baselines}"
+
+
+def _package(root, files: dict):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text))
+    return root
+
+
+def _rel(paths, root):
+    return {p.relative_to(root).as_posix() for p in paths}
+
+
+def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
+    root = _package(tmp_path, {
+        "toy/__init__.py": "",
+        "toy/cli.py": "import toy.light\n\ndef cmd():\n    from toy.heavy import run\n",
+        "toy/light.py": "X = 1\n",
+        "toy/heavy/__init__.py": "from .run import run\n",
+        "toy/heavy/run.py": "import json\n\ndef run():\n    from ..util import helper\n    from . import data\n",
+        "toy/heavy/data/table.json": "{}",
+        "toy/heavy/data/notes.txt": "kept: data of the package",
+        "toy/util/__init__.py": "",
+        "toy/util/helper.py": "try:\n    from toy.util import deep\nexcept ImportError:\n    pass\n",
+        "toy/util/deep.py": "",
+        "toy/unused.py": "import toy.heavy\n",
+    })
+    assert _rel(codedeps.closure(["toy.heavy.run"], root), root) == {
+        "toy/__init__.py", "toy/heavy/__init__.py", "toy/heavy/run.py", "toy/heavy/data/table.json",
+        "toy/heavy/data/notes.txt", "toy/util/__init__.py", "toy/util/helper.py", "toy/util/deep.py"}
+    assert codedeps.top_level_imports("toy.cli", root) == {"toy.light"}
+    assert _rel(codedeps.closure(["toy.light"], root), root) == {"toy/__init__.py", "toy/light.py"}
+    assert codedeps.import_chain(["toy.heavy.run"], root / "toy/util/deep.py", root) == [
+        "toy.heavy.run", "toy.util.helper", "toy.util.deep"]
+
+
+def test_lazy_imports_of_a_params_section_count_only_for_stages_reading_it(tmp_path):
+    root = _package(tmp_path, {
+        "toy/__init__.py": "",
+        "toy/losses.py": "",
+        "toy/params.py": """\
+            import toy.io
+
+            class Methods:
+                def check(self):
+                    from toy.losses import LOSSES
+
+            class Distill:
+                methods: dict[str, Methods]
+
+            class Data:
+                seed: int
+
+            class Params:
+                data: Data
+                distill: Distill
+            """,
+        "toy/io.py": "",
+    })
+
+    def scoped(*sections):
+        return _rel(codedeps.closure(["toy.params"], root, ("toy.params", "Params", sections)), root)
+
+    assert "toy/losses.py" not in scoped("data")
+    assert "toy/losses.py" in scoped("distill") and "toy/io.py" in scoped("data")
+    assert "toy/losses.py" in _rel(codedeps.closure(["toy.params"], root), root)  # unscoped: everything counts
+
+
+def test_a_commands_entry_modules_are_what_its_body_imports(tmp_path):
+    root = _package(tmp_path, {
+        "toy/__init__.py": "",
+        "toy/a.py": "", "toy/b.py": "", "toy/c.py": "",
+        "toy/cli.py": """\
+            import typer
+            app = typer.Typer()
+            grp = typer.Typer()
+            app.add_typer(grp, name="grp")
+
+            def _helper():
+                from toy import c
+
+            @grp.command("run")
+            def grp_run():
+                from toy.a import x
+                _helper()
+
+            @app.command()
+            def other_cmd():
+                import toy.b
+            """,
+    })
+    assert codedeps.command_imports("toy.cli", ["grp", "run", "--flag"], root) == {"toy", "toy.a", "toy.c"}
+    assert codedeps.command_imports("toy.cli", ["other-cmd"], root) == {"toy.b"}
+    with pytest.raises(LookupError, match="no command for 'grp nope'"):
+        codedeps.command_imports("toy.cli", ["grp", "nope"], root)
+
+
+def test_every_stage_finds_its_command_and_depends_on_its_code():
+    for stage in stages.STAGES:
+        entry = stages.entry_modules(stage)
+        assert entry, stage.name
+        deps = stages.code_deps(stage)
+        assert {"src/clipdistill/cli.py", "src/clipdistill/params.py", "src/clipdistill/io.py"} <= set(deps)
+        for module in entry:
+            assert codedeps.module_file(module).relative_to(REPO).as_posix() in deps, (stage.name, module)
+    assert "src/clipdistill/models/configs/cd-student-xs.json" in stages.code_deps(stages.BY_NAME["distill"])

@@ -1,29 +1,41 @@
-# Shared names: the study grid, and the run lists the rules and the final targets expand.
-import re
+# The stage table (src/clipdistill/stages.py) builds every rule: its inputs (code files, data,
+# results), outputs, command, params and log. Read from the source tree, so Snakemake needs
+# only the standard library to parse the workflow.
+import sys
+from pathlib import Path
 
-GRID = config["distill"]["grid"]
-DISTILL_SPLIT = config["features"]["split"]
-
-
-def one_of(names):
-    """A wildcard constraint matching exactly one of `names`."""
-    return "|".join(re.escape(n) for n in names)
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from clipdistill import stages as ST  # noqa: E402
 
 
-KD_RUNS = expand(
-    "{teacher}/{student}/{method}/{seed}",
-    teacher=GRID["teachers"],
-    student=GRID["students"],
-    method=GRID["methods"],
-    seed=GRID["seeds"],
-)
-BASELINE_RUNS = expand(
-    "none/{student}/{method}/{seed}", student=GRID["students"], method=GRID["baselines"], seed=GRID["seeds"]
-)
-BASELINE_EVALS = expand(
-    "{teacher}/{student}/{method}/{seed}",
-    teacher=GRID["teachers"],
-    student=GRID["students"],
-    method=GRID["baselines"],
-    seed=GRID["seeds"],
-)
+def stage_outputs(name):
+    """The stage's outputs (directories marked), as Snakemake patterns."""
+    return [directory(o.path) if o.directory else o.path for o in ST.BY_NAME[name].outputs]
+
+
+def stage_inputs(name):
+    return lambda wildcards: ST.snakemake_inputs(ST.BY_NAME[name], config, dict(wildcards))
+
+
+def stage_command(name):
+    return lambda wildcards: ST.snakemake_command(ST.BY_NAME[name], config, dict(wildcards))
+
+
+def stage_params(name):
+    return lambda wildcards: ST.params_values(ST.BY_NAME[name], config, dict(wildcards))
+
+
+def stage_constraints(name):
+    return ST.wildcard_constraints(ST.BY_NAME[name], config)
+
+
+def stage_log(name):
+    return ST.BY_NAME[name].log
+
+
+def stage_benchmark(name):
+    return ST.benchmark(ST.BY_NAME[name])
+
+
+def stage_targets(name):
+    return ST.targets(ST.BY_NAME[name], config)

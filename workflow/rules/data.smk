@@ -1,40 +1,39 @@
 # The synthetic world: one job per split (so consumers rerun only when their split
 # changes), in every standard format, and a preview picture.
 
-DATA_SHARED = {k: v for k, v in config["data"].items() if k != "splits"}
-
 
 rule data_synth:
     input:
-        "src/clipdistill/data",
+        stage_inputs("data_synth"),
     output:
-        directory("results/data/{split}"),
+        stage_outputs("data_synth"),
+    wildcard_constraints:
+        **stage_constraints("data_synth"),
     params:
-        shared=DATA_SHARED,
-        split=lambda w: config["data"]["splits"][w.split],
+        cmd=stage_command("data_synth"),
+        values=stage_params("data_synth"),
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/data_synth/{split}.log",
+        stage_log("data_synth"),
     benchmark:
-        "results/benchmarks/data_synth/{split}.tsv"
+        stage_benchmark("data_synth")
     shell:
-        "clipdistill --log {log} data synth --params params.yaml --split {wildcards.split}"
-        " --out results/data/{wildcards.split}"
+        "{params.cmd}"
 
 
 rule data_preview:
     input:
-        "results/data/vqa_eval",
-        "results/data/distill_shifted",
+        stage_inputs("data_preview"),
     output:
-        report("results/preview/scenes.png", caption="../report/preview.rst", category="Data"),
+        report(stage_outputs("data_preview")[0], caption="../report/preview.rst", category="Data"),
+    params:
+        cmd=stage_command("data_preview"),
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/data_preview.log",
+        stage_log("data_preview"),
     benchmark:
-        "results/benchmarks/data_preview.tsv"
+        stage_benchmark("data_preview")
     shell:
-        "clipdistill --log {log} data preview --data results/data --split vqa_eval"
-        " --split distill_shifted --n 6 --out results/preview/scenes.png"
+        "{params.cmd}"

@@ -1,67 +1,65 @@
 # Teachers (trained here or imported), their CLIP evaluation, and the feature store.
 
-TEACHER_CODE = ["src/clipdistill/models", "src/clipdistill/teachers", "src/clipdistill/losses"]
-
 
 rule teacher_train:
     input:
-        TEACHER_CODE,
-        "results/data/pretrain",
+        stage_inputs("teacher_train"),
     output:
-        directory("results/teachers/{teacher}"),
+        *stage_outputs("teacher_train"),
+    wildcard_constraints:
+        **stage_constraints("teacher_train"),
     params:
-        spec=lambda w: config["teachers"][w.teacher],
+        cmd=stage_command("teacher_train"),
+        values=stage_params("teacher_train"),
     priority: 10  # the longest chain starts here: start the teachers first
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/teacher_train/{teacher}.log",
+        stage_log("teacher_train"),
     benchmark:
-        "results/benchmarks/teacher_train/{teacher}.tsv"
+        stage_benchmark("teacher_train")
     shell:
-        "clipdistill --log {log} teacher train --params params.yaml --name {wildcards.teacher}"
-        " --data results/data --out results/teachers/{wildcards.teacher}"
+        "{params.cmd}"
 
 
 rule teacher_eval:
     input:
-        "src/clipdistill/evaluate",
-        "results/teachers/{teacher}",
-        f"results/data/{config['eval']['split']}",
+        stage_inputs("teacher_eval"),
     output:
-        "results/teacher_eval/{teacher}/metrics.json",
+        *stage_outputs("teacher_eval"),
+    wildcard_constraints:
+        **stage_constraints("teacher_eval"),
     params:
-        spec=config["eval"],
+        cmd=stage_command("teacher_eval"),
+        values=stage_params("teacher_eval"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/teacher_eval/{teacher}.log",
+        stage_log("teacher_eval"),
     benchmark:
-        "results/benchmarks/teacher_eval/{teacher}.tsv"
+        stage_benchmark("teacher_eval")
     shell:
-        "clipdistill --log {log} eval clip --params params.yaml --model results/teachers/{wildcards.teacher}"
-        " --data results/data --out results/teacher_eval/{wildcards.teacher}/metrics.json"
+        "{params.cmd}"
 
 
 rule features_extract:
     input:
-        "src/clipdistill/features",
-        "results/teachers/{teacher}",
-        f"results/data/{config['features']['split']}",
+        stage_inputs("features_extract"),
     output:
-        directory("results/features/{teacher}"),
+        *stage_outputs("features_extract"),
+    wildcard_constraints:
+        **stage_constraints("features_extract"),
     params:
-        spec=config["features"],
+        cmd=stage_command("features_extract"),
+        values=stage_params("features_extract"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/features_extract/{teacher}.log",
+        stage_log("features_extract"),
     benchmark:
-        "results/benchmarks/features_extract/{teacher}.tsv"
+        stage_benchmark("features_extract")
     shell:
-        "clipdistill --log {log} features extract --params params.yaml"
-        " --teacher results/teachers/{wildcards.teacher} --data results/data"
-        " --out results/features/{wildcards.teacher}"
+        "{params.cmd}"

@@ -4,126 +4,83 @@
 
 rule vqa_lm:
     input:
-        "src/clipdistill/vqa",
-        "results/data/vqa_train",
+        stage_inputs("vqa_lm"),
     output:
-        directory("results/vqa/lm"),
+        *stage_outputs("vqa_lm"),
+    wildcard_constraints:
+        **stage_constraints("vqa_lm"),
     params:
-        lm=config["vqa"]["lm"],
-        pretrain=config["vqa"].get("lm_pretrain"),
+        cmd=stage_command("vqa_lm"),
+        values=stage_params("vqa_lm"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/vqa/lm.log",
+        stage_log("vqa_lm"),
     benchmark:
-        "results/benchmarks/vqa/lm.tsv"
+        stage_benchmark("vqa_lm")
     shell:
-        "clipdistill --log {log} vqa lm --params params.yaml --data results/data --out results/vqa/lm"
+        "{params.cmd}"
 
 
 rule vqa_teacher:
     input:
-        "src/clipdistill/vqa",
-        "results/teachers/{teacher}",
-        "results/vqa/lm",
-        "results/data/vqa_train",
-        "results/data/vqa_eval",
+        stage_inputs("vqa_teacher"),
     output:
-        directory("results/vqa/teachers/{teacher}"),
-        metrics="results/vqa_metrics/teachers/{teacher}.json",
+        *stage_outputs("vqa_teacher"),
+    wildcard_constraints:
+        **stage_constraints("vqa_teacher"),
     params:
-        spec=config["vqa"],
+        cmd=stage_command("vqa_teacher"),
+        values=stage_params("vqa_teacher"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/vqa/teachers/{teacher}.log",
+        stage_log("vqa_teacher"),
     benchmark:
-        "results/benchmarks/vqa/teachers/{teacher}.tsv"
+        stage_benchmark("vqa_teacher")
     shell:
-        "clipdistill --log {log} vqa run --params params.yaml --encoder results/teachers/{wildcards.teacher}"
-        " --data results/data --lm results/vqa/lm --out results/vqa/teachers/{wildcards.teacher}"
-        " --metrics results/vqa_metrics/teachers/{wildcards.teacher}.json"
+        "{params.cmd}"
 
 
 rule vqa_student:
     input:
-        "src/clipdistill/vqa",
-        "results/students/{teacher}/{student}/{method}/{seed}",
-        "results/vqa/lm",
-        "results/data/vqa_train",
-        "results/data/vqa_eval",
+        stage_inputs("vqa_student"),
     output:
-        directory("results/vqa/students/{teacher}/{student}/{method}/{seed}"),
-        metrics="results/vqa_metrics/students/{teacher}/{student}/{method}/{seed}.json",
+        *stage_outputs("vqa_student"),
     wildcard_constraints:
-        teacher=one_of(config["teachers"]),
-        method=one_of(GRID["methods"]),
+        **stage_constraints("vqa_student"),
     params:
-        spec=config["vqa"],
+        cmd=stage_command("vqa_student"),
+        values=stage_params("vqa_student"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/vqa/students/{teacher}/{student}/{method}/{seed}.log",
+        stage_log("vqa_student"),
     benchmark:
-        "results/benchmarks/vqa/students/{teacher}/{student}/{method}/{seed}.tsv"
+        stage_benchmark("vqa_student")
     shell:
-        "clipdistill --log {log} vqa run --params params.yaml"
-        " --encoder results/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --data results/data --lm results/vqa/lm"
-        " --out results/vqa/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --metrics results/vqa_metrics/students/{wildcards.teacher}/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
-
-
-rule vqa_baseline:
-    input:
-        "src/clipdistill/vqa",
-        "results/students/none/{student}/{method}/{seed}",
-        "results/vqa/lm",
-        "results/data/vqa_train",
-        "results/data/vqa_eval",
-    output:
-        directory("results/vqa/students/none/{student}/{method}/{seed}"),
-        metrics="results/vqa_metrics/students/none/{student}/{method}/{seed}.json",
-    wildcard_constraints:
-        method=one_of(GRID["baselines"]),
-    params:
-        spec=config["vqa"],
-    threads: 1
-    conda:
-        "../envs/clipdistill.yaml"
-    log:
-        "logs/vqa/students/none/{student}/{method}/{seed}.log",
-    benchmark:
-        "results/benchmarks/vqa/baselines/{student}/{method}/{seed}.tsv"
-    shell:
-        "clipdistill --log {log} vqa run --params params.yaml"
-        " --encoder results/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --data results/data --lm results/vqa/lm"
-        " --out results/vqa/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}"
-        " --metrics results/vqa_metrics/students/none/{wildcards.student}/{wildcards.method}/{wildcards.seed}.json"
+        "{params.cmd}"
 
 
 rule vqa_blind:
     input:
-        "src/clipdistill/vqa",
-        "results/vqa/lm",
-        "results/data/vqa_train",
-        "results/data/vqa_eval",
+        stage_inputs("vqa_blind"),
     output:
-        directory("results/vqa/blind"),
-        metrics="results/vqa_metrics/blind.json",
+        *stage_outputs("vqa_blind"),
+    wildcard_constraints:
+        **stage_constraints("vqa_blind"),
     params:
-        spec=config["vqa"],
+        cmd=stage_command("vqa_blind"),
+        values=stage_params("vqa_blind"),
     threads: 1
     conda:
         "../envs/clipdistill.yaml"
     log:
-        "logs/vqa/blind.log",
+        stage_log("vqa_blind"),
     benchmark:
-        "results/benchmarks/vqa/blind.tsv"
+        stage_benchmark("vqa_blind")
     shell:
-        "clipdistill --log {log} vqa run --params params.yaml --encoder blind --data results/data --lm results/vqa/lm"
-        " --out results/vqa/blind --metrics results/vqa_metrics/blind.json"
+        "{params.cmd}"

@@ -1,0 +1,451 @@
+"""The stage table: every pipeline stage once — its command, inputs, outputs, params and code.
+
+The Snakemake rules (workflow/rules/*.smk), dvc.yaml (generated: `python -m clipdistill.stages
+dvc-yaml --out dvc.yaml`; tests/test_dag.py fails when the committed file differs) and the
+report's readers of results/ all come from here.
+
+Paths are templates. `{teacher}`-style placeholders are grid axes (Snakemake wildcards, DVC
+`${item.teacher}` / `${key}`); dotted ones such as `{features.split}` are params values
+(DVC `${features.split}`). A stage runs over one or more grids: the teacher-free baselines are
+the same stage on a grid whose teacher is `none`, where the parts marked `Teacher(...)` are
+left out of the command and the inputs.
+
+Code dependencies are computed, never listed: the files of the stage's entry module(s) and of
+everything they import, transitively (`codedeps`), plus cli.py and what it imports at its top.
+Standard library only: the Snakefile imports this module to build its rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipdistill import codedeps
+
+PARAMS_FILE = "params.yaml"
+REPO = codedeps.SRC.parent  # where dvc.yaml, the Snakefile and params.yaml live
+CLI = "clipdistill.cli"
+PARAMS_MODULE = "clipdistill.params"
+NO_TEACHER = "none"  # the teacher of a teacher-free (no-KD) baseline run
+
+
+class Teacher(str):
+    """A command fragment or input that exists only in runs with a teacher."""
+
+
+@dataclass(frozen=True)
+class Out:
+    path: str
+    directory: bool = False
+    metrics: bool = False  # a JSON of numbers: DVC `metrics:` (cached like every output)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Every output of another stage (the report reads them all): Snakemake lists each file,
+    DVC names the folders they live in."""
+
+    stage: str
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The runs of a stage: each axis takes the items (or keys) of a params list (or dict);
+    `fixed` binds a placeholder to a value or to another axis (`{teacher}`)."""
+
+    axes: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, str] = field(default_factory=dict)
+    dvc_name: str = "{stage}"  # one DVC stage per grid; teacher-free grids keep their historic names
+
+    @property
+    def teacher_free(self) -> bool:
+        return self.fixed.get("teacher") == NO_TEACHER or self.fixed.get("kd_teacher") == NO_TEACHER
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the Snakemake rule; the DVC stage (plus a grid's suffix)
+    command: tuple  # `clipdistill` arguments after `--log LOG`, in fragments
+    inputs: tuple  # data and results it reads (paths, Teacher(path), Upstream(stage))
+    outputs: tuple[Out, ...]
+    params: tuple[str, ...]  # params keys it reads; `data.*` = every data key not named otherwise
+    log: str
+    grids: tuple[Grid, ...] = (Grid(),)
+
+    def placeholders(self) -> set[str]:
+        return {p for grid in self.grids for p in (*grid.axes, *grid.fixed)}
+
+
+def _runs(kd_methods: bool, teacher: str = "distill.grid.teachers") -> dict[str, str]:
+    return {"teacher": teacher, "student": "distill.grid.students",
+            "method": "distill.grid.methods" if kd_methods else "distill.grid.baselines", "seed": "distill.grid.seeds"}
+
+
+STUDENT_AXES = {k: v for k, v in _runs(False).items() if k != "teacher"}
+KD = Grid(_runs(True))
+BASELINE = Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline")
+RUN = "{teacher}/{student}/{method}/{seed}"
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data_synth", ("data synth --params params.yaml --split {split} --out results/data/{split}",),
+          inputs=(), outputs=(Out("results/data/{split}", directory=True),),
+          params=("data.*", "data.splits.{split}"), log="logs/data_synth/{split}.log",
+          grids=(Grid({"split": "data.splits"}),)),
+    Stage("data_preview", ("data preview --data results/data --split vqa_eval --split distill_shifted --n 6"
+                           " --out results/preview/scenes.png",),
+          inputs=("results/data/vqa_eval", "results/data/distill_shifted"),
+          outputs=(Out("results/preview/scenes.png"),), params=(), log="logs/data_preview.log"),
+    Stage("teacher_train", ("teacher train --params params.yaml --name {teacher} --data results/data"
+                            " --out results/teachers/{teacher}",),
+          inputs=("results/data/pretrain",), outputs=(Out("results/teachers/{teacher}", directory=True),),
+          params=("teachers.{teacher}",), log="logs/teacher_train/{teacher}.log",
+          grids=(Grid({"teacher": "teachers"}),)),
+    Stage("teacher_eval", ("eval clip --params params.yaml --model results/teachers/{teacher} --data results/data"
+                           " --out results/teacher_eval/{teacher}/metrics.json",),
+          inputs=("results/teachers/{teacher}", "results/data/{eval.split}"),
+          outputs=(Out("results/teacher_eval/{teacher}/metrics.json", metrics=True),), params=("eval",),
+          log="logs/teacher_eval/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
+    Stage("features_extract", ("features extract --params params.yaml --teacher results/teachers/{teacher}"
+                               " --data results/data --out results/features/{teacher}",),
+          inputs=("results/teachers/{teacher}", "results/data/{features.split}"),
+          outputs=(Out("results/features/{teacher}", directory=True),), params=("features",),
+          log="logs/features_extract/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
+    Stage("distill", ("distill --params params.yaml --teacher-name {teacher} --student {student} --method {method}"
+                      " --seed {seed}",
+                      Teacher("--teacher results/teachers/{teacher} --features results/features/{teacher}"),
+                      f"--data results/data/{{features.split}} --out results/students/{RUN}"),
+          inputs=(Teacher("results/teachers/{teacher}"), Teacher("results/features/{teacher}"),
+                  "results/data/{features.split}"),
+          outputs=(Out(f"results/students/{RUN}", directory=True),),
+          params=("distill.train", "distill.students.{student}", "distill.methods.{method}"),
+          log=f"logs/distill/{RUN}.log", grids=(KD, BASELINE)),
+    # Every student against every teacher it is compared with (CKA): a KD run against its own
+    # teacher, a teacher-free baseline (trained once, under none/) against each teacher.
+    Stage("student_eval", ("eval clip --params params.yaml --model results/students/{kd_teacher}/{student}/{method}"
+                           "/{seed} --teacher results/teachers/{teacher} --data results/data"
+                           f" --out results/student_eval/{RUN}/metrics.json",),
+          inputs=("results/students/{kd_teacher}/{student}/{method}/{seed}", "results/teachers/{teacher}",
+                  "results/data/{eval.split}"),
+          outputs=(Out(f"results/student_eval/{RUN}/metrics.json", metrics=True),), params=("eval",),
+          log=f"logs/student_eval/{RUN}.log",
+          grids=(Grid(_runs(True), {"kd_teacher": "{teacher}"}),
+                 Grid(_runs(False), {"kd_teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
+    Stage("vqa_lm", ("vqa lm --params params.yaml --data results/data --out results/vqa/lm",),
+          inputs=("results/data/vqa_train",), outputs=(Out("results/vqa/lm", directory=True),),
+          params=("vqa.lm", "vqa.lm_pretrain"), log="logs/vqa/lm.log"),
+    Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --data results/data"
+                          " --lm results/vqa/lm --out results/vqa/teachers/{teacher}"
+                          " --metrics results/vqa_metrics/teachers/{teacher}.json",),
+          inputs=("results/vqa/lm", "results/teachers/{teacher}", "results/data/vqa_train", "results/data/vqa_eval"),
+          outputs=(Out("results/vqa/teachers/{teacher}", directory=True),
+                   Out("results/vqa_metrics/teachers/{teacher}.json", metrics=True)),
+          params=("vqa",), log="logs/vqa/teachers/{teacher}.log",
+          grids=(Grid({"teacher": "teachers"}),)),
+    Stage("vqa_student", ("vqa run --params params.yaml --encoder results/students/" + RUN + " --data results/data"
+                          f" --lm results/vqa/lm --out results/vqa/students/{RUN}"
+                          f" --metrics results/vqa_metrics/students/{RUN}.json",),
+          inputs=("results/vqa/lm", f"results/students/{RUN}", "results/data/vqa_train", "results/data/vqa_eval"),
+          outputs=(Out(f"results/vqa/students/{RUN}", directory=True),
+                   Out(f"results/vqa_metrics/students/{RUN}.json", metrics=True)),
+          params=("vqa",), log=f"logs/vqa/students/{RUN}.log",
+          grids=(KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="vqa_baseline"))),
+    Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --data results/data --lm results/vqa/lm"
+                        " --out results/vqa/blind --metrics results/vqa_metrics/blind.json",),
+          inputs=("results/vqa/lm", "results/data/vqa_train", "results/data/vqa_eval"),
+          outputs=(Out("results/vqa/blind", directory=True), Out("results/vqa_metrics/blind.json", metrics=True)),
+          params=("vqa",), log="logs/vqa/blind.log"),
+    Stage("report", ("report --params params.yaml --results results --vqa-eval results/data/vqa_eval"
+                     " --out results/report",),
+          inputs=("results/data/vqa_eval", Upstream("teacher_eval"), Upstream("teacher_train"),
+                  Upstream("student_eval"), Upstream("distill"), Upstream("vqa_teacher"), Upstream("vqa_student"),
+                  Upstream("vqa_blind")),
+          outputs=(Out("results/report", directory=True),), params=("report",),
+          log="logs/report.log"),
+)
+BY_NAME = {s.name: s for s in STAGES}
+# The study's figures and numbers, for `dvc plots/metrics show` (written by the report stage).
+DVC_PLOTS = ("results/report/teacher_effect.png", "results/report/teacher_vs_student_vqa.png",
+             "results/report/zeroshot_vs_vqa.png", "results/report/learning_curves.png")
+DVC_METRICS = ("results/report/effect.json", "results/report/correlations.json")
+
+
+# ---------------------------------------------------------------- code dependencies
+
+
+def entry_modules(stage: Stage) -> set[str]:
+    """The project modules the stage's CLI command imports in its body (its stage module)."""
+    return codedeps.command_imports(CLI, stage.command[0].split())
+
+
+def code_deps(stage: Stage) -> list[str]:
+    """Repository-relative paths of every project file the stage's command can run: cli.py and
+    its top-level imports, the command's entry modules, and their transitive imports. The lazy
+    imports in params.py's section models count only for the sections the stage reads."""
+    sections = {p.split(".")[0] for p in stage.params}
+    roots = {*codedeps.top_level_imports(CLI), *entry_modules(stage)}
+    files = codedeps.closure(sorted(roots), section_scoped=(PARAMS_MODULE, "Params", tuple(sorted(sections))))
+    files = sorted({*files, codedeps.module_file(CLI)})  # cli.py itself; its other commands' imports are not run
+    return [p.relative_to(REPO).as_posix() for p in files]
+
+
+# ---------------------------------------------------------------- templates
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+def _fragments(parts, grid: Grid) -> list:
+    return [p for p in parts if not (isinstance(p, Teacher) and grid.teacher_free)]
+
+
+def _render(template: str, value_of) -> str:
+    return _PLACEHOLDER.sub(lambda m: value_of(m[1]), template)
+
+
+def _static_prefix(template: str) -> str:
+    """The folder part of a template before its first placeholder."""
+    head = template.split("{", 1)[0]
+    return head.rstrip("/") if head.endswith("/") or "{" not in template else head.rpartition("/")[0]
+
+
+def lookup(params: dict, dotted: str):
+    value = params
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def axis_values(params: dict, path: str) -> list[str]:
+    value = lookup(params, path)
+    return [str(v) for v in (value.keys() if isinstance(value, dict) else value)]
+
+
+def bindings(stage: Stage, params: dict):
+    """Every run of the stage: (grid, {placeholder: value}), in grid then axis order."""
+    for grid in stage.grids:
+        names = list(grid.axes)
+        for values in itertools.product(*(axis_values(params, grid.axes[n]) for n in names)):
+            bound = dict(zip(names, values))
+            bound.update({k: _render(v, bound.__getitem__) for k, v in grid.fixed.items()})
+            yield grid, bound
+
+
+def render(template: str, bound: dict, params: dict) -> str:
+    """A concrete path or command: axes from `bound`, dotted names from params."""
+    return _render(template, lambda n: str(lookup(params, n)) if "." in n else bound[n])
+
+
+def command(stage: Stage, grid: Grid) -> str:
+    """The full command template: `clipdistill --log LOG` + the stage's arguments."""
+    return " ".join(["clipdistill --log", stage.log, *_fragments(stage.command, grid)])
+
+
+def data_inputs(stage: Stage, grid: Grid) -> list:
+    return _fragments(stage.inputs, grid)
+
+
+def params_keys(stage: Stage, schema: dict | None = None) -> list[str]:
+    """DVC params keys; `X.*` becomes each field of section X's model not named by another key."""
+    keys = []
+    for key in stage.params:
+        if key.endswith(".*"):
+            section = key[:-2]
+            named = {k.split(".")[1] for k in stage.params if k.startswith(section + ".") and k != key}
+            schema = schema or json.loads((REPO / "workflow/schemas/params.schema.json").read_text())
+            ref = schema["properties"][section]["$ref"].rsplit("/", 1)[1]
+            keys += [f"{section}.{f}" for f in schema["$defs"][ref]["properties"] if f not in named]
+        else:
+            keys.append(key)
+    return keys
+
+
+# ---------------------------------------------------------------- results layout (the report's readers)
+
+
+def results_path(stage: str, results: Path, index: int = 0, **bound) -> Path:
+    """Where `stage` writes its output number `index` for these placeholder values, under a
+    results folder (the table's paths are relative to the project, under results/)."""
+    template = BY_NAME[stage].outputs[index].path
+    rel = Path(_render(template, lambda n: str(bound[n])))
+    return Path(results) / rel.relative_to("results")
+
+
+def student_runs(params: dict) -> list[dict]:
+    """Every evaluated student as the study grid defines it, sorted as its folders would be:
+    teacher (the one it is compared with), student, method, seed, and kd_teacher (the teacher
+    it was trained with, `none` for a teacher-free baseline)."""
+    runs = [bound for _, bound in bindings(BY_NAME["student_eval"], params)]
+    return sorted(runs, key=lambda r: (r["teacher"], r["student"], r["method"], r["seed"]))
+
+
+# ---------------------------------------------------------------- Snakemake (workflow/rules/*.smk)
+
+
+def targets(stage: Stage, params: dict) -> list[str]:
+    """Every output path of every run of the stage."""
+    return [render(o.path, bound, params) for _, bound in bindings(stage, params) for o in stage.outputs]
+
+
+def wildcard_constraints(stage: Stage, params: dict) -> dict[str, str]:
+    """Each output placeholder matches exactly the values its grids give it."""
+    wildcards = set(_PLACEHOLDER.findall(" ".join(o.path for o in stage.outputs)))
+    values: dict[str, list[str]] = {w: [] for w in sorted(wildcards)}
+    for _, bound in bindings(stage, params):
+        for w in values:
+            if bound[w] not in values[w]:
+                values[w].append(bound[w])
+    return {w: "|".join(re.escape(v) for v in vs) for w, vs in values.items()}
+
+
+def match(stage: Stage, params: dict, wildcards: dict) -> tuple[Grid, dict]:
+    """The run of the stage that writes the outputs these wildcard values name."""
+    found = [(grid, bound) for grid, bound in bindings(stage, params)
+             if all(bound[k] == str(v) for k, v in wildcards.items())]
+    if len(found) != 1:
+        raise LookupError(f"{stage.name}: {len(found)} runs match {dict(wildcards)}")
+    return found[0]
+
+
+def snakemake_inputs(stage: Stage, params: dict, wildcards: dict) -> list[str]:
+    """Code files, then the data and results the run reads (every file of an Upstream stage)."""
+    grid, bound = match(stage, params, wildcards)
+    paths = code_deps(stage)
+    for item in data_inputs(stage, grid):
+        paths += targets(BY_NAME[item.stage], params) if isinstance(item, Upstream) else [render(item, bound, params)]
+    return list(dict.fromkeys(paths))
+
+
+def snakemake_command(stage: Stage, params: dict, wildcards: dict) -> str:
+    grid, bound = match(stage, params, wildcards)
+    return render(command(stage, grid), bound, params)
+
+
+def params_values(stage: Stage, params: dict, wildcards: dict) -> dict:
+    """The params values the run reads (Snakemake reruns a job when they change)."""
+    _, bound = match(stage, params, wildcards)
+    out = {}
+    for key in stage.params:
+        if key.endswith(".*"):
+            section = key[:-2]
+            named = {k.split(".")[1] for k in stage.params if k.startswith(section + ".") and k != key}
+            out[key] = {k: v for k, v in params[section].items() if k not in named}
+        else:
+            try:
+                out[key] = lookup(params, render(key, bound, params))
+            except KeyError:  # an optional key left out of params.yaml (e.g. vqa.lm_pretrain)
+                out[key] = None
+    return out
+
+
+def benchmark(stage: Stage) -> str:
+    """Snakemake's timing file: the log's path under results/benchmarks/."""
+    return "results/benchmarks/" + stage.log.removeprefix("logs/").removesuffix(".log") + ".tsv"
+
+
+# ---------------------------------------------------------------- dvc.yaml
+
+
+def _dvc_template(template: str, grid: Grid, foreach: bool) -> str:
+    def value_of(name):
+        if "." in name:
+            return "${" + name + "}"
+        if name in grid.fixed:
+            return _render(grid.fixed[name], value_of)
+        return "${key}" if foreach else "${item." + name + "}"
+
+    return _render(template, value_of)
+
+
+def dvc_stages(schema: dict | None = None) -> dict:
+    """dvc.yaml's `stages`: one entry per (stage, grid), with foreach (one axis) or matrix."""
+    out = {}
+    for stage in STAGES:
+        code = code_deps(stage)
+        for grid in stage.grids:
+            foreach = len(grid.axes) == 1
+
+            def t(template: str, grid=grid, foreach=foreach) -> str:
+                return _dvc_template(template, grid, foreach)
+
+            deps = code[:]
+            for item in data_inputs(stage, grid):
+                if isinstance(item, Upstream):
+                    deps += [_static_prefix(o.path) for o in BY_NAME[item.stage].outputs]
+                else:
+                    deps.append(t(item))
+            body = {"cmd": t(command(stage, grid)), "deps": list(dict.fromkeys(deps))}
+            if stage.params:
+                body["params"] = [t(k) for k in params_keys(stage, schema)]
+            outs = [t(o.path) for o in stage.outputs if not o.metrics]
+            metrics = [t(o.path) for o in stage.outputs if o.metrics]
+            if outs:
+                body["outs"] = outs
+            if metrics:
+                body["metrics"] = metrics
+            name = dvc_name(stage, grid)
+            if not grid.axes:
+                out[name] = body
+            elif foreach:
+                out[name] = {"foreach": "${" + next(iter(grid.axes.values())) + "}", "do": body}
+            else:
+                out[name] = {"matrix": {k: "${" + v + "}" for k, v in grid.axes.items()}, **body}
+    return out
+
+
+def dvc_name(stage: Stage, grid: Grid) -> str:
+    return grid.dvc_name.format(stage=stage.name)
+
+
+def dvc_stage_of(name: str) -> str:
+    """The table's stage for a DVC stage name such as `distill_baseline@xs-baseline-0`."""
+    base = name.split("@")[0]
+    for stage in STAGES:
+        if any(dvc_name(stage, g) == base for g in stage.grids):
+            return stage.name
+    raise KeyError(name)
+
+
+DVC_HEADER = """\
+# GENERATED from src/clipdistill/stages.py — do not edit; regenerate with
+#   python -m clipdistill.stages dvc-yaml --out dvc.yaml
+# (tests/test_dag.py fails when this file and the stage table differ). The same stages as the
+# Snakefile: `dvc repro` reruns exactly what a params or code change touches. Code deps are
+# every project file a stage's command imports (computed). Metrics are cached like every other
+# artifact, so `dvc push`/`pull` carry them too.
+"""
+
+
+def dvc_yaml() -> str:
+    import yaml
+
+    body = yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False, width=110, default_flow_style=False)
+    tail = yaml.safe_dump({"plots": list(DVC_PLOTS), "metrics": list(DVC_METRICS)}, sort_keys=False)
+    plots = "# The study's figures and numbers: `dvc plots show`, `dvc metrics show` (and their `diff`).\n"
+    return DVC_HEADER + body + plots + tail
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["dvc-yaml"]:
+        text = dvc_yaml()
+        if argv[1:2] == ["--out"] and len(argv) == 3:
+            from clipdistill.io import atomic_file
+
+            with atomic_file(Path(argv[2])) as fh:
+                fh.write(text)
+        elif len(argv) == 1:
+            sys.stdout.write(text)
+        else:
+            raise SystemExit("usage: python -m clipdistill.stages dvc-yaml [--out dvc.yaml]")
+        return 0
+    if argv[:1] == ["deps"] and len(argv) == 2:
+        sys.stdout.write("".join(f"{p}\n" for p in code_deps(BY_NAME[argv[1]])))
+        return 0
+    raise SystemExit("usage: python -m clipdistill.stages dvc-yaml [--out dvc.yaml] | deps STAGE")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
