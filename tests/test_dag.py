@@ -242,3 +242,31 @@ def test_every_stage_finds_its_command_and_depends_on_its_code():
         for module in entry:
             assert codedeps.module_file(module).relative_to(REPO).as_posix() in deps, (stage.name, module)
     assert "src/clipdistill/models/configs/cd-student-xs.json" in stages.code_deps(stages.BY_NAME["distill"])
+
+
+def test_the_report_reads_the_runs_the_grid_defines(tmp_path):
+    """With the study's params the report reads exactly the grid's runs where the table puts
+    them: the same files as reading a complete results tree, and a missing run is an error
+    naming its file instead of a silently shorter table."""
+    from test_report import fabricate
+
+    from clipdistill.report.study import report
+
+    res, data = fabricate(tmp_path, lambda rank, seed: 10 + 5 * rank + seed)
+    params = tmp_path / "params.yaml"
+    params.write_text(textwrap.dedent("""\
+        teachers: {s: {arch: cd-teacher-s}, m: {arch: cd-teacher-m}, l: {arch: cd-teacher-l}}
+        distill:
+          students: {xs: {arch: cd-student-xs}}
+          methods: {baseline: {clip: 1}, kd: {clip: 1, fd: 1}}
+          grid: {teachers: [s, m, l], students: [xs], methods: [kd], baselines: [baseline], seeds: [0, 1]}
+        """))
+    report(res, data, tmp_path / "found", n_boot=50)
+    report(res, data, tmp_path / "grid", n_boot=50, params=params)
+    for name in ("study.md", "study.csv", "effect.json", "correlations.json"):
+        assert (tmp_path / "grid" / name).read_bytes() == (tmp_path / "found" / name).read_bytes(), name
+    (res / "student_eval/m/xs/baseline/1/metrics.json").unlink()
+    from clipdistill.io import DataError
+
+    with pytest.raises(DataError, match="student_eval/m/xs/baseline/1/metrics.json: file not found"):
+        report(res, data, tmp_path / "short", n_boot=50, params=params)

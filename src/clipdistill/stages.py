@@ -346,6 +346,12 @@ def benchmark(stage: Stage) -> str:
     return "results/benchmarks/" + stage.log.removeprefix("logs/").removesuffix(".log") + ".tsv"
 
 
+def trained_students(params: dict) -> list[dict]:
+    """Every trained student (KD runs and teacher-free baselines), sorted as their folders."""
+    runs = [bound for _, bound in bindings(BY_NAME["distill"], params)]
+    return sorted(runs, key=lambda r: (r["teacher"], r["student"], r["method"], r["seed"]))
+
+
 # ---------------------------------------------------------------- dvc.yaml
 
 

@@ -3,7 +3,8 @@ vision encoders)?" — one of four verdicts from `stats.teacher_effect` (paired 
 no-KD student, the teacher as the unit) — with the tables, paired gains and plots behind it.
 
 Reads what the pipeline wrote under `results/` (teacher/student evaluations, VQA metrics and
-answer files, student manifests and training logs) — nothing is recomputed.
+answer files, student manifests and training logs) where the stage table puts it, for the runs
+the study's grid defines — nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdistill import stages
 from clipdistill.io import DataError, atomic_dir, read_json, rounded, write_json
 from clipdistill.report.stats import (StudyInputError, bootstrap_mean_ci, paired_effects, rank_correlations,
                                       teacher_effect, verdict_sentence)
@@ -35,11 +37,37 @@ def _question_scores(answers_file: Path, gold: dict) -> dict:
     return {r["question_id"]: vqa_accuracy(r["text"], gold[r["question_id"]]) for r in rows}
 
 
-def collect(results: Path, vqa_eval: Path) -> list[dict]:
+def study_layout(params: str | Path | None, results: Path) -> dict:
+    """The runs the report reads, from the stage table: with the study's params, every student
+    its grid defines (and whether it is a teacher-free baseline) and every teacher; without
+    (a hand-made results tree), the runs found where the table's paths point."""
+    if params is not None:
+        from clipdistill.params import load_section
+
+        grid = load_section(params, "distill").grid
+        if grid is None:
+            raise DataError(f"{params}: distill.grid is missing; the report reads the study's runs from it")
+        study = {"teachers": dict.fromkeys(load_section(params, "teachers")), "distill": {"grid": grid.model_dump()}}
+        return {"teachers": sorted(study["teachers"]), "evaluated": stages.student_runs(study),
+                "trained": stages.trained_students(study)}
+    evaluated = []
+    for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
+        run = dict(zip(("teacher", "student", "method", "seed"), ev.parts[-5:-1], strict=True))
+        kd = stages.results_path("distill", results, **run).is_dir()
+        evaluated.append({**run, "kd_teacher": run["teacher"] if kd else stages.NO_TEACHER})
+    trained = [dict(zip(("teacher", "student", "method", "seed"), log.parts[-5:-1], strict=True))
+               for log in sorted((results / "students").glob("*/*/*/*/train_log.csv"))]
+    return {"teachers": [p.parent.name for p in sorted((results / "teacher_eval").glob("*/metrics.json"))],
+            "evaluated": evaluated, "trained": trained}
+
+
+def collect(results: Path, vqa_eval: Path, layout: dict | None = None) -> list[dict]:
     """One row per encoder (students, teachers, blind), flat and numeric where possible."""
+    layout = layout or study_layout(None, results)
     gold = {a["question_id"]: [x["answer"] for x in a["answers"]]
             for a in read_json(vqa_eval / "annotations.json")["annotations"]}
-    teachers = {p.parent.name: read_json(p)["summary"] for p in sorted((results / "teacher_eval").glob("*/metrics.json"))}
+    teachers = {t: read_json(stages.results_path("teacher_eval", results, teacher=t))["summary"]
+                for t in layout["teachers"]}
     rows = []
 
     def vqa_fields(metrics_file: Path, answers: Path) -> dict:
@@ -52,30 +80,31 @@ def collect(results: Path, vqa_eval: Path) -> list[dict]:
             out["_scores"] = _question_scores(answers, gold)
         return out
 
-    for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
-        t, s, m, seed = ev.parts[-5:-1]
-        owner = t if (results / "students" / t / s / m / seed).is_dir() else "none"  # teacher-free baseline
-        manifest = read_json(results / "students" / owner / s / m / seed / "manifest.json")
-        summary = read_json(ev)["summary"]
+    for run in layout["evaluated"]:
+        t, s, m, seed, owner = run["teacher"], run["student"], run["method"], run["seed"], run["kd_teacher"]
+        trained = {"teacher": owner, "student": s, "method": m, "seed": seed}
+        manifest = read_json(stages.results_path("distill", results, **trained) / "manifest.json")
+        summary = read_json(stages.results_path("student_eval", results, **run))["summary"]
         rows.append({"kind": "student", "teacher": t, "student": s, "method": m, "seed": int(seed),
-                     "teacher_free": owner == "none",
+                     "teacher_free": owner == stages.NO_TEACHER,
                      "data_source": Path(manifest["data"]["split"]).name, "epochs": manifest["train"]["epochs"],
                      "params_total": manifest["params"]["total"], "params_visual": manifest["params"]["visual"],
                      "teacher_zeroshot": teachers.get(t, {}).get(QUALITY),
                      "teacher_retrieval": teachers.get(t, {}).get("retrieval_mean_R@1"),
                      "zeroshot": summary.get(QUALITY), "retrieval": summary.get("retrieval_mean_R@1"),
                      "cka_image": summary.get("cka_image"),
-                     **vqa_fields(results / "vqa_metrics" / "students" / owner / s / m / f"{seed}.json",
-                                  results / "vqa" / "students" / owner / s / m / seed / "answers.jsonl")})
+                     **vqa_fields(stages.results_path("vqa_student", results, 1, **trained),
+                                  stages.results_path("vqa_student", results, 0, **trained) / "answers.jsonl")})
     for t, summary in teachers.items():
-        manifest = read_json(results / "teachers" / t / "manifest.json")
+        manifest = read_json(stages.results_path("teacher_train", results, teacher=t) / "manifest.json")
         rows.append({"kind": "teacher", "teacher": t, "params_total": manifest["params"]["total"],
                      "params_visual": manifest["params"]["visual"], "teacher_zeroshot": summary.get(QUALITY),
                      "teacher_retrieval": summary.get("retrieval_mean_R@1"), "zeroshot": summary.get(QUALITY),
                      "retrieval": summary.get("retrieval_mean_R@1"),
-                     **vqa_fields(results / "vqa_metrics" / "teachers" / f"{t}.json",
-                                  results / "vqa" / "teachers" / t / "answers.jsonl")})
-    blind = vqa_fields(results / "vqa_metrics" / "blind.json", results / "vqa" / "blind" / "answers.jsonl")
+                     **vqa_fields(stages.results_path("vqa_teacher", results, 1, teacher=t),
+                                  stages.results_path("vqa_teacher", results, 0, teacher=t) / "answers.jsonl")})
+    blind = vqa_fields(stages.results_path("vqa_blind", results, 1),
+                       stages.results_path("vqa_blind", results, 0) / "answers.jsonl")
     if blind:
         rows.append({"kind": "blind", **blind})
     if not any(r["kind"] == "student" for r in rows):
@@ -281,7 +310,7 @@ def _effect_plot(analysis: dict, out: Path, meta: dict) -> None:
     plt.close(fig)
 
 
-def _plots(rows: list[dict], analysis: dict, results: Path, out: Path) -> None:
+def _plots(rows: list[dict], analysis: dict, results: Path, out: Path, trained: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,8 +351,8 @@ def _plots(rows: list[dict], analysis: dict, results: Path, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = {}
-    for log in sorted((results / "students").glob("*/*/*/*/train_log.csv")):
-        method = log.parts[-3]
+    for run in trained:
+        log, method = stages.results_path("distill", results, **run) / "train_log.csv", run["method"]
         with open(log) as fh:
             data = list(csv.DictReader(fh))
         colour = colours.setdefault(method, f"C{len(colours)}")
@@ -348,9 +377,11 @@ def _finite(obj):
 
 
 def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: int = 1000, seed: int = 0,
-           margin: float = 0.1) -> dict:
+           margin: float = 0.1, params: str | Path | None = None) -> dict:
+    """params: the study's params.yaml, whose grid names the runs to read (see `study_layout`)."""
     results, out = Path(results), Path(out)
-    rows = collect(results, Path(vqa_eval))
+    layout = study_layout(params, results)
+    rows = collect(results, Path(vqa_eval), layout)
     analysis = analyse(rows, n_boot, seed, margin)
     with atomic_dir(out) as tmp:
         (tmp / "study.csv").write_text(_csv(rows))
@@ -358,5 +389,5 @@ def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: i
         write_json(tmp / "correlations.json", rounded(analysis["correlations"], 4))
         write_json(tmp / "effect.json", _finite(rounded({"answer": analysis["answer"], "effect": analysis["effect"],
                                                          "gains": analysis["gains"]}, 4)))
-        _plots(rows, analysis, results, tmp)
+        _plots(rows, analysis, results, tmp, layout["trained"])
     return analysis
