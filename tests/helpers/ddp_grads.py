@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from clipdistill.distill import parallel
+from clipdistill.training import parallel
 from clipdistill.distill.train import student_batch
 from clipdistill.losses import make_heads, method_loss
 from clipdistill.models import create_model

@@ -3,7 +3,7 @@ then rank 0 saves them for the test to compare with a single process."""
 
 import torch
 
-from clipdistill.distill import parallel
+from clipdistill.training import parallel
 
 
 def reduce_and_save(out: str, loss: torch.Tensor, params: dict, rank: int, world: int, average: bool) -> None:

@@ -8,8 +8,6 @@ Both end as the same model directory (see models/clip.py).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
@@ -21,25 +19,9 @@ from clipdistill.losses import contrastive_loss
 from clipdistill.models import create_model, load_external, preprocess_images, save_model_dir
 from clipdistill.models.clip import preprocess_cfg, word_tokenizer_for
 from clipdistill.params import TeacherParams
+from clipdistill.training.loop import log_csv, param_groups, warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on gains, biases, embeddings and the logit scale (as open_clip)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        flat = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("token")
-        (no_decay if flat else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True):
@@ -82,14 +64,6 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             step += 1
     bar.close()
     return model.eval(), tokenizer, log
-
-
-def log_csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["step"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def save_pipeline_teacher(out: str | Path, name: str, spec: TeacherParams, split: Split,

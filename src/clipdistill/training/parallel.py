@@ -5,7 +5,7 @@ batch fields are gathered across ranks — the student's with gradient — so th
 the whole global batch, and the CLIP term runs in local-loss mode (this rank's rows against
 every rank's columns). Gradients are then averaged over ranks, as DDP does: the result
 equals the single-process gradient on the same global batch. Only rank 0 writes files.
-VQA training shards each global batch the same way (see `clipdistill.vqa.train.batch_loss`).
+VQA training shards each global batch the same way (see `clipdistill.vqa.recipe.batch_loss`).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ def gather_batch(local: dict, rank: int) -> dict:
     (each rank's slice receives the gradients of every rank's loss)."""
     import torch.distributed as dist
 
-    from clipdistill.losses.distributed import gather_with_grad
-
     out = {}
     for key, value in local.items():
         if not isinstance(value, torch.Tensor) or value.ndim == 0:
@@ -59,6 +57,16 @@ def gather_batch(local: dict, rank: int) -> dict:
             out[key] = torch.cat(parts)
     out["local"] = {"rank": rank, "s_image": local["s_image"], "s_text": local["s_text"]}
     return out
+
+
+def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate `x` from every rank; gradients flow back to each rank's own slice."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    return torch.cat(dist_fn.all_gather(x, group=group))
 
 
 def average_gradients(parameters, world: int, average: bool = True) -> None:
