@@ -28,7 +28,8 @@ from clipdistill.teachers import train as T
 from clipdistill.vqa.diagnostics import vqa_diagnostics
 from clipdistill.vqa.evaluate import evaluate_vqa
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
-from clipdistill.vqa.train import pixel_values, train_vlm
+from clipdistill.vqa.recipe import pixel_values
+from clipdistill.vqa.train import train_vlm
 
 ap = argparse.ArgumentParser()
 ap.add_argument("world")

@@ -21,7 +21,7 @@ from clipdistill.vqa.evaluate import evaluate_vqa, prompt_of
 from clipdistill.vqa.language import tiny_llama
 from clipdistill.vqa.metrics import vqa_accuracy
 from clipdistill.vqa.model import build_vlm, encode_conversation, encode_example, load_vlm, train_tokenizer
-from clipdistill.vqa.train import corpus, pixel_values, stage_examples
+from clipdistill.vqa.recipe import corpus, pixel_values, stage_examples
 from conftest import SMOKE, run_cli, synth_world
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},

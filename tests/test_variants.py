@@ -10,7 +10,7 @@ from clipdistill.data.formats import read_vqa
 from clipdistill.data.splits import load_split
 from clipdistill.data.variants import DEV, HELD_OUT, VARIANTS, synth_variant
 from clipdistill.io import read_json
-from clipdistill.vqa.train import stage_examples
+from clipdistill.vqa.recipe import stage_examples
 
 
 @pytest.fixture(scope="module")

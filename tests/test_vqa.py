@@ -11,7 +11,8 @@ from clipdistill.models import load_model_dir
 from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
 from clipdistill.vqa.language import prepare_language, tiny_llama
-from clipdistill.vqa.train import pixel_values, train_vlm
+from clipdistill.vqa.recipe import pixel_values
+from clipdistill.vqa.train import train_vlm
 from conftest import synth_world, train_small_teacher
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
@@ -104,7 +105,7 @@ def test_cached_tower_features_equal_the_pixel_forward(teacher_dir, world, tmp_p
     from transformers import CLIPImageProcessor
 
     from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens, train_tokenizer
-    from clipdistill.vqa.train import corpus, image_inputs, stage_examples, tower_features
+    from clipdistill.vqa.recipe import corpus, image_inputs, stage_examples, tower_features
 
     export_hf(load_model_dir(teacher_dir), tmp_path / "vision")
     _, qa = stage_examples(world / "vqa_train")
@@ -169,7 +170,8 @@ def test_standardised_features_fold_into_the_projector_exactly(teacher_dir, worl
     """Training sees (f − μ)/σ; the saved VLM takes raw tower features: after folding, the
     projector of raw features equals the trained projector of standardised ones."""
     from clipdistill.vqa.model import build_vlm, train_tokenizer
-    from clipdistill.vqa.train import feature_standardizer, fold_standardizer, stage_examples, corpus, tower_features
+    from clipdistill.vqa.recipe import corpus, stage_examples, tower_features
+    from clipdistill.vqa.train import feature_standardizer, fold_standardizer
     from transformers import CLIPImageProcessor
 
     export_hf(load_model_dir(teacher_dir), tmp_path / "vision")

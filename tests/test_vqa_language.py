@@ -13,7 +13,8 @@ from clipdistill.params import VQAParams
 from clipdistill.vqa.evaluate import answer
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
 from clipdistill.vqa.model import IMAGE_TOKEN, encode_conversation, load_vlm
-from clipdistill.vqa.train import corpus, pixel_values, stage_examples, train_vlm
+from clipdistill.vqa.recipe import corpus, pixel_values, stage_examples
+from clipdistill.vqa.train import train_vlm
 from conftest import run_cli, synth_world
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2}

@@ -5,14 +5,14 @@ import sys
 
 import torch
 
-from clipdistill.distill import parallel
+from clipdistill.training import parallel
 from clipdistill.export.hf import to_hf
 from clipdistill.models import ClipBundle, create_model
 from clipdistill.models.clip import preprocess_cfg
 from clipdistill.params import VQAParams
 from clipdistill.vqa.language import tiny_llama
 from clipdistill.vqa.model import build_vlm, num_image_tokens, train_tokenizer
-from clipdistill.vqa.train import batch_loss, corpus, image_inputs
+from clipdistill.vqa.recipe import batch_loss, corpus, image_inputs
 
 from reduce_and_save import reduce_and_save  # tests/helpers, the script's own folder
 

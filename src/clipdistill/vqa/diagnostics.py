@@ -202,7 +202,7 @@ def vqa_diagnostics(vlm, processor, train_dir, train_images: torch.Tensor, eval_
 
     from clipdistill.data.formats import read_vqa
     from clipdistill.io import read_json
-    from clipdistill.vqa.train import pixel_values, tower_features
+    from clipdistill.vqa.recipe import pixel_values, tower_features
 
     answers = [{"prediction": t, "answer": r.answer, "question_type": r.question_type}
                for r, t in zip(eval_records, predictions)]

@@ -13,64 +13,16 @@ gradients, every step): the same forward as `pixel_values=`, without recomputing
 
 from __future__ import annotations
 
-import random
-import re
 from pathlib import Path
 
 import torch
 from transformers import CLIPImageProcessor
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from clipdistill.data.formats import read_llava, read_pairs_csv
 from clipdistill.data.splits import Split
-from clipdistill.distill import parallel
-from clipdistill.io import progress
-from clipdistill.params import LoRAParams, VQAParams, VQAStageParams
-from clipdistill.teachers.train import warmup_cosine
-from clipdistill.vqa.model import build_vlm, collate, encode_conversation, num_image_tokens
-
-
-def pixel_values(images_u8: torch.Tensor, processor: CLIPImageProcessor, blind: bool) -> torch.Tensor:
-    """uint8 NCHW → the processor's normalised input (square images: resize + normalise)."""
-    if blind:
-        images_u8 = torch.full_like(images_u8, 128)
-    x = images_u8.float() / 255.0
-    size = processor.crop_size["height"]
-    if x.shape[-1] != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
-    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-Example = tuple[int, list[tuple[str, str]]]  # (image index, [(prompt, answer), ...])
-
-
-def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
-    """Stage 1 (one caption per image, empty prompt) and stage 2 (each LLaVA conversation)."""
-    pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
-    index = {p.image: i for i, p in enumerate(pairs)}
-    captions = [(i, [("", p.caption)]) for i, p in enumerate(pairs)]
-    convs, _ = read_llava(split_dir / "llava.json", split_dir, check_images=False)
-    qa = [(index[c["image"]], [(h["value"].replace("<image>", " ").strip(), g["value"])
-                               for h, g in zip(c["conversations"][::2], c["conversations"][1::2])])
-          for c in convs]
-    return captions, qa
-
-
-def corpus(*example_lists) -> list[str]:
-    return ["user : assistant :"] + [f"{p} {a}" for ex in example_lists for _, turns in ex for p, a in turns]
-
-
-@torch.no_grad()
-def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The frozen tower's selected features (layer and CLS handling from the VLM config), N×P×D."""
-    cfg, tower = vlm.config, vlm.model.vision_tower.eval()
-    out = []
-    for s in range(0, len(pixels), batch_size):
-        hidden = tower(pixels[s:s + batch_size], output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
-        out.append(hidden[:, 1:] if cfg.vision_feature_select_strategy == "default" else hidden)
-    return torch.cat(out)
+from clipdistill.params import VQAParams
+from clipdistill.vqa.model import build_vlm, num_image_tokens
+from clipdistill.vqa.recipe import (batch_loss, image_inputs, pixel_values, run_stage, stage_examples,
+                                   tower_features, with_lora)
 
 
 def feature_standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,75 +40,6 @@ def fold_standardizer(vlm, mean: torch.Tensor, std: torch.Tensor) -> None:
     w = lin.weight.double() / std.double()
     lin.bias.copy_((lin.bias.double() - w @ mean.double()).float())
     lin.weight.copy_(w.float())
-
-
-def image_inputs(vlm, features: torch.Tensor) -> dict:
-    """`mm_encoder_outputs` for precomputed tower features: the projector runs here, with gradients."""
-    projected = vlm.model.multi_modal_projector(features)
-    return {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
-
-
-def batch_loss(forward, tokenizer, chunk: list[Example], n_image: int, images=None) -> torch.Tensor:
-    """This rank's loss on a global batch: its contiguous share of `chunk`. `images(indices)`
-    gives the `mm_encoder_outputs` of those images; None trains on the text alone. Under
-    torchrun the loss is this rank's sum over answer tokens divided by the global token
-    count, so the ranks' gradients add up to the single-process gradient."""
-    rank, world = parallel.rank_and_world()
-    mine = [chunk[i] for i in parallel.shard(torch.arange(len(chunk)), rank, world).tolist()]
-    ids, attn, labels = collate([encode_conversation(tokenizer, n_image, turns, image=images is not None)
-                                 for _, turns in mine], tokenizer.pad_token_id, left=False)
-    extra = {}
-    if world > 1:  # the causal-LM loss predicts labels[:, 1:]
-        extra["num_items_in_batch"] = parallel.sum_over_ranks((labels[:, 1:] != -100).sum())
-    if images is not None:
-        extra["mm_encoder_outputs"] = images([i for i, _ in mine])
-    return forward(input_ids=ids, attention_mask=attn, labels=labels, **extra).loss
-
-
-def run_stage(model, examples: list[Example], spec: VQAStageParams, seed: int, name: str,
-              trainable: list[torch.nn.Parameter], loss_of, show_progress: bool = True) -> list[dict]:
-    """One training stage: AdamW on `trainable`, warmup + cosine, `loss_of(chunk)` per batch."""
-    if spec.max_samples:
-        examples = examples[: spec.max_samples]
-    rank, world = parallel.rank_and_world()
-    rng = random.Random(seed)
-    steps_per_epoch = max(1, len(examples) // spec.batch_size)
-    total = spec.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, max(1, total // 20)))
-    model.train()
-    log = []
-    bar = progress(total=total, desc=name, unit="step", disable=rank != 0 or not show_progress)
-    for epoch in range(spec.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for b in range(steps_per_epoch):
-            loss = loss_of([examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                parallel.average_gradients(trainable, world, average=False)
-                loss = parallel.sum_over_ranks(loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {len(log)}")
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            sched.step()
-            log.append({"stage": name, "step": len(log), "loss": round(loss.item(), 6)})
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    model.eval()
-    return log
-
-
-def with_lora(vlm, spec: LoRAParams):
-    """peft adapters on the LM's linear layers only (never the tower or the projector)."""
-    from peft import LoraConfig, get_peft_model
-
-    pattern = rf".*language_model.*\.({'|'.join(map(re.escape, spec.targets))})$"
-    return get_peft_model(vlm, LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                                          target_modules=pattern, bias="none"))
 
 
 def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False,
