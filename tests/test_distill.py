@@ -85,16 +85,18 @@ def test_mfd_really_masks_patches():
 
 
 def test_nan_loss_stops_with_step_and_term(store_dir, world, monkeypatch):
-    from clipdistill.losses import zoo
+    import dataclasses
 
-    real = zoo.LOSSES["crd"]
+    from clipdistill.losses import registry
+
+    real = registry.LOSSES["crd"]
     calls = {"n": 0}
 
     def flaky(batch, heads, opts):
         calls["n"] += 1
-        return real[0](batch, heads, opts) * (float("nan") if calls["n"] == 3 else 1.0)
+        return real.term(batch, heads, opts) * (float("nan") if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setitem(zoo.LOSSES, "crd", (flaky, real[1]))
+    monkeypatch.setitem(registry.LOSSES, "crd", dataclasses.replace(real, term=flaky))
     with pytest.raises(FloatingPointError, match=r"step 2: loss term 'crd' is nan"):
         D.distill(STUDENT, {"clip": LossOptions(), "crd": LossOptions()}, TRAIN, 0, load_split(world / "distill_big"),
                   D.Teacher(store=FeatureStore(store_dir)), show_progress=False)

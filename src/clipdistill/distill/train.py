@@ -14,25 +14,23 @@ atomically (model, heads, optimizer state; step, scheduler and log in the metada
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import PatchDropout
-from safetensors.torch import load_file, save_file
 
 from clipdistill.data.splits import Split
-from clipdistill.distill import parallel
 from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
 from clipdistill.io import progress
 from clipdistill.losses import LOSSES, make_heads, method_loss, teacher_fields
 from clipdistill.models import ClipBundle, create_model, preprocess_images
 from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
 from clipdistill.params import FeatureParams, LossOptions, StudentParams, TrainParams
-from clipdistill.teachers.train import param_groups, warmup_cosine
+from clipdistill.training import parallel
+from clipdistill.training.checkpoint import load_checkpoint, save_checkpoint
+from clipdistill.training.loop import param_groups, warmup_cosine
 
 
 @dataclass
@@ -111,42 +109,6 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
-# ------------------------------------------------------------------ checkpoints
-
-def save_checkpoint(path: Path, student, heads, opt, sched, step: int, log: list[dict]) -> None:
-    tensors = {f"student.{k}": v.detach().contiguous() for k, v in student.state_dict().items()}
-    tensors.update({f"heads.{k}": v.detach().contiguous() for k, v in heads.state_dict().items()})
-    opt_state = opt.state_dict()
-    for pid, state in opt_state["state"].items():
-        for name, value in state.items():
-            tensors[f"opt.{pid}.{name}"] = value.detach().reshape(-1).contiguous() if value.ndim == 0 else value.detach().contiguous()
-    meta = {"step": step, "log": log, "param_groups": opt_state["param_groups"], "sched": sched.state_dict(),
-            "scalar_states": sorted(f"opt.{pid}.{n}" for pid, st in opt_state["state"].items()
-                                    for n, v in st.items() if v.ndim == 0)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp, metadata={"state": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, student, heads, opt, sched) -> tuple[int, list[dict]]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        meta = json.loads(fh.metadata()["state"])
-    tensors = load_file(path)
-    student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-    heads.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("heads.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value.reshape(()) if key in meta["scalar_states"] else value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    sched.load_state_dict(meta["sched"])
-    return meta["step"], meta["log"]
-
-
 # ------------------------------------------------------------------ training
 
 def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: TrainParams, seed: int,
@@ -155,7 +117,7 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`;
     `info`, when given, receives `resumed_from`: the step the checkpoint restored (0 when fresh)."""
     opts = {name: o.options() for name, o in method.items()}
-    needs = set().union(*(LOSSES[name][1] for name in opts))
+    needs = set().union(*(LOSSES[name].reads for name in opts))
     if not teacher.present and (uses := teacher_fields(opts)):
         raise ValueError(f"method uses teacher targets ({', '.join(uses)}) but no teacher was given")
     student = create_model(student_spec.arch, seed)
@@ -185,7 +147,7 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         opt, lambda s: warmup_cosine(s, total, max(1, int(train.warmup_frac * total))))
     step, log = 0, []
     if checkpoint is not None and checkpoint.is_file():
-        step, log = load_checkpoint(checkpoint, student, heads, opt, sched)
+        step, log = load_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched)
     if info is not None:
         info["resumed_from"] = step  # the resume test needs it: a fresh restart gives the same bytes
     t_scale = torch.tensor(teacher.logit_scale)
@@ -232,6 +194,6 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if checkpoint is not None and rank == 0 and (step % train.checkpoint_every == 0 or step == total):
-            save_checkpoint(checkpoint, student, heads, opt, sched, step, log)
+            save_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched, step, log)
     bar.close()
     return student.eval(), tok_spec, log

@@ -60,7 +60,7 @@ def alignment(student: ClipBundle, teacher: ClipBundle, split: Split, spec: Eval
     """Linear CKA between student and teacher: image and text embeddings, and patch tokens
     (student tokens resampled to the teacher's grid; every token a sample)."""
     from clipdistill.evaluate.cka import linear_cka
-    from clipdistill.losses.zoo import resample_tokens
+    from clipdistill.models.patches import resample_tokens
 
     t_img, t_txt = encode(teacher, split, spec.batch_size)
     s_tok, t_tok = patch_tokens(student, split, spec.batch_size), patch_tokens(teacher, split, spec.batch_size)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from clipdistill.losses import contrastive as _contrastive
-from clipdistill.losses import resolve_backend
+from clipdistill.losses.dispatch import resolve_backend
+from clipdistill.training.parallel import gather_with_grad
 
 
 def row_contrastive_loss(rows: torch.Tensor, columns: torch.Tensor, logit_scale, *, offset: int = 0,
@@ -43,16 +44,6 @@ def local_contrastive_loss(local_image: torch.Tensor, local_text: torch.Tensor, 
     kw = dict(offset=offset, logit_bias=logit_bias, backend=backend)
     return 0.5 * (row_contrastive_loss(local_image, all_text, logit_scale, **kw)
                   + row_contrastive_loss(local_text, all_image, logit_scale, **kw))
-
-
-def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
-    """Concatenate `x` from every rank; gradients flow back to each rank's own slice."""
-    import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    return torch.cat(dist_fn.all_gather(x, group=group))
 
 
 def ddp_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale, *, logit_bias=None,
