@@ -165,3 +165,19 @@ def rounded(obj: Any, digits: int = 6) -> Any:
     if isinstance(obj, (list, tuple)):
         return [rounded(v, digits) for v in obj]
     return obj
+
+
+class Tee:
+    """A stream that also writes everything into a log file (progress bars and messages alike)."""
+
+    def __init__(self, stream, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stream, self.file = stream, open(path, "w", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        self.file.flush()
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

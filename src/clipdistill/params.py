@@ -184,7 +184,7 @@ class DistillParams(Strict):
     def _expand_weights(cls, methods):
         """A bare number is shorthand for {weight: number}. A method-level `weight` is its KD
         weight λ: it multiplies every term that uses the teacher (the CLIP term stays)."""
-        from clipdistill.losses import teacher_fields
+        from clipdistill.losses.registry import teacher_fields
 
         out = {}
         for name, terms in methods.items():
@@ -199,7 +199,7 @@ class DistillParams(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "DistillParams":
-        from clipdistill.losses import LOSSES, teacher_fields
+        from clipdistill.losses.registry import LOSSES, teacher_fields
 
         for name, method in self.methods.items():
             if not method:
@@ -254,6 +254,13 @@ class LoRAParams(Strict):
                                description="LM linear layers that get adapters")
 
 
+class BlindParams(Strict):
+    """The blind baseline's tower: it only ever sees a constant grey image."""
+
+    arch: str = Field("cd-student-xs", description="open_clip model name of the (untrained) tower")
+    seed: int = Field(0, ge=0, description="the tower's initial weights")
+
+
 class VQAParams(Strict):
     """LLaVA-style VQA (`clipdistill vqa run`): identical protocol for every encoder."""
 
@@ -267,6 +274,7 @@ class VQAParams(Strict):
     stage2: VQAStageParams = Field(default_factory=lambda: VQAStageParams(epochs=3, lr=1e-3),
                                    description="instruction tuning on VQA (projector + LM)")
     lora: LoRAParams | None = Field(None, description="train LoRA adapters instead of the full LM in stage 2")
+    blind: BlindParams = Field(default_factory=BlindParams, description="the blind baseline (`--encoder blind`)")
     standardize_features: bool = Field(
         True, description="standardise each tower feature dimension (mean and std over the training images' "
                           "tokens) before the projector, folded into the projector's first layer when training "
@@ -359,6 +367,13 @@ def load_section(path: str | Path, section: str):
         return TypeAdapter(SECTIONS[section]).validate_python(raw)
     except ValidationError as exc:
         raise ParamsError(_one_line(str(path), exc, prefix=(section,))) from None
+
+
+def pick(entries: dict, name: str, section: str):
+    """The entry `name` of a named params mapping (teachers, students, methods), or a one-line error."""
+    if name not in entries:
+        raise ParamsError(f"no {name!r} in params `{section}`; defined: {', '.join(entries) or 'none'}")
+    return entries[name]
 
 
 def json_schema() -> dict:

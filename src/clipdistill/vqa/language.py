@@ -23,9 +23,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from clipdistill.io import ClipdistillError, atomic_dir, write_manifest
 from clipdistill.params import VQAParams
-from clipdistill.teachers.train import log_csv
+from clipdistill.training.loop import log_csv
 from clipdistill.vqa.model import IMAGE_TOKEN, train_tokenizer
-from clipdistill.vqa.train import batch_loss, corpus, run_stage, stage_examples
+from clipdistill.vqa.recipe import batch_loss, corpus, run_stage, stage_examples
 
 
 class LanguageModelError(ClipdistillError):
@@ -103,3 +103,9 @@ def save_language(out: str | Path, lm, tokenizer, log: list[dict], spec: VQAPara
         return write_manifest(tmp, "vqa-language-model", own,
                               {"parameters": sum(p.numel() for p in lm.parameters()), "vocab": len(tokenizer),
                                "final_loss": log[-1]["loss"] if log else None})
+
+
+def run(spec: VQAParams, data: Path, out: Path) -> dict:
+    """`clipdistill vqa lm`: prepare the shared LM from the `vqa_train` split of `data` and save it."""
+    lm, tokenizer, log = prepare_language(spec, data / "vqa_train")
+    return save_language(out, lm, tokenizer, log, spec)

@@ -1,0 +1,15 @@
+"""`clipdistill features extract`: the frozen teacher, once over the distillation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipdistill.data.splits import load_split
+from clipdistill.features.store import extract
+from clipdistill.models import load_model_dir
+from clipdistill.params import FeatureParams
+
+
+def run(spec: FeatureParams, teacher: Path, data: Path, out: Path) -> dict:
+    """Write the feature store of `teacher` on split `spec.split` of `data`; returns its manifest."""
+    return extract(load_model_dir(teacher), load_split(data / spec.split), spec, out)

@@ -1,0 +1,20 @@
+"""`clipdistill teacher train`: one teacher, trained here on the `pretrain` split or
+imported from external open_clip weights (offline), into a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipdistill.data.splits import load_split
+from clipdistill.params import TeacherParams, pick
+from clipdistill.teachers.train import import_external, save_pipeline_teacher, train_teacher
+
+
+def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path) -> dict:
+    """Write teacher `name`'s model directory; returns its manifest."""
+    spec = pick(teachers, name, "teachers")
+    if spec.source == "external":
+        return import_external(out, name, spec)
+    split = load_split(data / "pretrain")
+    model, tokenizer, log = train_teacher(spec, split)
+    return save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)

@@ -1,0 +1,65 @@
+"""`clipdistill vqa run`: one VLM per encoder — the two-stage LLaVA training on vqa_train,
+greedy evaluation on vqa_eval (VQAv2 soft accuracy, diagnostics), the VLM and its answers
+saved. `encoder="blind"` runs the same recipe on a constant grey image through an untrained
+tower whose architecture comes from params (`vqa.blind`). Under `torchrun` the training is
+data-parallel; rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipdistill.data.formats import read_vqa
+from clipdistill.data.splits import load_split
+from clipdistill.export.hf import save_vlm_processor, to_hf
+from clipdistill.io import atomic_dir, rounded, write_json
+from clipdistill.models import ClipBundle, create_model, load_model_dir
+from clipdistill.models.clip import preprocess_cfg
+from clipdistill.params import BlindParams, VQAParams
+from clipdistill.training.loop import log_csv
+from clipdistill.training.parallel import init_from_env
+from clipdistill.vqa.diagnostics import vqa_diagnostics
+from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
+from clipdistill.vqa.language import load_language_dir
+from clipdistill.vqa.recipe import pixel_values
+from clipdistill.vqa.train import train_vlm
+
+BLIND = "blind"
+
+
+def blind_tower(spec: BlindParams) -> ClipBundle:
+    """An untrained tower of the configured architecture (its input is always grey)."""
+    tower = create_model(spec.arch, spec.seed)
+    return ClipBundle(tower, None, spec.arch, preprocess_cfg(tower), {"weights_sha256": None}, {})
+
+
+def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, lm: Path | None = None) -> dict | None:
+    """Train, evaluate and save one VLM; returns the metrics summary (None on ranks other than 0).
+    `lm` is the shared language model from `vqa lm`; without it the LM is prepared here."""
+    language = load_language_dir(lm) if lm else None  # before any data is read: a bad path fails at once
+    rank, _ = init_from_env()
+    blind = encoder == BLIND
+    bundle = blind_tower(spec.blind) if blind else load_model_dir(encoder)
+    train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
+    records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
+                          data / "vqa_eval", check_images=False)
+    # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
+    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language)
+    if rank != 0:
+        return None
+    eval_pixels = pixel_values(eval_split.images, processor, blind)
+    rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, dict(enumerate(eval_pixels)),
+                                           spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))
+    summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split.images,
+                                             data / "vqa_eval", eval_split.images, records,
+                                             [r["text"] for r in rows], summary, blind)
+    with atomic_dir(out) as tmp:
+        vlm.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        processor.save_pretrained(tmp / "model")
+        save_vlm_processor(tmp / "model", tokenizer, processor, vlm.config)  # AutoProcessor, pipelines, lmms-eval
+        (tmp / "answers.jsonl").write_text(jsonl(rows))
+        (tmp / "per_type.csv").write_text(per_type)
+        (tmp / "train_log.csv").write_bytes(log_csv(log))
+    write_json(metrics, rounded(summary, 4))
+    return summary
