@@ -209,28 +209,34 @@ def test_a_commands_entry_modules_are_what_its_body_imports(tmp_path):
         "toy/__init__.py": "",
         "toy/a.py": "", "toy/b.py": "", "toy/c.py": "",
         "toy/cli.py": """\
-            import typer
-            app = typer.Typer()
-            grp = typer.Typer()
-            app.add_typer(grp, name="grp")
+            import toy.b
 
             def _helper():
                 from toy import c
 
-            @grp.command("run")
-            def grp_run():
+            def run_cmd():
                 from toy.a import x
                 _helper()
 
-            @app.command()
             def other_cmd():
                 import toy.b
             """,
+        "toy/cli_tools.py": "def preview():\n    import toy.c\n",
+        "toy/main.py": "import toy.cli\nimport toy.cli_tools\n\ndef main():\n    import toy.a\n",
     })
-    assert codedeps.command_imports("toy.cli", ["grp", "run", "--flag"], root) == {"toy", "toy.a", "toy.c"}
-    assert codedeps.command_imports("toy.cli", ["other-cmd"], root) == {"toy.b"}
-    with pytest.raises(LookupError, match="no command for 'grp nope'"):
-        codedeps.command_imports("toy.cli", ["grp", "nope"], root)
+    assert codedeps.function_imports("toy.cli", "run_cmd", root) == {"toy", "toy.a", "toy.c"}
+    assert codedeps.function_imports("toy.cli", "other_cmd", root) == {"toy.b"}
+    with pytest.raises(LookupError, match="no function 'nope'"):
+        codedeps.function_imports("toy.cli", "nope", root)
+    # the CLI layer is shallow: importing it runs its top level, not its commands' bodies
+    assert _rel(codedeps.closure(["toy.main"], root, shallow=("toy.cli",)), root) == {
+        "toy/__init__.py", "toy/main.py", "toy/cli.py", "toy/cli_tools.py", "toy/b.py", "toy/a.py"}
+
+
+def test_the_cli_finds_every_stage_command():
+    assert stages.command_function(("vqa", "run", "--params", "params.yaml"))[0].startswith("clipdistill.cli")
+    with pytest.raises(LookupError, match="no clipdistill command for 'vqa'"):
+        stages.command_function(("vqa",))
 
 
 def test_every_stage_finds_its_command_and_depends_on_its_code():

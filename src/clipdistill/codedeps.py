@@ -6,13 +6,13 @@ runs. Relative imports are resolved, and importing `a.b.c` also runs `a/__init__
 `a/b/__init__.py`, so those count too. Data files shipped inside a package directory (e.g.
 `models/configs/*.json`) count with the package.
 
-One refinement, for the params module that every stage imports: the lazy imports inside its
-section models' methods (validators) run only when that section is loaded, so they count only
-for the stages that read the section (`section_scoped`). Without it every stage would depend
-on the loss code through the `distill` section's validators.
+Two refinements, for the modules every stage imports: the lazy imports inside the params
+module's section models (validators) run only when that section is loaded, so they count only
+for the stages that read the section (`section_scoped`) — without it every stage would depend
+on the loss code through the `distill` section's validators; and the CLI layer's lazy imports
+(one per command body) count only for their own command (`shallow`, `function_imports`).
 
-Standard library only: the Snakefile reads this before the project's dependencies need to be
-importable.
+Standard library only (`ast`): nothing is imported to find what it imports.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def _package_data(init: Path) -> list[Path]:
 
 
 @cache
-def _closure(modules: tuple[str, ...], src: Path, section_scoped: tuple | None) -> tuple[Path, ...]:
+def _closure(modules: tuple[str, ...], src: Path, section_scoped: tuple | None,
+             shallow: tuple[str, ...]) -> tuple[Path, ...]:
     seen: set[str] = set()
     files: set[Path] = set()
     todo = list(modules)
@@ -142,23 +143,34 @@ def _closure(modules: tuple[str, ...], src: Path, section_scoped: tuple | None) 
             files.add(path)
             if _is_package(path):
                 files.update(_package_data(path))
-            if section_scoped and mod == section_scoped[0]:
-                _, root, sections = section_scoped
-                names = imported_names(path, mod, methods=False) | section_imports(path, mod, root, sections)
-            else:
-                names = imported_names(path, mod)
+            names = _followed(path, mod, section_scoped, shallow)
             todo.extend(n for n in names if n.split(".")[0] == mod.split(".")[0])
     return tuple(sorted(files))
 
 
-def closure(modules, src: Path = SRC, section_scoped: tuple | None = None) -> list[Path]:
+def _is_shallow(module: str, shallow: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + "_") for p in shallow)
+
+
+def _followed(path: Path, mod: str, section_scoped: tuple | None, shallow: tuple[str, ...]) -> set[str]:
+    if _is_shallow(mod, shallow):
+        return imported_names(path, mod, top_only=True)
+    if section_scoped and mod == section_scoped[0]:
+        _, root, sections = section_scoped
+        return imported_names(path, mod, methods=False) | section_imports(path, mod, root, sections)
+    return imported_names(path, mod)
+
+
+def closure(modules, src: Path = SRC, section_scoped: tuple | None = None, shallow: tuple[str, ...] = ()) -> list[Path]:
     """The files of `modules` and of every project module they import, transitively, sorted.
     section_scoped=(module, root class, sections): in that module, the imports inside class
-    methods count only for the models `sections` of `root` use (see the module docstring)."""
+    methods count only for the models `sections` of `root` use (see the module docstring).
+    shallow: modules (a name, or its `name_*` siblings) whose lazy imports are not followed —
+    the CLI layer, whose command bodies import their stage (counted per command instead)."""
     missing = [m for m in modules if module_file(m, src) is None]
     if missing:
         raise ImportError(f"no module {missing[0]!r} under {src}")
-    return list(_closure(tuple(sorted(modules)), Path(src), section_scoped))
+    return list(_closure(tuple(sorted(modules)), Path(src), section_scoped, tuple(shallow)))
 
 
 def top_level_imports(module: str, src: Path = SRC) -> set[str]:
@@ -170,7 +182,8 @@ def top_level_imports(module: str, src: Path = SRC) -> set[str]:
             if n.split(".")[0] == top and module_file(n, src) is not None}
 
 
-def import_chain(modules, target: Path, src: Path = SRC, section_scoped: tuple | None = None) -> list[str]:
+def import_chain(modules, target: Path, src: Path = SRC, section_scoped: tuple | None = None,
+                 shallow: tuple[str, ...] = ()) -> list[str]:
     """Why `target` is in the closure of `modules`: the shortest chain of modules leading to it
     (for error messages), or [] if it is not."""
     parent: dict[str, str | None] = {}
@@ -189,11 +202,7 @@ def import_chain(modules, target: Path, src: Path = SRC, section_scoped: tuple |
             while parent[chain[-1]] is not None:
                 chain.append(parent[chain[-1]])
             return chain[::-1]
-        if section_scoped and mod == section_scoped[0]:
-            names = imported_names(path, mod, methods=False) | section_imports(path, mod, *section_scoped[1:])
-        else:
-            names = imported_names(path, mod)
-        for n in sorted(names):
+        for n in sorted(_followed(path, mod, section_scoped, shallow)):
             for p in _with_parents(n):
                 if p.split(".")[0] == mod.split(".")[0] and p not in parent:
                     parent[p] = mod
@@ -201,52 +210,22 @@ def import_chain(modules, target: Path, src: Path = SRC, section_scoped: tuple |
     return []
 
 
-def _command_functions(tree: ast.Module) -> dict[tuple[str, ...], ast.FunctionDef]:
-    """Typer commands defined in a CLI module: (group, ..., command) -> function, from
-    `X.add_typer(Y, name=...)` and `@Y.command(...)` decorators."""
-    groups: dict[str, tuple[str, ...]] = {}
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_typer"
-                and node.args and isinstance(node.args[0], ast.Name)):
-            name = next((k.value.value for k in node.keywords if k.arg == "name"), None)
-            groups[node.args[0].id] = (getattr(node.func.value, "id", ""), name)
-    def prefix(var: str) -> tuple[str, ...]:
-        if var not in groups:
-            return ()
-        parent, name = groups[var]
-        return (*prefix(parent), name)
-
-    commands = {}
-    for fn in tree.body:
-        if not isinstance(fn, ast.FunctionDef):
-            continue
-        for dec in fn.decorator_list:
-            if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "command"
-                    and isinstance(dec.func.value, ast.Name)):
-                name = dec.args[0].value if dec.args else fn.name.replace("_", "-")
-                commands[(*prefix(dec.func.value.id), name)] = fn
-    return commands
-
-
-def command_imports(module: str, words: list[str], src: Path = SRC) -> set[str]:
-    """The project modules a CLI command's body imports (lazily, inside the function), and those
-    of the module's own functions it calls, transitively. `words`: the command line after the
-    program name (`["vqa", "run", "--params", ...]`); the longest defined command prefix wins."""
+def function_imports(module: str, function: str, src: Path = SRC) -> set[str]:
+    """The project modules a module-level function imports in its body (lazily), and those of
+    the same module's functions it calls, transitively — what running it can import."""
     path = module_file(module, src)
     tree = _parse(path)
-    commands = _command_functions(tree)
-    found = [c for c in commands if tuple(words[:len(c)]) == c]
-    if not found:
-        raise LookupError(f"{path}: no command for {' '.join(words[:2])!r}")
-    helpers = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-    todo, seen = [commands[max(found, key=len)]], set()
+    functions = {f.name: f for f in tree.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    if function not in functions:
+        raise LookupError(f"{path}: no function {function!r}")
+    todo, seen = [function], set()
     while todo:
-        fn = todo.pop()
-        if fn.name in seen:
+        name = todo.pop()
+        if name in seen:
             continue
-        seen.add(fn.name)
-        todo += [helpers[n.func.id] for n in ast.walk(fn) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Name) and n.func.id in helpers]
-    nodes = [imp for name in seen for imp in _imports(helpers[name], in_functions=True, in_methods=True)]
+        seen.add(name)
+        todo += [n.func.id for n in ast.walk(functions[name]) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id in functions]
+    nodes = [imp for name in seen for imp in _imports(functions[name], in_functions=True, in_methods=True)]
     top = module.split(".")[0]
     return {n for n in _names(nodes, path, module) if n.split(".")[0] == top and module_file(n, src) is not None}

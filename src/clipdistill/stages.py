@@ -10,9 +10,10 @@ Paths are templates. `{teacher}`-style placeholders are grid axes (Snakemake wil
 the same stage on a grid whose teacher is `none`, where the parts marked `Teacher(...)` are
 left out of the command and the inputs.
 
-Code dependencies are computed, never listed: the files of the stage's entry module(s) and of
-everything they import, transitively (`codedeps`), plus cli.py and what it imports at its top.
-Standard library only: the Snakefile imports this module to build its rules.
+Code dependencies are computed, never listed: the CLI layer (what importing cli.py runs),
+the modules the stage's command imports in its body (its entry modules, found through the
+CLI's own command tree), and everything those import, transitively (`codedeps`). The
+Snakefile imports this module from src/ to build its rules.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from clipdistill import codedeps
@@ -176,19 +178,41 @@ DVC_METRICS = ("results/report/effect.json", "results/report/correlations.json")
 # ---------------------------------------------------------------- code dependencies
 
 
+@cache
+def command_function(words: tuple[str, ...]) -> tuple[str, str]:
+    """(module, function) that runs `clipdistill WORDS...`: looked up in the CLI's own command
+    tree, however the command is registered."""
+    import inspect
+
+    import typer
+
+    from clipdistill import cli
+
+    command = typer.main.get_command(cli.app)
+    for word in words:
+        if word not in getattr(command, "commands", {}):  # a group has subcommands
+            break
+        command = command.commands[word]
+    if hasattr(command, "commands"):
+        raise LookupError(f"no clipdistill command for {' '.join(words[:2])!r}")
+    function = inspect.unwrap(command.callback)
+    return function.__module__, function.__name__
+
+
 def entry_modules(stage: Stage) -> set[str]:
     """The project modules the stage's CLI command imports in its body (its stage module)."""
-    return codedeps.command_imports(CLI, stage.command[0].split())
+    module, function = command_function(tuple(stage.command[0].split()))
+    return codedeps.function_imports(module, function)
 
 
 def code_deps(stage: Stage) -> list[str]:
-    """Repository-relative paths of every project file the stage's command can run: cli.py and
-    its top-level imports, the command's entry modules, and their transitive imports. The lazy
-    imports in params.py's section models count only for the sections the stage reads."""
-    sections = {p.split(".")[0] for p in stage.params}
-    roots = {*codedeps.top_level_imports(CLI), *entry_modules(stage)}
-    files = codedeps.closure(sorted(roots), section_scoped=(PARAMS_MODULE, "Params", tuple(sorted(sections))))
-    files = sorted({*files, codedeps.module_file(CLI)})  # cli.py itself; its other commands' imports are not run
+    """Repository-relative paths of every project file the stage's command can run: the CLI
+    layer (cli.py, cli_*.py: what importing it runs), the command's entry modules, and
+    everything they import, transitively. The lazy imports in params.py's section models count
+    only for the sections the stage reads."""
+    sections = tuple(sorted({p.split(".")[0] for p in stage.params}))
+    files = codedeps.closure(sorted({CLI, *entry_modules(stage)}), shallow=(CLI,),
+                             section_scoped=(PARAMS_MODULE, "Params", sections))
     return [p.relative_to(REPO).as_posix() for p in files]
 
 

@@ -1,6 +1,6 @@
 # The stage table (src/clipdistill/stages.py) builds every rule: its inputs (code files, data,
-# results), outputs, command, params and log. Read from the source tree, so Snakemake needs
-# only the standard library to parse the workflow.
+# results), outputs, command, params and log. Read from this project's src/ (the same code
+# the rules run).
 import sys
 from pathlib import Path
 
