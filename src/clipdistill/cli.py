@@ -22,19 +22,20 @@ app = typer.Typer(help="Distil CLIP into small students and judge them inside a 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
-def group(name: str, text: str) -> typer.Typer:
-    sub = typer.Typer(help=text, no_args_is_help=True)
-    app.add_typer(sub, name=name)
-    return sub
-
-
-data_app = group("data", "The synthetic world and dataset formats.")
-teacher_app = group("teacher", "Teachers: trained here or external open_clip weights.")
-features_app = group("features", "The teacher feature store.")
-eval_app = group("eval", "Evaluation of encoders.")
-export_app = group("export", "Export encoders to other ecosystems.")
-vqa_app = group("vqa", "LLaVA-style VQA: train and evaluate a VLM per encoder.")
-params_app = group("params", "params.yaml: validation and JSON Schema.")
+data_app = typer.Typer(help="The synthetic world and dataset formats.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Teachers: trained here or external open_clip weights.", no_args_is_help=True)
+features_app = typer.Typer(help="The teacher feature store.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluation of encoders.", no_args_is_help=True)
+export_app = typer.Typer(help="Export encoders to other ecosystems.", no_args_is_help=True)
+vqa_app = typer.Typer(help="LLaVA-style VQA: train and evaluate a VLM per encoder.", no_args_is_help=True)
+params_app = typer.Typer(help="params.yaml: validation and JSON Schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(features_app, name="features")
+app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
+app.add_typer(vqa_app, name="vqa")
+app.add_typer(params_app, name="params")
 
 
 @app.callback()
@@ -58,6 +59,17 @@ def data_synth(split: Annotated[str, opt("split name from params data.splits")],
 
     counts = synthesize(load_section(params, "data"), split, out)["counts"]
     say(f"wrote {counts['images']} scenes, {counts['questions']} questions to {out}")
+
+
+@data_app.command("preview")
+def data_preview(data: Annotated[Path, opt("output of `data synth`")] = RESULTS_DATA,
+                 out: Annotated[Path, opt("PNG to write")] = Path("results/preview/scenes.png"),
+                 split: Annotated[Optional[list[str]], opt("split(s) to show")] = None,
+                 n: Annotated[int, opt("scenes per split")] = 6) -> None:
+    """Draw a PNG grid of scenes with their caption and first question."""
+    from clipdistill.data.preview import preview
+
+    preview(data, split or ["vqa_eval"], n, out)
 
 
 @teacher_app.command("train")
@@ -157,7 +169,6 @@ def report_cmd(results: Annotated[Path, opt("the pipeline's results folder")] = 
     say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin)["answer"])
 
 
-data_app.command("preview")(tools.data_preview)
 export_app.command("hf")(tools.export_hf_cmd)
 eval_app.command("lmms")(tools.eval_lmms)
 eval_app.command("mieb")(tools.eval_mieb)

@@ -1,4 +1,4 @@
-"""The commands around the pipeline (preview, export, harnesses, sharing, params) and the
+"""The commands around the pipeline (export, harnesses, sharing, params) and the
 option types every command shares; `cli.py` registers them. Each imports its module lazily.
 """
 
@@ -27,16 +27,6 @@ DataOpt = Annotated[Path, opt("folder of data splits")]
 RemoteOpt = Annotated[Optional[str], opt("DVC remote name (default: the project's default remote)")]
 ProjectOpt = Annotated[Path, opt("project root (where dvc.yaml lives)")]
 RESULTS_DATA, PARAMS = Path("results/data"), Path("params.yaml")
-
-
-def data_preview(data: Annotated[Path, opt("output of `data synth`")] = RESULTS_DATA,
-                 out: Annotated[Path, opt("PNG to write")] = Path("results/preview/scenes.png"),
-                 split: Annotated[Optional[list[str]], opt("split(s) to show")] = None,
-                 n: Annotated[int, opt("scenes per split")] = 6) -> None:
-    """Draw a PNG grid of scenes with their caption and first question."""
-    from clipdistill.data.preview import preview
-
-    preview(data, split or ["vqa_eval"], n, out)
 
 
 def export_hf_cmd(model: Annotated[Optional[Path], opt("open_clip model directory")] = None,
