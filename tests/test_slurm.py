@@ -1,6 +1,16 @@
 """The SLURM profile: it validates (`-n`), and — where Debian's slurm-wlm and munge are
 installed and we are root — a single-node SLURM cluster on localhost runs a chain of the
-smoke study (data → teacher → evaluation) as real sbatch jobs. Every call is bounded."""
+smoke study (data → teacher → evaluation) as real sbatch jobs. Every call is bounded.
+
+Nothing is written outside the tests' temporary folders: the cluster's slurm.conf lives in its
+folder and SLURM_CONF points the daemons and clients at it. One client does not see SLURM_CONF:
+inside each job, snakemake's slurm-jobstep plugin removes every SLURM_* variable except the
+job's identity before its inner `srun` (so that the allocation's task and GPU defaults do not
+leak into the step), and that srun then looks only at the compiled-in /etc/slurm/slurm.conf
+("Could not establish a configuration source" — why the data_synth jobs FAILED when only
+SLURM_CONF was set). PATH survives that filter, so the cluster's folder holds an `srun` that
+sets SLURM_CONF again and runs the real one; sbatch exports the submitting environment, PATH
+included, into every job."""
 
 import os
 import re
@@ -14,11 +24,14 @@ import yaml
 
 from conftest import BIN, REPO, project_copy
 
-SLURM_CONF = Path("/etc/slurm/slurm.conf")
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")  # read, never written
+CLUSTER_ENV: dict[str, str] = {}  # SLURM_CONF and the srun wrapper's folder while the cluster is up
 
 
 def _env():
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    path = os.pathsep.join(p for p in (CLUSTER_ENV.get("PATH_FIRST"), str(BIN), os.environ["PATH"]) if p)
+    extra = {k: v for k, v in CLUSTER_ENV.items() if k != "PATH_FIRST"}
+    return {**os.environ, "PATH": path, **extra}
 
 
 def _run(args, cwd=None, timeout=120, check=True):
@@ -29,8 +42,11 @@ def _run(args, cwd=None, timeout=120, check=True):
     return proc
 
 
-def test_slurm_profile_validates_the_whole_study():
-    out = _run([BIN / "snakemake", "--profile", "workflow/profiles/slurm", "-n"], REPO).stdout
+def test_slurm_profile_validates_the_whole_study(tmp_path):
+    # a scratch copy (nothing written into the checkout, no local study seen) and --forceall
+    # (every job planned whatever exists): the dry run lists the whole study
+    project = project_copy(tmp_path / "project")
+    out = _run([BIN / "snakemake", "--profile", "workflow/profiles/slurm", "-n", "--forceall"], project).stdout
     assert "vqa_student" in out and "distill" in out and "This was a dry-run" in out
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
@@ -49,11 +65,10 @@ def _wait(predicate, seconds: float, what: str):
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
-    needed = ("slurmctld", "slurmd", "munged", "mungekey", "sinfo", "scontrol")
+    needed = ("slurmctld", "slurmd", "munged", "mungekey", "sinfo", "scontrol", "srun")
     if os.geteuid() != 0 or not all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in needed):
         pytest.skip("needs root and Debian's slurmctld, slurmd, munge (make test installs them when it can)")
-    if SLURM_CONF.exists() and not SLURM_CONF.is_symlink():
-        pytest.skip(f"{SLURM_CONF} belongs to a real installation; not touching it")
+    system_conf_before = _fingerprint(SYSTEM_CONF)
     root = tmp_path_factory.mktemp("slurm")
     sock = root / "munge.socket"
     subprocess.run(["mungekey", "--create", f"--keyfile={root / 'munge.key'}"], check=True, timeout=30)
@@ -64,8 +79,8 @@ def slurm_cluster(tmp_path_factory):
     cpus = os.cpu_count() or 2
     (root / "spool").mkdir()
     (root / "state").mkdir()
-    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text("\n".join([
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join([
         "ClusterName=clipdistill-test", "SlurmctldHost=localhost", "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={sock}",
         f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
@@ -77,12 +92,17 @@ def slurm_cluster(tmp_path_factory):
         "MinJobAge=300", "ReturnToService=2",
         f"NodeName=localhost NodeHostname=localhost CPUs={cpus} RealMemory=4000 State=UNKNOWN",
         "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP", ""]))
+    wrappers = root / "bin"
+    wrappers.mkdir()
+    (wrappers / "srun").write_text(f'#!/bin/sh\nSLURM_CONF={conf} exec {shutil.which("srun")} "$@"\n')
+    (wrappers / "srun").chmod(0o755)
+    CLUSTER_ENV.update(SLURM_CONF=str(conf), PATH_FIRST=str(wrappers))
     pids = []
     try:
-        subprocess.run(["slurmctld"], check=True, timeout=30)
+        subprocess.run(["slurmctld"], check=True, timeout=30, env=_env())
         pids.append(root / "slurmctld.pid")
         _wait(lambda: "UP" in _run(["scontrol", "ping"], check=False).stdout, 30, "slurmctld did not come up")
-        subprocess.run(["slurmd", "-N", "localhost"], check=True, timeout=30)
+        subprocess.run(["slurmd", "-N", "localhost"], check=True, timeout=30, env=_env())
         pids.append(root / "slurmd.pid")
         _wait(lambda: "idle" in _run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout, 60,
               "slurmd did not register an idle node")
@@ -94,7 +114,15 @@ def slurm_cluster(tmp_path_factory):
                     os.kill(int(pid_file.read_text().split()[0]), 15)
                 except (ProcessLookupError, ValueError):
                     pass
-        SLURM_CONF.unlink(missing_ok=True)
+        CLUSTER_ENV.clear()
+    assert _fingerprint(SYSTEM_CONF) == system_conf_before, f"{SYSTEM_CONF} changed"
+
+
+def _fingerprint(path: Path):
+    """What is at `path` (kind, target or bytes), to show that a run left it as it was."""
+    if path.is_symlink():
+        return "link", os.readlink(path)
+    return ("file", path.read_bytes()) if path.exists() else None
 
 
 def local_profile(project: Path) -> str:

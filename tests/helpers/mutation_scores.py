@@ -1,9 +1,22 @@
-"""Score per module of the last `mutmut run` (run from the project root after `make mutants`).
+"""Mutation scores per module.
+
+    python tests/helpers/mutation_scores.py
+        the score of the last `mutmut run` in the current directory (after `make mutants`);
+    python tests/helpers/mutation_scores.py --module report.stats [--tests T ...] [MUTANT ...]
+        one module alone: mutmut runs in a scratch copy of the committed tree (HEAD, so edits in
+        progress in the checkout cannot break it), with only that module mutated and only the fast
+        tests that reach it selected (MODULE_TESTS), then prints its score. The copy's mutants/
+        is kept, so a second run after new tests are committed checks only what changed; naming
+        mutants reruns them.
 
 A mutant counts as killed when a test failed on it (or it timed out); survivors and mutants
 that no test reaches both count against the module, and are listed so each can be read with
-`mutmut show NAME` and either get a test or a reason it is equivalent."""
+`mutmut show NAME` and either get a test or a reason it is equivalent (docs/mutation.md)."""
 
+import argparse
+import json
+import os
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -11,10 +24,24 @@ from pathlib import Path
 
 GOAL = 0.85
 KILLED = {"killed", "timeout"}
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+# The fast tests that reach each module (the whole selection's stats run costs minutes per test file).
+MODULE_TESTS = {
+    "report.stats": ["tests/test_stats.py", "tests/test_report.py", "tests/test_report_tables.py",
+                     "tests/test_properties.py"],
+    "report.study": ["tests/test_report.py", "tests/test_report_tables.py"],
+    "evaluate.cka": ["tests/test_evaluate.py"],
+    "evaluate.clip_eval": ["tests/test_evaluate.py"],
+    "distill.train": ["tests/test_distill.py"],
+    "vqa.metrics": ["tests/test_vqa_metrics.py", "tests/test_vqa_holes.py", "tests/test_properties.py"],
+}
+LOSS_TESTS = ["tests/test_loss_zoo.py", "tests/test_loss_backends.py", "tests/test_properties.py"]
 
 
-def main() -> int:
-    out = subprocess.run([str(Path(sys.executable).parent / "mutmut"), "results", "--all", "true"],
+def scores(cwd: Path = Path(".")) -> int:
+    out = subprocess.run([str(BIN / "mutmut"), "results", "--all", "true"], cwd=cwd,
                          capture_output=True, text=True, check=True).stdout
     by_module: dict[str, Counter] = defaultdict(Counter)
     open_ones: dict[str, list[str]] = defaultdict(list)
@@ -44,6 +71,42 @@ def main() -> int:
         print("\n".join(f"  {n}" + (f" ×{names.count(n)}" if names.count(n) > 1 else "")
                         for n in dict.fromkeys(names)))
     return 0
+
+
+def one_module(module: str, tests: list[str] | None, mutants: list[str], root: Path, children: int) -> int:
+    tests = tests or MODULE_TESTS.get(module) or (LOSS_TESTS if module.startswith("losses.") else None)
+    if not tests:
+        sys.exit(f"no test selection known for {module!r}: pass --tests")
+    copy = root / module
+    copy.mkdir(parents=True, exist_ok=True)
+    # the committed tree over the previous copy (mutants/ and its cached results stay)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    present = [t for t in tests if (copy / t).exists()]
+    source = "src/clipdistill/" + module.replace(".", "/") + ".py"
+    pyproject = (copy / "pyproject.toml").read_text()
+    narrowed = (f"only_mutate = {json.dumps([source])}\n"
+                f"pytest_add_cli_args_test_selection = {json.dumps([*present, '-m', 'not slow'])}\n")
+    pyproject = re.sub(r"only_mutate = \[.*?\]\n", "", pyproject, flags=re.DOTALL)
+    pyproject = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]\n", narrowed, pyproject, flags=re.DOTALL)
+    (copy / "pyproject.toml").write_text(pyproject)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["nice", str(BIN / "mutmut"), "run", "--max-children", str(children), *mutants],
+                   cwd=copy, env=env, check=False)
+    return scores(copy)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--module", help="e.g. report.stats (under src/clipdistill/)")
+    ap.add_argument("--tests", nargs="+", help="the test files to select (default: MODULE_TESTS)")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/clipdistill-mutants"), help="where the copies live")
+    ap.add_argument("--children", type=int, default=1)
+    ap.add_argument("mutants", nargs="*", help="mutant names or globs to (re)run")
+    args = ap.parse_args()
+    if args.module:
+        return one_module(args.module, args.tests, args.mutants, args.dir, args.children)
+    return scores()
 
 
 if __name__ == "__main__":
