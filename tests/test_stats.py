@@ -169,3 +169,24 @@ def test_two_teachers_are_inconclusive_whatever_the_gap():
     assert r["slope"] == pytest.approx(3.0) and r["ci"] == [-np.inf, np.inf] and r["verdict"] == "inconclusive"
     assert r["detectable_slope"] == np.inf
     assert "at least 3 teachers" in verdict_sentence(r)
+
+
+def test_holm_caps_at_one():
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # 2 · 0.6 = 1.2 is not a probability
+
+
+def test_verdict_needs_the_ci_to_exclude_zero_and_lie_strictly_inside_the_margin():
+    from clipdistill.report.stats import _verdict
+
+    assert _verdict([0.0, 0.5], 1.0) == "equivalent"  # touching 0 does not exclude it
+    assert _verdict([-0.5, 0.0], 1.0) == "equivalent"
+    assert _verdict([-1.0, 0.5], 1.0) == "inconclusive"  # touching the margin is not inside it
+    assert _verdict([-0.5, 1.0], 1.0) == "inconclusive"
+
+
+def test_teachers_of_any_name_type_and_their_run_counts():
+    """Teacher names need not be strings of one type (sorted by their text), and each teacher
+    reports how many KD runs its mean gain pools."""
+    r = teacher_effect(study({1: 1.0, "b": 2.0, "c": 4.0}, {1: 30, "b": 40, "c": 50}, seeds=(0, 1, 2)), n_boot=20)
+    assert [(t["teacher"], t["runs"]) for t in r["teachers"]] == [(1, 3), ("b", 3), ("c", 3)]
+    assert [t["gain"] for t in r["teachers"]] == pytest.approx([1.0, 2.0, 4.0])
