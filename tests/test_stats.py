@@ -190,3 +190,22 @@ def test_teachers_of_any_name_type_and_their_run_counts():
     r = teacher_effect(study({1: 1.0, "b": 2.0, "c": 4.0}, {1: 30, "b": 40, "c": 50}, seeds=(0, 1, 2)), n_boot=20)
     assert [(t["teacher"], t["runs"]) for t in r["teachers"]] == [(1, 3), ("b", 3), ("c", 3)]
     assert [t["gain"] for t in r["teachers"]] == pytest.approx([1.0, 2.0, 4.0])
+
+
+def test_teachers_of_one_quality_give_no_slope():
+    r = teacher_effect(study({"a": 1.0, "b": 2.0, "c": 4.0}, {"a": 30, "b": 30, "c": 30}), margin=1.0, n_boot=20)
+    assert np.isnan(r["slope"]) and np.isnan(r["se"]) and r["ci"] == [-np.inf, np.inf]
+    assert (r["df"], r["p"], r["verdict"], r["within_margin"]) == (0, 1.0, "inconclusive", False)
+    assert r["detectable_slope"] == np.inf and r["teachers_needed_for_margin"] is None
+
+
+def test_inconclusive_sentence_word_for_word():
+    effect = {"ci": [-1.0, 2.0], "slope": 0.5, "n_teachers": 3, "margin": 0.1, "verdict": "inconclusive",
+              "teachers_needed_for_margin": None, "detectable_slope": 3.0}
+    assert verdict_sentence(effect) == (
+        "Inconclusive: this study cannot tell whether the KD gain depends on teacher quality (slope +0.50 VQA "
+        "points per unit of teacher quality, 95% CI [-1.00, +2.00], 3 teachers; smallest slope detectable with "
+        "80% power: 3.00; to resolve a slope of ±0.1 it would need more than 200 teachers at this many seeds and "
+        "questions per teacher).")
+    assert "it would need about 12 teachers at this many seeds" in verdict_sentence(
+        effect | {"teachers_needed_for_margin": 12})
