@@ -106,6 +106,35 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """(header, offset of the tensor data) of a safetensors file, after checking that the file
+    is whole: a missing, corrupt or truncated file raises DataError naming it and what is wrong
+    (instead of the safetensors library's traceback)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) < 8 or length > size - 8:
+                raise DataError(f"{path}: truncated safetensors file ({size} bytes: its header does not fit)")
+            header = json.loads(fh.read(length).decode("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{path}: corrupt safetensors file (its header is not JSON)") from None
+    try:
+        ends = [int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise DataError(f"{path}: corrupt safetensors file (malformed tensor entries in its header)") from None
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        raise DataError(f"{path}: truncated safetensors file ({size} bytes, its header promises {expected})")
+    if size > expected:
+        raise DataError(f"{path}: corrupt safetensors file ({size - expected} bytes after the last tensor)")
+    return header, 8 + length
+
+
 def tree_hash(root: str | os.PathLike, exclude: tuple[str, ...] = ("manifest.json",)) -> str:
     """sha256 over (relative path, file hash) of every file below root, in sorted order.
 

@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 
 from clipdistill import __version__
 from clipdistill.data.splits import Split
-from clipdistill.io import ClipdistillError, atomic_dir, progress, read_json, sha256_file, write_json
+from clipdistill.io import (ClipdistillError, atomic_dir, progress, read_json, safetensors_header, sha256_file,
+                            write_json)
 from clipdistill.models import ClipBundle, preprocess_images
 from clipdistill.params import FeatureParams
 
@@ -135,16 +136,14 @@ def _json_sha(obj) -> str:
 
 def _mmap_safetensors(path: Path) -> dict[str, tuple[np.memmap, torch.dtype]]:
     """Memory-map every tensor of a safetensors file as a numpy array (no copy)."""
-    with open(path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
+    header, data_start = safetensors_header(path)
     arrays = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
-        arr = np.memmap(path, dtype=_SAFETENSORS_NP[info["dtype"]], mode="r", offset=8 + header_len + start,
+        arr = np.memmap(path, dtype=_SAFETENSORS_NP[info["dtype"]], mode="r", offset=data_start + start,
                         shape=shape) if end > start else np.zeros(shape, _SAFETENSORS_NP[info["dtype"]])
         arrays[name] = (arr, _SAFETENSORS_TORCH[info["dtype"]])
     return arrays
@@ -159,6 +158,10 @@ class FeatureStore:
             raise StoreMismatch(f"{self.path}: not a feature store (no manifest.json); run `clipdistill features extract`")
         self.manifest = read_json(self.path / "manifest.json")
         self.shards = [_mmap_safetensors(self.path / s["file"]) for s in self.manifest["shards"]]
+        for shard, entry in zip(self.shards, self.manifest["shards"]):
+            if "index" in shard and len(shard["index"][0]) != entry["count"]:
+                raise StoreMismatch(f"{self.path / entry['file']}: holds {len(shard['index'][0])} rows, "
+                                    f"manifest.json says {entry['count']}")
         self.starts = np.array([s["start"] for s in self.manifest["shards"]])
 
     def __len__(self) -> int:

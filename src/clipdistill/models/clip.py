@@ -23,9 +23,10 @@ from typing import Any, Callable
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from clipdistill.io import ClipdistillError, atomic_dir, read_json, sha256_file, write_json
+from clipdistill.io import ClipdistillError, atomic_dir, read_json, safetensors_header, sha256_file, write_json
 from clipdistill.models.tokenizer import WordTokenizer, world_lexicon
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -123,6 +124,10 @@ def load_model_dir(path: str | Path) -> ClipBundle:
         raise ModelError(f"{path}: not a model directory (no manifest.json)")
     manifest = read_json(path / "manifest.json")
     name = manifest["model_name"]
+    weights = path / "model.safetensors"
+    safetensors_header(weights)  # a truncated file: one line, not the library's traceback
+    if manifest.get("weights_sha256") and sha256_file(weights) != manifest["weights_sha256"]:
+        raise ModelError(f"{weights}: corrupt weights (their sha256 differs from the one in manifest.json)")
     # The saved config wins over the registry's config of the same name: a directory written
     # before a shipped config changed must load as it was trained (open_clip would otherwise
     # resize the position embedding to the new image size without a word).
@@ -130,7 +135,9 @@ def load_model_dir(path: str | Path) -> ClipBundle:
     shipped = registry.get(name)
     config = registry[name] = read_json(path / "model_config.json")
     try:
-        model = open_clip.create_model(name, pretrained=str(path / "model.safetensors"))
+        model = open_clip.create_model(name, pretrained=str(weights))
+    except (RuntimeError, KeyError, ValueError, SafetensorError) as exc:
+        raise ModelError(f"{weights}: cannot load into {name}: {_first_line(exc)}") from None
     finally:
         if shipped is None:
             registry.pop(name)
@@ -174,9 +181,16 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
 def load_external(model_name: str, pretrained: str, cache_dir: str | None = None) -> open_clip.CLIP:
     """An open_clip model with external weights (safetensors, or .pt/.bin with weights_only)."""
     weights = resolve_pretrained(model_name, pretrained, cache_dir)
+    if weights.suffix == ".safetensors":
+        safetensors_header(weights)
     try:
         model = open_clip.create_model(model_name, pretrained=str(weights), weights_only=True)
-    except (RuntimeError, KeyError, ValueError, OSError, AssertionError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{weights}: cannot load into {model_name}: {first[:300]}") from None
+    except (RuntimeError, KeyError, ValueError, OSError, AssertionError, EOFError, pickle.UnpicklingError,
+            SafetensorError) as exc:
+        raise ModelError(f"{weights}: cannot load into {model_name}: {_first_line(exc)}") from None
     return model.eval()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

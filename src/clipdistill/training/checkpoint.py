@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipdistill.io import DataError, safetensors_header
+
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched, step: int, log: list[dict]) -> None:
     tensors = {f"{prefix}.{k}": v.detach().contiguous()
@@ -37,6 +39,10 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched)
     """Restore the modules, optimizer and scheduler in place; returns (step, log)."""
     from safetensors import safe_open
 
+    try:
+        safetensors_header(path)
+    except DataError as exc:
+        raise DataError(f"{exc}; delete it to restart the run from step 0") from None
     with safe_open(path, framework="pt") as fh:
         meta = json.loads(fh.metadata()["state"])
     tensors = load_file(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from clipdistill.io import ClipdistillError, atomic_dir, write_manifest
+from clipdistill.io import ClipdistillError, atomic_dir, safetensors_header, write_manifest
 from clipdistill.params import VQAParams
 from clipdistill.training.loop import log_csv
 from clipdistill.vqa.model import IMAGE_TOKEN, train_tokenizer
@@ -50,6 +50,8 @@ def load_language_dir(path: str | Path):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LanguageModelError(f"language model {path}: no config.json (expected a Hugging Face model directory)")
+    for weights in sorted(path.glob("*.safetensors")):
+        safetensors_header(weights)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
