@@ -209,3 +209,14 @@ def test_inconclusive_sentence_word_for_word():
         "questions per teacher).")
     assert "it would need about 12 teachers at this many seeds" in verdict_sentence(
         effect | {"teachers_needed_for_margin": 12})
+
+
+def test_paired_p_values_of_noiseless_gains():
+    """Without noise every bootstrap draw equals the gain: the CI is the point, the p-value is
+    the bootstrap's floor 1/B for a gain of either sign and 1 for no gain; Holm over the cells."""
+    df = study({"a": 0.5, "b": -3.0, "c": 0.0}, {"a": 30, "b": 40, "c": 50})
+    gains = paired_effects(df, n_boot=50)
+    assert [(g["teacher"], g["method"], g["seeds"]) for g in gains] == [("a", "kd", 2), ("b", "kd", 2), ("c", "kd", 2)]
+    assert [g["ci"] for g in gains] == [pytest.approx([0.5, 0.5]), pytest.approx([-3.0, -3.0]), pytest.approx([0, 0])]
+    assert [g["p"] for g in gains] == pytest.approx([0.02, 0.02, 1.0])
+    assert [g["p_holm"] for g in gains] == pytest.approx([0.06, 0.06, 1.0])
