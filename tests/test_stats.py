@@ -220,3 +220,11 @@ def test_paired_p_values_of_noiseless_gains():
     assert [g["ci"] for g in gains] == [pytest.approx([0.5, 0.5]), pytest.approx([-3.0, -3.0]), pytest.approx([0, 0])]
     assert [g["p"] for g in gains] == pytest.approx([0.02, 0.02, 1.0])
     assert [g["p_holm"] for g in gains] == pytest.approx([0.06, 0.06, 1.0])
+
+
+def test_bootstrap_defaults_are_1000_draws_of_seed_0_at_95_percent():
+    from clipdistill.report.stats import bootstrap_mean_ci
+
+    runs = np.random.default_rng(1).random((3, 40))
+    assert bootstrap_mean_ci(runs) == bootstrap_mean_ci(runs, n_boot=1000, seed=0, level=0.95)
+    assert bootstrap_mean_ci(runs) != bootstrap_mean_ci(runs, n_boot=1001, seed=0, level=0.95)
