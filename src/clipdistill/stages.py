@@ -180,23 +180,36 @@ DVC_METRICS = ("results/report/effect.json", "results/report/correlations.json")
 
 @cache
 def command_function(words: tuple[str, ...]) -> tuple[str, str]:
-    """(module, function) that runs `clipdistill WORDS...`: looked up in the CLI's own command
-    tree, however the command is registered."""
-    import inspect
+    """(module, function) that runs `clipdistill WORDS...`, found by reading the CLI's source
+    (`X.add_typer(Y, name=...)` and `@Y.command(...)`), never by importing it: the CLI imports
+    the report, which reads this table, so an import here would close a circle."""
+    import ast
 
-    import typer
+    tree = ast.parse(codedeps.module_file(CLI).read_text())
+    groups: dict[str, tuple[str, str]] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_typer"
+                and node.args and isinstance(node.args[0], ast.Name)):
+            name = next((k.value.value for k in node.keywords if k.arg == "name"), None)
+            groups[node.args[0].id] = (getattr(node.func.value, "id", ""), name)
 
-    from clipdistill import cli
+    def prefix(var: str) -> tuple[str, ...]:
+        if var not in groups:
+            return ()
+        parent, name = groups[var]
+        return (*prefix(parent), name)
 
-    command = typer.main.get_command(cli.app)
-    for word in words:
-        if word not in getattr(command, "commands", {}):  # a group has subcommands
-            break
-        command = command.commands[word]
-    if hasattr(command, "commands"):
+    found = {}
+    for fn in tree.body:
+        for dec in getattr(fn, "decorator_list", []) if isinstance(fn, ast.FunctionDef) else []:
+            if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "command"
+                    and isinstance(dec.func.value, ast.Name)):
+                name = dec.args[0].value if dec.args else fn.name.replace("_", "-")
+                found[(*prefix(dec.func.value.id), name)] = fn.name
+    match = [c for c in found if tuple(words[:len(c)]) == c]
+    if not match:
         raise LookupError(f"no clipdistill command for {' '.join(words[:2])!r}")
-    function = inspect.unwrap(command.callback)
-    return function.__module__, function.__name__
+    return CLI, found[max(match, key=len)]
 
 
 def entry_modules(stage: Stage) -> set[str]:
