@@ -111,7 +111,7 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
     assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"], "vqa_blind": ["vqa"],
-                      "report": ["report"]}
+                      "report": ["distill.grid", "report", "teachers"]}
 
 
 def test_snakemake_lint_is_clean(project):

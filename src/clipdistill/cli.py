@@ -166,7 +166,7 @@ def report_cmd(results: Annotated[Path, opt("the pipeline's results folder")] = 
     from clipdistill.report.study import report
 
     spec = load_section(params, "report")
-    say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin)["answer"])
+    say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin, params=params)["answer"])
 
 
 export_app.command("hf")(tools.export_hf_cmd)

@@ -165,7 +165,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("results/data/vqa_eval", Upstream("teacher_eval"), Upstream("teacher_train"),
                   Upstream("student_eval"), Upstream("distill"), Upstream("vqa_teacher"), Upstream("vqa_student"),
                   Upstream("vqa_blind")),
-          outputs=(Out("results/report", directory=True),), params=("report",),
+          outputs=(Out("results/report", directory=True),), params=("report", "teachers", "distill.grid"),
           log="logs/report.log"),
 )
 BY_NAME = {s.name: s for s in STAGES}
