@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 
 # The fast tests that reach each module (the whole selection's stats run costs minutes per test file).
 MODULE_TESTS = {
-    "report.stats": ["tests/test_stats.py", "tests/test_report.py", "tests/test_report_tables.py",
+    "report.stats": ["tests/test_stats.py", "tests/test_stats_components.py", "tests/test_report.py", "tests/test_report_tables.py",
                      "tests/test_properties.py"],
     "report.study": ["tests/test_report.py", "tests/test_report_tables.py"],
     "evaluate.cka": ["tests/test_evaluate.py"],
