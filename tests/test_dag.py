@@ -234,7 +234,9 @@ def test_a_commands_entry_modules_are_what_its_body_imports(tmp_path):
 
 
 def test_the_cli_finds_every_stage_command():
-    assert stages.command_function(("vqa", "run", "--params", "params.yaml"))[0].startswith("clipdistill.cli")
+    assert stages.command_function(("vqa", "run", "--params", "params.yaml")) == ("clipdistill.cli", "vqa_run")
+    # registered as `eval_app.command("lmms")(tools.eval_lmms)`: its body is in cli_tools
+    assert stages.command_function(("eval", "lmms", "--model", "m")) == ("clipdistill.cli_tools", "eval_lmms")
     with pytest.raises(LookupError, match="no clipdistill command for 'vqa'"):
         stages.command_function(("vqa",))
 

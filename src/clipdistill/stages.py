@@ -181,8 +181,9 @@ DVC_METRICS = ("results/report/effect.json", "results/report/correlations.json")
 @cache
 def command_function(words: tuple[str, ...]) -> tuple[str, str]:
     """(module, function) that runs `clipdistill WORDS...`, found by reading the CLI's source
-    (`X.add_typer(Y, name=...)` and `@Y.command(...)`), never by importing it: the CLI imports
-    the report, which reads this table, so an import here would close a circle."""
+    (`X.add_typer(Y, name=...)`, `@Y.command(...)` and `Y.command(...)(module.function)`), never
+    by importing it: the CLI imports the report, which reads this table, so an import here
+    would close a circle."""
     import ast
 
     tree = ast.parse(codedeps.module_file(CLI).read_text())
@@ -199,17 +200,33 @@ def command_function(words: tuple[str, ...]) -> tuple[str, str]:
         parent, name = groups[var]
         return (*prefix(parent), name)
 
+    # `import X as Y` / `from P import X as Y` of the project's modules, for `G.command("n")(Y.f)`
+    aliases = {a.asname or a.name: (f"{node.module}.{a.name}" if isinstance(node, ast.ImportFrom) else a.name)
+               for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+               for a in node.names}
+
+    def command_name(call) -> str | None:
+        """`name` of a `G.command("name")` call, G a command group."""
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "command"
+                and isinstance(call.func.value, ast.Name)):
+            return call.args[0].value if call.args else ""
+        return None
+
     found = {}
-    for fn in tree.body:
-        for dec in getattr(fn, "decorator_list", []) if isinstance(fn, ast.FunctionDef) else []:
-            if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "command"
-                    and isinstance(dec.func.value, ast.Name)):
-                name = dec.args[0].value if dec.args else fn.name.replace("_", "-")
-                found[(*prefix(dec.func.value.id), name)] = fn.name
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):  # @G.command("name") def f(...)
+            for dec in node.decorator_list:
+                if (name := command_name(dec)) is not None:
+                    found[(*prefix(dec.func.value.id), name or node.name.replace("_", "-"))] = (CLI, node.name)
+        elif (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)  # G.command("name")(Y.f)
+              and (name := command_name(node.value.func)) and len(node.value.args) == 1
+              and isinstance(fn := node.value.args[0], ast.Attribute) and isinstance(fn.value, ast.Name)
+              and fn.value.id in aliases):
+            found[(*prefix(node.value.func.func.value.id), name)] = (aliases[fn.value.id], fn.attr)
     match = [c for c in found if tuple(words[:len(c)]) == c]
     if not match:
         raise LookupError(f"no clipdistill command for {' '.join(words[:2])!r}")
-    return CLI, found[max(match, key=len)]
+    return found[max(match, key=len)]
 
 
 def entry_modules(stage: Stage) -> set[str]:
