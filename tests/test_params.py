@@ -105,3 +105,19 @@ def test_a_method_level_weight_scales_only_its_teacher_terms():
                                                                "fd": 2000, "weight": 3}}})
     got = {k: v.options() for k, v in d.methods["clipkd"].items()}
     assert got == {"clip": {"weight": 1.0}, "crd": {"weight": 3.0, "temperature": 2.0}, "fd": {"weight": 6000.0}}
+
+
+@pytest.mark.parametrize("harnesses, message", [
+    ({"lmms": [], "mieb": [], "vlmevalkit": ["vqa_eval"]},
+     "eval.harnesses.vlmevalkit = ['vqa_eval']: Extra inputs are not permitted"),
+    ({"lmms": ["vqa_val"], "mieb": []}, "eval.harnesses.lmms: ['vqa_val'] not data splits; known: clip_eval,"),
+    ({"lmms": ["vqa_eval"]}, "eval.harnesses.mieb: Field required"),  # DVC's templating needs both lists
+    ({"lmms": [], "mieb": ["clip_eval", "clip_eval"]}, "a split is listed twice in ['clip_eval', 'clip_eval']"),
+])
+def test_a_bad_harness_switch_is_one_line(tmp_path, harnesses, message):
+    """A ParamsError: `clipdistill params check` (and every stage) prints it and exits 2 (test_cli)."""
+    _with(tmp_path / "params.yaml", ("eval", "harnesses"), harnesses)
+    with pytest.raises(P.ParamsError) as info:
+        P.load_params(tmp_path / "params.yaml")
+    assert "\n" not in str(info.value) and message in str(info.value), str(info.value)
+

@@ -121,12 +121,33 @@ class FeatureParams(Strict):
     seed: int = Field(0, ge=0)
 
 
+class HarnessParams(Strict):
+    """The standard harnesses as optional DAG stages: each names the splits it scores on, and an
+    empty list leaves its stages out of both runners. Per harness, not one list of names: DVC
+    templating cannot filter a list, so each harness's stages iterate over its own list."""
+
+    lmms: list[str] = Field(description="VQAv2-format splits lmms-eval scores every VLM on (`clipdistill eval "
+                                        "lmms`), e.g. [vqa_eval]; [] = off")
+    mieb: list[str] = Field(description="splits mteb (MIEB) scores every teacher and student encoder on "
+                                        "(`clipdistill eval mieb`), e.g. [clip_eval]; [] = off")
+
+    @field_validator("lmms", "mieb", mode="after")
+    @classmethod
+    def _unique(cls, splits):
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"a split is listed twice in {splits}")
+        return splits
+
+
 class EvalParams(Strict):
-    """CLIP evaluation (`clipdistill eval clip`)."""
+    """CLIP evaluation (`clipdistill eval clip`), and the optional harness stages."""
 
     split: str = Field("clip_eval", description="split with pairs.csv and labels.json")
     batch_size: int = Field(256, ge=1)
     recall_at: tuple[int, ...] = Field((1, 5, 10), min_length=1)
+    harnesses: HarnessParams = Field(default_factory=lambda: HarnessParams(lmms=[], mieb=[]),
+                                     description="optional stages scoring every model with lmms-eval / mteb; "
+                                                 "both keys are needed by DVC's templating")
 
 
 class LossOptions(Strict):
@@ -317,6 +338,9 @@ class Params(Strict):
         for section in (self.features, self.eval):
             if section.split not in self.data.splits:
                 raise ValueError(f"split {section.split!r} is not a data split")
+        for harness, splits in self.eval.harnesses:
+            if unknown := [s for s in splits if s not in self.data.splits]:
+                raise ValueError(f"eval.harnesses.{harness}: {unknown} not data splits; known: {', '.join(self.data.splits)}")
         return self
 
 
@@ -330,7 +354,7 @@ def _one_line(where: str, exc: ValidationError, prefix: tuple = ()) -> str:
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}{shown}: {msg}")
+        parts.append(f"{loc}{shown}: {msg}" if loc else msg)  # a cross-field rule names its own keys
     return f"{where}: " + "; ".join(parts)
 
 
