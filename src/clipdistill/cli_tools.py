@@ -64,12 +64,13 @@ def eval_lmms(model: Annotated[Path, opt("VLM directory (`vqa run` output or its
 
 def eval_mieb(model: Annotated[Path, opt("clipdistill / open_clip model directory")],
               out: Annotated[Path, opt("JSON to write")], data: DataOpt = RESULTS_DATA,
+              split: Annotated[Optional[str], opt("split under --data (default: params eval.split)")] = None,
               params: ParamsOpt = PARAMS) -> None:
     """mteb (MIEB) on local tasks from the eval split: zero-shot per label set, image<->text retrieval."""
     from clipdistill.harness.mieb import run_mieb
 
     spec = load_section(params, "eval")
-    summary = run_mieb(model, data / spec.split, out, spec.batch_size)
+    summary = run_mieb(model, data / (split or spec.split), out, spec.batch_size)
     shown = [f"{k} {v['top1']:.3f}" for k, v in summary["zeroshot"].items()]
     say(f"mteb {model}: " + ", ".join(shown + [f"{k} R@1 {v['R@1']:.3f}" for k, v in summary["retrieval"].items()]))
 
