@@ -23,6 +23,7 @@ include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/vqa.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/harness.smk"
 include: "workflow/rules/state.smk"
 
 

@@ -1,13 +1,15 @@
 """Snakemake and DVC define the same pipeline, both built from the stage table
 (src/clipdistill/stages.py); code deps are the transitive imports, computed."""
 
+import json
 import os
 import re
 import subprocess
 import textwrap
 
 import pytest
-from conftest import BIN, REPO, project_copy
+import yaml
+from conftest import BIN, REPO, SMOKE, project_copy
 
 from clipdistill import codedeps, stages
 
@@ -22,10 +24,37 @@ def _run(args, cwd, timeout=600):
     return proc
 
 
+HARNESSES_ON = {"lmms": ["vqa_eval"], "mieb": ["clip_eval"]}
+
+
+def params_with_harnesses(source, dest, harnesses=HARNESSES_ON, **sections):
+    """A copy of a params file with eval.harnesses set (and whole sections replaced)."""
+    raw = yaml.safe_load(source.read_text())
+    raw["eval"]["harnesses"] = harnesses
+    raw.update(sections)
+    dest.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The default study's project, copied (dry runs leave .snakemake state behind)."""
     return project_copy(tmp_path_factory.mktemp("dag") / "project", REPO / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def dags(project):
+    """Both runners' view of the default study: Snakemake's jobs, DVC's stages."""
+    return snakemake_jobs(project), dvc_stages(project)
+
+
+@pytest.fixture(scope="module")
+def harness_dags(tmp_path_factory):
+    """The same with both harnesses switched on (one split each)."""
+    root = tmp_path_factory.mktemp("dag_harness")
+    params = params_with_harnesses(REPO / "params.yaml", root / "params.yaml")
+    project = project_copy(root / "project", params)
+    return snakemake_jobs(project), dvc_stages(project), dvc_params(project)
 
 
 def snakemake_jobs(cwd):
@@ -67,12 +96,12 @@ def _covered(path: str, by: str) -> bool:
     return path == by or path.startswith(by.rstrip("/") + "/")
 
 
-def test_snakemake_and_dvc_define_the_same_stages(project):
+def assert_same_stages(snakemake: set, dvc: set) -> None:
     """Same stages, commands and outputs; the same code files; the same data dependencies,
     where DVC may name a folder (e.g. results/vqa_metrics/students) for the files Snakemake
     lists inside it — each side covers the other."""
-    smk = {(name, cmd, outs): deps for name, cmd, deps, outs in snakemake_jobs(project)}
-    dvc = {(name, cmd, outs): deps for name, cmd, deps, outs in dvc_stages(project)}
+    smk = {(name, cmd, outs): deps for name, cmd, deps, outs in snakemake}
+    dvc = {(name, cmd, outs): deps for name, cmd, deps, outs in dvc}
     assert smk, "no jobs parsed from snakemake"
     assert smk.keys() == dvc.keys(), f"only in Snakemake: {smk.keys() - dvc.keys()}\nonly in DVC: {dvc.keys() - smk.keys()}"
     for key, s_deps in smk.items():
@@ -84,6 +113,49 @@ def test_snakemake_and_dvc_define_the_same_stages(project):
         assert all(any(_covered(s, d) for s in s_deps) for d in d_deps), (key[0], d_deps - s_deps)
 
 
+def test_snakemake_and_dvc_define_the_same_stages(dags):
+    assert_same_stages(*dags)
+
+
+HARNESS_STAGES = {s.name for s in stages.STAGES if s.name.startswith("harness_")}
+
+
+def test_harness_stages_are_off_by_default_in_both_runners(dags):
+    """Empty eval.harnesses: no harness job in Snakemake's DAG (so none in `all`), no harness
+    stage in DVC's (an empty matrix axis makes none), whatever else the study runs."""
+    snakemake, dvc = dags
+    assert HARNESS_STAGES == {"harness_lmms_teacher", "harness_lmms_student", "harness_lmms_blind",
+                              "harness_mieb_teacher", "harness_mieb_student"}
+    assert not {job[0] for job in snakemake} & HARNESS_STAGES
+    assert not {stage[0] for stage in dvc} & HARNESS_STAGES
+    assert "report" in {job[0] for job in snakemake} and "report" in {stage[0] for stage in dvc}
+
+
+def test_harness_stages_switched_on_run_every_model_the_same_way_in_both_runners(harness_dags, dags):
+    """lmms-eval on every VLM (3 teachers, 24 KD students, 2 baselines, blind), mteb on every
+    encoder (3 + 24 + 2); the study's other stages are unchanged, and each harness stage reads
+    only the params it uses (not eval.harnesses: switching on reruns no CLIP evaluation)."""
+    snakemake, dvc, params = harness_dags
+    assert_same_stages(snakemake, dvc)
+    counts = {name: sum(job[0] == name for job in snakemake) for name in HARNESS_STAGES}
+    assert counts == {"harness_lmms_teacher": 3, "harness_lmms_student": 26, "harness_lmms_blind": 1,
+                      "harness_mieb_teacher": 3, "harness_mieb_student": 26}
+    assert {job for job in snakemake if job[0] not in HARNESS_STAGES} == dags[0]
+    for name, keys in params.items():
+        if name.startswith("harness_lmms"):
+            assert keys == ["vqa.max_new_tokens"], name
+        elif name.startswith("harness_mieb"):
+            assert keys == ["eval.batch_size"], name
+    # DVC names: the split first, then the model's own axes
+    assert {"harness_lmms_blind@vqa_eval", "harness_mieb_student_baseline@clip_eval-xs-baseline-0"} <= set(params)
+    assert ("clipdistill --log logs/harness/lmms/vqa_eval/teachers/s.log eval lmms --params params.yaml --model"
+            " results/vqa/teachers/s --data results/data/vqa_eval --out results/harness/lmms/vqa_eval/teachers/s"
+            ) in {job[1] for job in snakemake}
+
+
+CLIP_EVAL = ["eval.batch_size", "eval.recall_at", "eval.split"]  # `eval clip`'s keys, not eval.harnesses
+
+
 def test_each_stage_tracks_exactly_the_params_it_reads(project):
     from clipdistill.params import DataParams, load_section
 
@@ -93,21 +165,21 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
         assert set(params.pop(f"data_synth@{split}")) == shared | {f"data.splits.{split}"}
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"teacher_train@{teacher}") == [f"teachers.{teacher}"]
-        assert params.pop(f"teacher_eval@{teacher}") == ["eval"]
+        assert params.pop(f"teacher_eval@{teacher}") == CLIP_EVAL
         assert params.pop(f"features_extract@{teacher}") == ["features"]
     grid = load_section(REPO / "params.yaml", "distill").grid
     runs = [(t, s, m, seed) for t in grid.teachers for s in grid.students for m in grid.methods for seed in grid.seeds]
     for t, s, m, seed in runs:
         assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
-        assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == ["eval"]
+        assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == CLIP_EVAL
         assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}") == ["vqa"]
     for s, m, seed in [(s, m, seed) for s in grid.students for m in grid.baselines for seed in grid.seeds]:
         assert set(params.pop(f"distill_baseline@{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
         assert params.pop(f"vqa_baseline@{s}-{m}-{seed}") == ["vqa"]
         for t in grid.teachers:
-            assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == ["eval"]
+            assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == CLIP_EVAL
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
     assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"], "vqa_blind": ["vqa"],
@@ -278,3 +350,47 @@ def test_the_report_reads_the_runs_the_grid_defines(tmp_path):
 
     with pytest.raises(DataError, match="student_eval/m/xs/baseline/1/metrics.json: file not found"):
         report(res, data, tmp_path / "short", n_boot=50, params=params)
+
+
+@pytest.mark.slow
+def test_harness_stages_run_on_the_smoke_study_and_score_as_its_own_evaluations(tmp_path):
+    """Switched on for the smoke study, Snakemake runs the harness stages (one VLM, one encoder:
+    teacher s) and its onsuccess hook records them in dvc.lock, where DVC calls them up to date:
+    the same stages in both runners. lmms-eval's VQAv2 accuracy is the study's own within 0.1
+    points (answer for answer), mteb's zero-shot top-1 and R@1/R@5 are `eval clip`'s. The VLM is
+    trained a little longer than the smoke study's, so it scores above 0."""
+    pytest.importorskip("lmms_eval", reason="lmms-eval not installed: pip install -e '.[harness]'")
+    pytest.importorskip("mteb", reason="mteb not installed: pip install -e '.[harness]'")
+    smoke = yaml.safe_load(SMOKE.read_text())
+    data = {**smoke["data"], "splits": {**smoke["data"]["splits"], "vqa_train": {"size": 160, "style": "plain"}}}
+    vqa = {**smoke["vqa"], "lm_pretrain": {"epochs": 3, "batch_size": 32, "lr": 0.003},
+           "stage1": {"epochs": 1, "batch_size": 32, "lr": 0.002}, "stage2": {"epochs": 4, "batch_size": 32, "lr": 0.003}}
+    root = project_copy(tmp_path / "project", params_with_harnesses(SMOKE, tmp_path / "params.yaml", data=data, vqa=vqa))
+    lmms, mieb = "results/harness/lmms/vqa_eval/teachers/s", "results/harness/mieb/clip_eval/teachers/s.json"
+    run = _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default", lmms, mieb,
+                "results/teacher_eval/s/metrics.json"], root, timeout=900)
+    log = run.stdout + run.stderr
+    assert "rule harness_lmms_teacher:" in log and "rule harness_mieb_teacher:" in log, log[-3000:]
+    stale = _run([str(BIN / "dvc"), "status", "--json", "harness_lmms_teacher@vqa_eval-s",
+                  "harness_mieb_teacher@clip_eval-s"], root).stdout
+    assert json.loads(stale or "{}") == {}, stale
+
+    theirs = json.loads((root / lmms / "results.json").read_text())
+    ours = json.loads((root / "results/vqa_metrics/teachers/s.json").read_text())
+    own_answers = [json.loads(line) for line in (root / "results/vqa/teachers/s/answers.jsonl").read_text().splitlines()]
+    assert theirs["count"] == ours["count"] == len(own_answers) == 48
+    assert {a["question_id"]: a["text"].strip() for a in theirs["answers"]} == {
+        a["question_id"]: a["text"].strip() for a in own_answers}
+    assert ours["overall"] > 5 and abs(theirs["accuracy"] - ours["overall"]) < 0.1, (theirs["accuracy"], ours["overall"])
+
+    theirs = json.loads((root / mieb).read_text())
+    ours = json.loads((root / "results/teacher_eval/s/metrics.json").read_text())
+    assert set(theirs["zeroshot"]) == set(ours["zeroshot"]) and ours["zeroshot"]
+    for name, v in ours["zeroshot"].items():  # eval clip writes 6 decimals
+        assert theirs["zeroshot"][name]["top1"] == pytest.approx(v["top1"], abs=1e-6), name
+    for direction in ("image_to_text", "text_to_image"):
+        for k in ("R@1", "R@5"):
+            assert theirs["retrieval"][direction][k] == pytest.approx(ours["retrieval"][direction][k], abs=1e-6)
+    print(f"lmms-eval {json.loads((root / lmms / 'results.json').read_text())['accuracy']:.4f} vs own VQAv2 "
+          f"{json.loads((root / 'results/vqa_metrics/teachers/s.json').read_text())['overall']:.4f}; mteb",
+          theirs["zeroshot"], theirs["retrieval"], "\neval clip", ours["zeroshot"], ours["retrieval"])

@@ -62,6 +62,7 @@ class Grid:
     axes: dict[str, str] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)
     dvc_name: str = "{stage}"  # one DVC stage per grid; teacher-free grids keep their historic names
+    dvc_matrix: bool = False  # a DVC matrix even with one axis: foreach's ${key} needs a dict, this axis is a list
 
     @property
     def teacher_free(self) -> bool:
@@ -91,6 +92,37 @@ STUDENT_AXES = {k: v for k, v in _runs(False).items() if k != "teacher"}
 KD = Grid(_runs(True))
 BASELINE = Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline")
 RUN = "{teacher}/{student}/{method}/{seed}"
+# `eval clip`'s keys: not eval.harnesses, so switching a harness on reruns no CLIP evaluation
+CLIP_EVAL = ("eval.split", "eval.batch_size", "eval.recall_at")
+
+
+def _harness(name: str, grid: Grid) -> Grid:
+    """A grid's runs once per split the harness scores on (eval.harnesses.NAME): none while the
+    list is empty, in both runners (an empty DVC matrix axis makes no stages)."""
+    return Grid({"split": f"eval.harnesses.{name}", **grid.axes}, grid.fixed, grid.dvc_name, dvc_matrix=True)
+
+
+def _lmms(name: str, vlms: str, grids: tuple[Grid, ...]) -> Stage:
+    """lmms-eval on a kind of VLM (`vqa run`'s folders results/vqa/VLMS) per harness split."""
+    out = f"results/harness/lmms/{{split}}/{vlms}"
+    return Stage(f"harness_lmms_{name}",
+                 (f"eval lmms --params params.yaml --model results/vqa/{vlms} --data results/data/{{split}}"
+                  f" --out {out}",),
+                 inputs=(f"results/vqa/{vlms}", "results/data/{split}"), outputs=(Out(out, directory=True),),
+                 params=("vqa.max_new_tokens",), log=f"logs/harness/lmms/{{split}}/{vlms}.log",
+                 grids=tuple(_harness("lmms", g) for g in grids))
+
+
+def _mieb(name: str, encoders: str, grids: tuple[Grid, ...]) -> Stage:
+    """mteb (MIEB) on a kind of encoder (model folders results/ENCODERS) per harness split."""
+    out = f"results/harness/mieb/{{split}}/{encoders}.json"
+    return Stage(f"harness_mieb_{name}",
+                 (f"eval mieb --params params.yaml --model results/{encoders} --data results/data --split {{split}}"
+                  f" --out {out}",),
+                 inputs=(f"results/{encoders}", "results/data/{split}"), outputs=(Out(out, metrics=True),),
+                 params=("eval.batch_size",), log=f"logs/harness/mieb/{{split}}/{encoders}.log",
+                 grids=tuple(_harness("mieb", g) for g in grids))
+
 
 STAGES: tuple[Stage, ...] = (
     Stage("data_synth", ("data synth --params params.yaml --split {split} --out results/data/{split}",),
@@ -109,7 +141,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher_eval", ("eval clip --params params.yaml --model results/teachers/{teacher} --data results/data"
                            " --out results/teacher_eval/{teacher}/metrics.json",),
           inputs=("results/teachers/{teacher}", "results/data/{eval.split}"),
-          outputs=(Out("results/teacher_eval/{teacher}/metrics.json", metrics=True),), params=("eval",),
+          outputs=(Out("results/teacher_eval/{teacher}/metrics.json", metrics=True),), params=CLIP_EVAL,
           log="logs/teacher_eval/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
     Stage("features_extract", ("features extract --params params.yaml --teacher results/teachers/{teacher}"
                                " --data results/data --out results/features/{teacher}",),
@@ -132,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
                            f" --out results/student_eval/{RUN}/metrics.json",),
           inputs=("results/students/{kd_teacher}/{student}/{method}/{seed}", "results/teachers/{teacher}",
                   "results/data/{eval.split}"),
-          outputs=(Out(f"results/student_eval/{RUN}/metrics.json", metrics=True),), params=("eval",),
+          outputs=(Out(f"results/student_eval/{RUN}/metrics.json", metrics=True),), params=CLIP_EVAL,
           log=f"logs/student_eval/{RUN}.log",
           grids=(Grid(_runs(True), {"kd_teacher": "{teacher}"}),
                  Grid(_runs(False), {"kd_teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
@@ -167,6 +199,13 @@ STAGES: tuple[Stage, ...] = (
                   Upstream("vqa_blind")),
           outputs=(Out("results/report", directory=True),), params=("report", "teachers", "distill.grid"),
           log="logs/report.log"),
+    # Optional: the standard harnesses on every model, once per split in eval.harnesses (none by
+    # default). The report does not read them.
+    _lmms("teacher", "teachers/{teacher}", (Grid({"teacher": "teachers"}),)),
+    _lmms("student", f"students/{RUN}", (KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
+    _lmms("blind", "blind", (Grid(),)),
+    _mieb("teacher", "teachers/{teacher}", (Grid({"teacher": "teachers"}),)),
+    _mieb("student", f"students/{RUN}", (KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
 )
 BY_NAME = {s.name: s for s in STAGES}
 # The study's figures and numbers, for `dvc plots/metrics show` (written by the report stage).
@@ -352,7 +391,8 @@ def wildcard_constraints(stage: Stage, params: dict) -> dict[str, str]:
         for w in values:
             if bound[w] not in values[w]:
                 values[w].append(bound[w])
-    return {w: "|".join(re.escape(v) for v in vs) for w, vs in values.items()}
+    # a stage with no runs (a harness switched off) matches nothing, not the empty string
+    return {w: "|".join(re.escape(v) for v in vs) or "(?!)" for w, vs in values.items()}
 
 
 def match(stage: Stage, params: dict, wildcards: dict) -> tuple[Grid, dict]:
@@ -426,7 +466,7 @@ def dvc_stages(schema: dict | None = None) -> dict:
     for stage in STAGES:
         code = code_deps(stage)
         for grid in stage.grids:
-            foreach = len(grid.axes) == 1
+            foreach = len(grid.axes) == 1 and not grid.dvc_matrix
 
             def t(template: str, grid=grid, foreach=foreach) -> str:
                 return _dvc_template(template, grid, foreach)
