@@ -228,3 +228,64 @@ def test_bootstrap_defaults_are_1000_draws_of_seed_0_at_95_percent():
     runs = np.random.default_rng(1).random((3, 40))
     assert bootstrap_mean_ci(runs) == bootstrap_mean_ci(runs, n_boot=1000, seed=0, level=0.95)
     assert bootstrap_mean_ci(runs) != bootstrap_mean_ci(runs, n_boot=1001, seed=0, level=0.95)
+
+
+def test_one_vlm_seed_is_the_study_from_before_vlm_seeds():
+    """A `vlm_seed` column with one value changes nothing: the same numbers, bit for bit, as
+    the table without it (the analysis before VLM seeds existed)."""
+    from clipdistill.report.stats import bootstrap_mean_ci
+
+    rng = np.random.default_rng(0)
+    df = study({"a": 1.0, "b": 2.5, "c": 3.0}, {"a": 30, "b": 40, "c": 50}, n_q=50)
+    df["score"] = np.clip(df["score"] + rng.normal(0, 0.2, len(df)), 0, 1)
+    for analysis in (teacher_effect, paired_effects):
+        before, after = analysis(df, n_boot=200, seed=3), analysis(df.assign(vlm_seed=7), n_boot=200, seed=3)
+        if analysis is teacher_effect:
+            assert np.isnan(after["components"].pop("vlm")) and np.isnan(before["components"].pop("vlm"))
+        assert repr(before) == repr(after)
+    runs = rng.random((3, 40))
+    assert bootstrap_mean_ci(runs) == bootstrap_mean_ci(runs[:, None, :])
+
+
+def vlm_study(shift: float, signs: dict, quality: dict, n_q=20):
+    """`study` with two VLMs per run whose scores sit `shift` points above and below the run's
+    (sign per teacher: +1, 0, −1), the same on every question; run means stay on the line."""
+    base = study({t: 0.1 * (q - 30) for t, q in quality.items()}, quality, n_q=n_q)
+    frames = []
+    for v, direction in ((0, 1), (1, -1)):
+        vlm = base.assign(vlm_seed=v)
+        kd = vlm["method"] == "kd"
+        vlm.loc[kd, "score"] += direction * shift / 100 * vlm.loc[kd, "teacher"].map(signs)
+        frames.append(vlm)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_the_vlm_seeds_floor_the_slope_error():
+    """Three teachers exactly on the line at the run level, but a run's two VLMs differ by ±4
+    points, in opposite directions for the outer teachers: only redrawing each student seed's
+    VLM seeds can see it. Per student seed the redrawn mean shift is 4·u, u ∈ {1, 0, −1} with
+    P = ¼, ½, ¼ (Var u = ½); a seed draw averages the 2 seeds with multinomial multiplicities c
+    (E c² = 3/2: Var of the seed-averaged u is 3/8), and the slope moves by
+    (−10·(+4u) + 10·(−4u))/200 = −0.4u: SE = 0.4·√(3/8) = 0.245."""
+    df = vlm_study(4.0, {"a": 1, "b": 0, "c": -1}, {"a": 30, "b": 40, "c": 50})
+    r = teacher_effect(df, margin=1.0, n_boot=4000)
+    assert r["slope"] == pytest.approx(0.1) and r["se_teacher"] == pytest.approx(0, abs=1e-9)
+    assert r["se_measurement"] == pytest.approx(0.4 * (3 / 8) ** 0.5, rel=0.08) and r["se"] == r["se_measurement"]
+    assert r["n_vlm_seeds"] == 2
+    # the spread between a run's VLMs: (±4)² · 2 / (2 − 1) / 2 = 32 for a and c, 0 for b: mean 64/3
+    assert r["components"]["vlm"] == pytest.approx(64 / 3)
+    gains = {g["teacher"]: g for g in paired_effects(df, n_boot=2000)}
+    assert gains["b"]["ci"] == pytest.approx([1.0, 1.0]) and gains["a"]["ci"][1] - gains["a"]["ci"][0] > 4
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda d: d[~((d["vlm_seed"] == 1) & (d["method"] == "baseline") & (d["seed"] == 0))],
+     r"has VLM seeds \[0, 1\] but the seed-0 baseline has \[0\]"),
+    (lambda d: d[~((d["vlm_seed"] == 1) & (d["teacher"] == "b"))], r"has VLM seeds \[0\] but the seed-0 baseline"),
+    (lambda d: pd.concat([d, d[d["vlm_seed"] == 1].iloc[[0]]]), "duplicate rows .*VLM seed 1"),
+])
+def test_bad_vlm_seed_tables_are_one_line(broken, message):
+    df = vlm_study(1.0, {"a": 1, "b": 0, "c": -1}, {"a": 30, "b": 40, "c": 50})
+    with pytest.raises(StudyInputError, match=message) as err:
+        teacher_effect(broken(df), n_boot=10)
+    assert "\n" not in str(err.value)

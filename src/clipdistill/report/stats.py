@@ -29,6 +29,21 @@ Why this design (and not a plain bootstrap or a rank correlation over runs):
   excludes 0; otherwise `equivalent` when it lies inside ±margin (equivalence shown, the
   two one-sided tests at 2.5% each); otherwise `inconclusive`, with the slope the design
   could detect (`detectable_slope`) and what it would need.
+- **VLM seeds, nested in the student seed.** Every encoder can get several VLMs (`vqa.seeds`:
+  projector init and data order). A KD VLM is paired with the baseline VLM of the same student
+  seed *and* VLM seed: what a VLM seed does to every encoder alike cancels, and what is left —
+  this VLM's own luck, and the baseline VLM's, which all KD runs of that student seed share — is
+  a level nested in the student seed. So a run's gain is the mean over its VLM seeds, and every
+  bootstrap redraws, for each student seed, its VLM seeds with replacement (shared by every run
+  of that seed, as the baseline VLM is) besides the student seeds and the questions: the
+  two-stage bootstrap of Davison & Hinkley (1997, *Bootstrap Methods*, §3.8). For S student seeds
+  and V VLM seeds its expected variance of a cell mean is (S − 1)/S·σ²_seed/S +
+  (2 − 1/S − 1/V)·σ²_VLM/(SV): the VLM part exact at S = V = 2, conservative above, while the
+  student-seed part keeps the (S − 1)/S shortfall every seed bootstrap has. Treating the
+  (student seed, VLM seed) pairs as independent units instead would shrink the student-seed part
+  to about σ²_seed/(SV) — too narrow whenever students differ more than VLMs. The slope's
+  teacher-level error needs no change: the teacher means average the VLMs, so their residuals
+  carry the VLM spread. One VLM seed per run gives exactly the results from before VLM seeds.
 - **Several methods.** The verdict pools the methods (one primary test); per-method slopes
   carry Holm-adjusted p-values (Holm 1979), and their equivalence claims use the
   Bonferroni-level CI.
@@ -44,7 +59,7 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
-COLUMNS = ("teacher", "teacher_quality", "method", "seed", "question_id", "score")
+COLUMNS = ("teacher", "teacher_quality", "method", "seed", "question_id", "score")  # optional: student, vlm_seed
 BASELINE = "baseline"
 VERDICTS = ("better", "worse", "equivalent", "inconclusive")
 
@@ -56,8 +71,10 @@ class StudyInputError(ValueError):
 # ----------------------------------------------------------------------------- input
 
 def _prepare(scores):
-    """Validate the long table and turn it into arrays: the per-question paired gains
-    (runs × questions, in points) and each run's teacher, quality, method and seed."""
+    """Validate the long table and turn it into arrays: the per-question paired gains of every
+    VLM (runs × VLM seeds × questions, in points, zero where a run has fewer VLM seeds), their
+    mean over each run's VLM seeds (runs × questions), and each run's teacher, quality, method
+    and seed. A run is (student, teacher, method, seed); a VLM adds its `vlm_seed` (0 if absent)."""
     import pandas as pd
 
     if not isinstance(scores, pd.DataFrame):
@@ -70,6 +87,8 @@ def _prepare(scores):
     df = scores.copy()
     if "student" not in df.columns:
         df["student"] = ""
+    if "vlm_seed" not in df.columns:
+        df["vlm_seed"] = 0
     score = pd.to_numeric(df["score"], errors="coerce")
     bad = ~np.isfinite(score.to_numpy(dtype=float)) | (score < 0).to_numpy() | (score > 1).to_numpy()
     if bad.any():
@@ -96,14 +115,15 @@ def _prepare(scores):
     if len(teachers) < 2:
         raise StudyInputError(f"only one teacher ({teachers[0]!r}): a relation to teacher quality needs at least two")
 
-    # one dense (runs × questions) matrix; a run is (student, teacher, method, seed)
+    # one dense (VLMs × questions) matrix; a VLM is (student, teacher, method, seed, vlm_seed)
     df["teacher"] = df["teacher"].where(~is_base, "")
+    key = ["student", "teacher", "method", "seed", "vlm_seed"]
     combined = np.zeros(len(df), dtype=np.int64)
-    for col in ("student", "teacher", "method", "seed"):
+    for col in key:
         codes, uniques = pd.factorize(df[col])
         combined = combined * (len(uniques) + 1) + codes
     _, first_row, run_codes = np.unique(combined, return_index=True, return_inverse=True)
-    runs = list(df[["student", "teacher", "method", "seed"]].iloc[first_row].itertuples(index=False, name=None))
+    runs = list(df[key].iloc[first_row].itertuples(index=False, name=None))
     q_codes, questions = pd.factorize(df["question_id"])
     n_q = len(questions)
     cell = run_codes.astype(np.int64) * n_q + q_codes
@@ -111,30 +131,74 @@ def _prepare(scores):
     if (counts > 1).any():
         first = df.iloc[int(np.flatnonzero(cell == uniq[counts > 1][0])[0])]
         raise StudyInputError(f"{int(counts[counts > 1].sum())} duplicate rows (first: teacher {first['teacher']!r}, "
-                              f"method {first['method']!r}, seed {first['seed']}, question {first['question_id']!r})")
+                              f"method {first['method']!r}, seed {first['seed']}, VLM seed {first['vlm_seed']}, "
+                              f"question {first['question_id']!r})")
     matrix = np.full((len(runs), n_q), np.nan)
     matrix[run_codes, q_codes] = df["score"].to_numpy()
     answered = (~np.isnan(matrix)).sum(axis=1)
     if (answered < n_q).any():
-        student, teacher, method, seed = runs[int(np.argmin(answered))]
-        raise StudyInputError(f"run teacher {teacher or None!r} method {method!r} seed {seed} answers "
-                              f"{int(answered.min())} of the study's {n_q} questions: every run must answer the same questions")
-    baselines = {(st, sd): i for i, (st, t, m, sd) in enumerate(runs) if m == BASELINE}
+        student, teacher, method, seed, vlm_seed = runs[int(np.argmin(answered))]
+        raise StudyInputError(f"run teacher {teacher or None!r} method {method!r} seed {seed} (VLM seed {vlm_seed}) "
+                              f"answers {int(answered.min())} of the study's {n_q} questions: every run must answer "
+                              "the same questions")
+    baselines = {(st, sd, v): i for i, (st, t, m, sd, v) in enumerate(runs) if m == BASELINE}
+    # the VLM seeds of each student seed: its baselines' (every KD run of that seed must have them all)
+    vlm_seeds_of: dict = {}
+    for st, sd, v in baselines:
+        vlm_seeds_of.setdefault(sd, set()).add(v)
+    vlm_seeds_of = {sd: sorted(vs, key=str) for sd, vs in vlm_seeds_of.items()}
     quality_of = kd.groupby("teacher")["teacher_quality"].first().astype(float).to_dict()
-    gains, run_info = [], []
-    for i, (student, teacher, method, seed) in enumerate(runs):
-        if method == BASELINE:
-            continue
-        if (student, seed) not in baselines:
-            raise StudyInputError(f"run teacher {teacher!r} method {method!r} seed {seed}: no baseline with "
-                                  f"seed {seed}" + (f" for student {student!r}" if student else ""))
-        gains.append(100.0 * (matrix[i] - matrix[baselines[(student, seed)]]))
+    vlms_of: dict = {}
+    for i, (student, teacher, method, seed, vlm_seed) in enumerate(runs):
+        if method != BASELINE:
+            vlms_of.setdefault((student, teacher, method, seed), {})[vlm_seed] = i
+    v_max = max(len(vs) for vs in vlm_seeds_of.values())
+    vlm_gains, present, run_info = [], [], []
+    for (student, teacher, method, seed), vlms in vlms_of.items():
+        where = f"run teacher {teacher!r} method {method!r} seed {seed}"
+        if not any((student, seed, v) in baselines for v in vlms):
+            raise StudyInputError(f"{where}: no baseline with seed {seed}" + (f" for student {student!r}" if student else ""))
+        if sorted(vlms, key=str) != vlm_seeds_of[seed]:
+            raise StudyInputError(f"{where} has VLM seeds {sorted(vlms, key=str)} but the seed-{seed} baseline has "
+                                  f"{vlm_seeds_of[seed]}: every run of a seed needs the same VLM seeds")
+        g = np.zeros((v_max, n_q))
+        for slot, v in enumerate(vlm_seeds_of[seed]):
+            g[slot] = 100.0 * (matrix[vlms[v]] - matrix[baselines[(student, seed, v)]])
+        vlm_gains.append(g)
+        present.append(np.arange(v_max) < len(vlms))
         run_info.append((teacher, quality_of[teacher], method, seed))
+    vlm_gains = np.array(vlm_gains)
+    counts = np.array(present).sum(axis=1)
     seeds = sorted({r[3] for r in run_info}, key=str)
-    return {"gains": np.array(gains), "teachers": [r[0] for r in run_info],
+    return {"gains": np.array([g[:c].mean(axis=0) for g, c in zip(vlm_gains, counts)]),
+            "vlm_gains": vlm_gains, "vlm_present": np.array(present),
+            "teachers": [r[0] for r in run_info],
             "quality": np.array([r[1] for r in run_info]), "methods": [r[2] for r in run_info],
             "seeds": np.array([seeds.index(r[3]) for r in run_info]), "seed_names": seeds,
-            "n_questions": n_q}
+            "vlm_counts": [len(vlm_seeds_of[sd]) for sd in seeds], "n_questions": n_q}
+
+
+def _vlm_draws(rng, prep: dict, n_boot: int) -> np.ndarray:
+    """(boot × student seeds × VLM slots): for each student seed, its VLM seeds drawn with
+    replacement (multinomial counts); drawn after the question and seed draws, so one VLM seed
+    leaves those exactly as they were."""
+    v_max = prep["vlm_gains"].shape[1]
+    out = np.zeros((n_boot, len(prep["vlm_counts"]), v_max))
+    for s, c in enumerate(prep["vlm_counts"]):
+        out[:, s, :c] = rng.multinomial(c, np.full(c, 1 / c), size=n_boot)
+    return out
+
+
+def _run_boot_means(prep: dict, runs: np.ndarray, boot_v: np.ndarray, question_means) -> np.ndarray:
+    """(boot × runs): each run's mean gain under one bootstrap draw — `question_means(g)` maps a
+    (runs × questions) gain matrix to its question-resampled means, and each run's VLM seeds are
+    weighted by its student seed's VLM draw."""
+    gains, present = prep["vlm_gains"][runs], prep["vlm_present"][runs]
+    if gains.shape[1] == 1:  # one VLM per run: nothing to redraw (and the same arithmetic as before)
+        return question_means(gains[:, 0])
+    weight = boot_v[:, prep["seeds"][runs], :] * present[None]       # (boot × runs × VLM slots)
+    total = sum(weight[:, :, v] * question_means(gains[:, v]) for v in range(gains.shape[1]))
+    return total / weight.sum(axis=2)
 
 
 # ----------------------------------------------------------------------------- core
@@ -160,7 +224,7 @@ def _slope_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 
 def _analyse(prep: dict, runs: np.ndarray, margin: float, boot_q: np.ndarray, boot_s: np.ndarray,
-             level: float) -> dict:
+             boot_v: np.ndarray, level: float) -> dict:
     """Slope, CI and verdict for a subset of KD runs (all methods, or one)."""
     names, member = _teacher_matrix(prep["teachers"], runs)
     quality = np.array([prep["quality"][runs][member[t] > 0][0] for t in range(len(names))])
@@ -175,8 +239,10 @@ def _analyse(prep: dict, runs: np.ndarray, margin: float, boot_q: np.ndarray, bo
     slope, intercept, resid_var = _slope_fit(quality, teacher_mean)
     xc = quality - quality.mean()
     sxx = float(xc @ xc)
-    # measurement bootstrap: the same question draw and seed draw for every run (crossed design)
-    q_means = boot_q @ prep["gains"][runs].T / boot_q.sum(axis=1, keepdims=True)  # (boot × runs)
+    # measurement bootstrap: the same question draw and seed draw for every run (crossed design),
+    # and per student seed one VLM-seed draw for all its runs (nested)
+    q_means = _run_boot_means(prep, runs, boot_v,
+                              lambda g: boot_q @ g.T / boot_q.sum(axis=1, keepdims=True))  # (boot × runs)
     s_weight = boot_s[:, prep["seeds"][runs]]                                        # (boot × runs)
     t_weight = s_weight @ member.T                                                   # (boot × teachers)
     t_sum = (q_means * s_weight) @ member.T
@@ -228,7 +294,9 @@ def variance_components(prep: dict, result: dict) -> dict:
     """The pilot's variance components of a run's mean gain, in points²:
     `question` — per-question variance of the run-specific part of a gain (what averaging
     over questions removes), `run` — run-to-run variance beyond the questions (seed × teacher
-    × method), `teacher` — teacher heterogeneity beyond the fitted line. Parts shared by all
+    × method, with this study's VLM seeds per run averaged in), `teacher` — teacher
+    heterogeneity beyond the fitted line, `vlm` — the spread of one VLM's gain around its
+    run's mean (NaN with one VLM seed; descriptive: `run` already carries its share). Parts shared by all
     teachers (a seed's baseline, a question's difficulty) are removed first: they cannot move
     a slope. Method-of-moments estimates, truncated at 0."""
     gains, seeds = prep["gains"], prep["seeds"]
@@ -257,9 +325,25 @@ def variance_components(prep: dict, result: dict) -> dict:
     resid_var = result["se_teacher"] ** 2 * _sxx(result) if math.isfinite(result.get("se_teacher", math.nan)) else math.nan
     measured = (run + question / q) / per_teacher if math.isfinite(run) else 0.0
     teacher = max(0.0, resid_var - measured) if math.isfinite(resid_var) else math.nan
-    return {"question": question, "run": run, "teacher": teacher, "n_questions": q,
+    return {"question": question, "run": run, "teacher": teacher, "vlm": _vlm_component(prep), "n_questions": q,
             "runs_per_teacher": float(per_teacher),
             "quality_sd": float(np.std([t["quality"] for t in result["teachers"]]))}
+
+
+def _vlm_component(prep: dict) -> float:
+    """Variance of one VLM's mean gain between the VLM seeds of a run, in points², less the
+    questions' part (each VLM's per-question deviation from its run's per-question mean,
+    scaled by V/(V − 1), over Q). Method of moments, truncated at 0; NaN with one VLM seed."""
+    q = prep["n_questions"]
+    estimates = []
+    for gains, present in zip(prep["vlm_gains"], prep["vlm_present"]):
+        v = int(present.sum())
+        if v < 2:
+            continue
+        g = gains[:v]
+        part = (g - g.mean(axis=0)) * math.sqrt(v / (v - 1))
+        estimates.append(g.mean(axis=1).var(ddof=1) - part.var(axis=1, ddof=1).mean() / q)
+    return max(0.0, float(np.mean(estimates))) if estimates else math.nan
 
 
 def _sxx(result: dict) -> float:
@@ -349,12 +433,13 @@ def teacher_effect(scores, *, margin: float = 1.0, n_boot: int = 1000, seed: int
     q, s = prep["n_questions"], len(prep["seed_names"])
     boot_q = rng.multinomial(q, np.full(q, 1 / q), size=n_boot).astype(float)
     boot_s = rng.multinomial(s, np.full(s, 1 / s), size=n_boot).astype(float)
+    boot_v = _vlm_draws(rng, prep, n_boot)
     all_runs = np.arange(len(prep["teachers"]))
-    result = _analyse(prep, all_runs, margin, boot_q, boot_s, level)
+    result = _analyse(prep, all_runs, margin, boot_q, boot_s, boot_v, level)
 
     methods = sorted(set(prep["methods"]), key=str)
     per_method = {m: _analyse(prep, np.flatnonzero(np.array(prep["methods"]) == m), margin, boot_q, boot_s,
-                              1 - (1 - level) / len(methods)) for m in methods}
+                              boot_v, 1 - (1 - level) / len(methods)) for m in methods}
     for m, p_adj in zip(methods, holm([per_method[m]["p"] for m in methods])):
         r = per_method[m]
         # direction from the Holm-adjusted test; equivalence from the Bonferroni-level CI
@@ -367,6 +452,7 @@ def teacher_effect(scores, *, margin: float = 1.0, n_boot: int = 1000, seed: int
     detectable = detectable_slope(components, n_teachers=result["n_teachers"], runs_per_teacher=rpt,
                                   n_questions=q)
     result.update({"margin": float(margin), "level": level, "n_questions": q, "n_seeds": s,
+                   "n_vlm_seeds": max(prep["vlm_counts"]),
                    "methods": per_method, "components": components,
                    "detectable_slope": detectable,
                    "teachers_needed_for_margin": teachers_needed(components, margin, runs_per_teacher=rpt,
@@ -402,7 +488,8 @@ def verdict_sentence(effect: dict, quality: str = "teacher quality") -> str:
 def paired_effects(scores, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
     """The KD gain of every (teacher, method) cell over the seed-matched no-KD student, in
     points: the mean per-question paired difference, a percentile CI from a bootstrap that
-    redraws seeds and one question draw shared by every run, and a two-sided bootstrap
+    redraws seeds, each seed's VLM seeds (nested, see the module docstring) and one question
+    draw shared by every run, and a two-sided bootstrap
     p-value, Holm-adjusted across all cells (so an effect picked after looking is tested as
     one of all the cells it was picked from)."""
     prep = _prepare(scores)
@@ -410,7 +497,8 @@ def paired_effects(scores, *, n_boot: int = 1000, seed: int = 0, level: float = 
     q, s = prep["n_questions"], len(prep["seed_names"])
     boot_q = rng.multinomial(q, np.full(q, 1 / q), size=n_boot) / q
     boot_s = rng.multinomial(s, np.full(s, 1 / s), size=n_boot).astype(float)
-    run_boot = boot_q @ prep["gains"].T                                       # (boot × runs)
+    boot_v = _vlm_draws(rng, prep, n_boot)
+    run_boot = _run_boot_means(prep, np.arange(len(prep["teachers"])), boot_v, lambda g: boot_q @ g.T)  # (boot × runs)
     cells = {}
     for i, key in enumerate(zip(prep["teachers"], prep["methods"])):
         cells.setdefault(key, []).append(i)
@@ -433,19 +521,25 @@ def paired_effects(scores, *, n_boot: int = 1000, seed: int = 0, level: float = 
 
 def bootstrap_mean_ci(runs: np.ndarray, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and percentile CI of one cell's runs (seeds × questions, every seed answering the
-    same questions): each resample draws seeds with replacement and one question draw shared
-    by all seeds, as the questions are crossed with the seeds."""
-    runs = np.atleast_2d(np.asarray(runs, dtype=float))
-    if runs.size == 0:
+    """Mean and percentile CI of one cell's runs (seeds × questions, or seeds × VLM seeds ×
+    questions; every VLM answering the same questions): each resample draws seeds with
+    replacement, then for each drawn seed its VLM seeds with replacement (the two-stage
+    bootstrap, see the module docstring), and one question draw shared by all, as the questions
+    are crossed with the seeds. A 2-D array is one VLM per seed."""
+    runs = np.asarray(runs, dtype=float)
+    vlms = runs if runs.ndim == 3 else np.atleast_2d(runs)[:, None, :]
+    if vlms.size == 0:
         raise ValueError("bootstrap_mean_ci needs at least one non-empty run")
     rng = np.random.default_rng(seed)
-    n_s, n_q = runs.shape
-    point = float(runs.mean())
+    n_s, n_v, n_q = vlms.shape
+    point = float(vlms.mean())
     s_idx = rng.integers(0, n_s, (n_boot, n_s))
     q_w = rng.multinomial(n_q, np.full(n_q, 1 / n_q), size=n_boot) / n_q
-    per_seed = q_w @ runs.T                        # (boot × seeds)
-    means = np.take_along_axis(per_seed, s_idx, axis=1).mean(axis=1)
+    per_vlm = np.stack([q_w @ vlms[:, v].T for v in range(n_v)], axis=2)  # (boot × seeds × VLM seeds)
+    drawn = np.take_along_axis(per_vlm, s_idx[:, :, None], axis=1)         # (boot × drawn seeds × VLM seeds)
+    if n_v > 1:  # each drawn seed's VLM seeds, redrawn (after the seed and question draws)
+        drawn = np.take_along_axis(drawn, rng.integers(0, n_v, (n_boot, n_s, n_v)), axis=2)
+    means = drawn.mean(axis=2).mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 
