@@ -121,3 +121,35 @@ def test_a_bad_harness_switch_is_one_line(tmp_path, harnesses, message):
         P.load_params(tmp_path / "params.yaml")
     assert "\n" not in str(info.value) and message in str(info.value), str(info.value)
 
+
+@pytest.mark.parametrize("seeds, message", [
+    ([], "vqa.seeds = []: List should have at least 1 item"),
+    ([0, 1, 0], "vqa.seeds = [0, 1, 0]: repeated VLM seed(s) [0]: each seed is one VLM, list it once"),
+    ([0, -1], "vqa.seeds.1 = -1: Input should be greater than or equal to 0"),
+    ("0", "vqa.seeds = '0': Input should be a valid list"),
+])
+def test_bad_vlm_seeds_get_one_line_and_exit_2(tmp_path, seeds, message):
+    """Issue 16: `vqa.seeds` is a non-empty list of distinct seeds ≥ 0; the CLI says which in
+    one line and exits 2 (the schema Snakemake validates with agrees)."""
+    import subprocess
+
+    from conftest import BIN
+
+    raw = _with(tmp_path / "params.yaml", ("vqa", "seeds"), seeds)
+    with pytest.raises(P.ParamsError) as info:
+        P.load_section(tmp_path / "params.yaml", "vqa")
+    assert "\n" not in str(info.value) and message in str(info.value)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(raw, read_json(SCHEMA))
+    proc = subprocess.run([BIN / "clipdistill", "params", "check", "--params", tmp_path / "params.yaml"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_old_single_vqa_seed_names_its_replacement(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["vqa"]["seed"] = 0
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(P.ParamsError, match=r"`seed` was replaced by `seeds`, a list of VLM seeds"):
+        P.load_section(tmp_path / "p.yaml", "vqa")
+    assert P.VQAParams().seeds == [0, 1]  # default: two VLMs per encoder

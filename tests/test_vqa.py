@@ -195,3 +195,31 @@ def test_standardised_features_fold_into_the_projector_exactly(teacher_dir, worl
     # a constant feature dimension (the blind baseline's grey image) stays finite
     _, std0 = feature_standardizer(torch.ones(2, 3, 4))
     assert torch.isfinite(std0).all() and (std0 > 0).all()
+
+
+def test_the_vlm_seed_drives_projector_init_and_data_order(smoke_data, monkeypatch):
+    """Issue 16: VLM seed v seeds the projector with lm.seed + 1 + v and shuffles stages 1 and 2
+    with seeds 2v and 2v + 1. v = 0 keeps what every VLM had before VLM seeds existed (projector
+    lm.seed + 1, orders 0 and 1, `vqa.seed: 0`), so seed-0 results stay valid; another v gives
+    another VLM; the same v gives the same VLM."""
+    from clipdistill.export.hf import to_hf
+    from clipdistill.params import load_section
+    from clipdistill.vqa import train as train_module
+    from clipdistill.vqa.model import projector_seed
+    from clipdistill.vqa.stage import blind_tower
+    from clipdistill.vqa.train import order_seeds
+    from conftest import SMOKE
+
+    spec = load_section(SMOKE, "vqa")
+    assert projector_seed(spec, 0) == spec.lm.seed + 1 and order_seeds(0) == (0, 1)
+    split = load_split(smoke_data / "vqa_train")
+    language = prepare_language(spec, smoke_data / "vqa_train", show_progress=False)[:2]
+    orders, real = [], train_module.run_stage
+    monkeypatch.setattr(train_module, "run_stage", lambda *a, **k: orders.append(a[3]) or real(*a, **k))
+    projectors = []
+    for vlm_seed in (0, 1, 1):
+        vlm = train_vlm(to_hf(blind_tower(spec.blind)), smoke_data / "vqa_train", split, spec, blind=True,
+                        language=language, vlm_seed=vlm_seed)[0]
+        projectors.append(torch.cat([p.detach().flatten() for p in vlm.model.multi_modal_projector.parameters()]))
+    assert orders == [0, 1, 2, 3, 2, 3]
+    assert not torch.equal(projectors[0], projectors[1]) and torch.equal(projectors[1], projectors[2])

@@ -146,12 +146,15 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
             metrics: Annotated[Path, opt("metrics.json to write")], data: DataOpt = RESULTS_DATA,
             lm: Annotated[Path | None, opt("language model from `clipdistill vqa lm` "
                                            "(default: prepared here from params)")] = None,
+            vlm_seed: Annotated[int | None, typer.Option(help="VLM seed: projector init and data order "
+                                                         "(default: the first of vqa.seeds)", min=0)] = None,
             params: ParamsOpt = PARAMS) -> None:
     """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy).
     Under `torchrun` the training is data-parallel; rank 0 evaluates and writes."""
     from clipdistill.vqa.stage import run
 
-    summary = run(load_section(params, "vqa"), encoder=encoder, out=out, metrics=metrics, data=data, lm=lm)
+    summary = run(load_section(params, "vqa"), encoder=encoder, out=out, metrics=metrics, data=data, lm=lm,
+                  vlm_seed=vlm_seed)
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"

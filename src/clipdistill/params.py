@@ -302,7 +302,25 @@ class VQAParams(Strict):
                           "ends: every encoder enters the projector at the same scale")
     eval_batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(6, ge=1)
-    seed: int = Field(0, ge=0, description="data order")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="VLM seeds: every encoder gets one VLM per seed (its projector init and data order: "
+                    "vqa/model.py projector_seed, vqa/train.py order_seeds), and the report's CIs include "
+                    "the spread between VLMs; seed 0 is the VLM from before VLM seeds existed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw):
+        if isinstance(raw, dict) and "seed" in raw:
+            raise ValueError("`seed` was replaced by `seeds`, a list of VLM seeds (e.g. seeds: [0, 1])")
+        return raw
+
+    @field_validator("seeds", mode="after")
+    @classmethod
+    def _distinct(cls, seeds):
+        if repeated := sorted({s for s in seeds if seeds.count(s) > 1}):
+            raise ValueError(f"repeated VLM seed(s) {repeated}: each seed is one VLM, list it once")
+        return seeds
 
 
 class ReportParams(Strict):

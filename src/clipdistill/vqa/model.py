@@ -37,10 +37,17 @@ def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     return fast
 
 
+def projector_seed(spec: VQAParams, vlm_seed: int = 0) -> int:
+    """The torch seed of VLM seed `vlm_seed`'s projector init: lm.seed + 1 + vlm_seed, so VLM
+    seed 0 keeps the init every VLM had before VLM seeds existed. Torch's global stream goes on
+    from it (LoRA init, dropout), so those follow the VLM seed too."""
+    return spec.lm.seed + 1 + vlm_seed
+
+
 def build_vlm(vision: str | Path | CLIPVisionModel, tokenizer, lm: PreTrainedModel,
-              spec: VQAParams) -> LlavaForConditionalGeneration:
+              spec: VQAParams, vlm_seed: int = 0) -> LlavaForConditionalGeneration:
     """Assemble the VLM: frozen tower (an exported directory or the model itself), a fresh
-    seeded projector, a copy of the language model `lm` (see `vqa.language`)."""
+    projector seeded from the VLM seed, a copy of the language model `lm` (see `vqa.language`)."""
     tower = vision if isinstance(vision, CLIPVisionModel) else CLIPVisionModel.from_pretrained(vision)
     tower.config._name_or_path = "vision_tower"  # not the (temporary) export path: saved bytes stay reproducible
     patches = (tower.config.image_size // tower.config.patch_size) ** 2
@@ -48,7 +55,7 @@ def build_vlm(vision: str | Path | CLIPVisionModel, tokenizer, lm: PreTrainedMod
                       image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                       vision_feature_layer=-2, vision_feature_select_strategy="default",
                       projector_hidden_act="gelu", image_seq_length=patches)
-    torch.manual_seed(spec.lm.seed + 1)  # the projector: same init for every encoder of a given width
+    torch.manual_seed(projector_seed(spec, vlm_seed))  # the projector: same init for every encoder of a given width
     vlm = LlavaForConditionalGeneration(cfg)
     vlm.model.vision_tower.load_state_dict(tower.state_dict())
     vlm.model.language_model.load_state_dict(lm.base_model.state_dict())

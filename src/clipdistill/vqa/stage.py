@@ -33,9 +33,12 @@ def blind_tower(spec: BlindParams) -> ClipBundle:
     return ClipBundle(tower, None, spec.arch, preprocess_cfg(tower), {"weights_sha256": None}, {})
 
 
-def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, lm: Path | None = None) -> dict | None:
+def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, lm: Path | None = None,
+        vlm_seed: int | None = None) -> dict | None:
     """Train, evaluate and save one VLM; returns the metrics summary (None on ranks other than 0).
-    `lm` is the shared language model from `vqa lm`; without it the LM is prepared here."""
+    `lm` is the shared language model from `vqa lm`; without it the LM is prepared here.
+    `vlm_seed` (default: the first of `vqa.seeds`) seeds the VLM's projector and data order."""
+    vlm_seed = spec.seeds[0] if vlm_seed is None else vlm_seed
     language = load_language_dir(lm) if lm else None  # before any data is read: a bad path fails at once
     rank, _ = init_from_env()
     blind = encoder == BLIND
@@ -44,7 +47,8 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
     records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
                           data / "vqa_eval", check_images=False)
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
-    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language)
+    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language,
+                                       vlm_seed)
     if rank != 0:
         return None
     eval_pixels = pixel_values(eval_split.images, processor, blind)
@@ -61,5 +65,6 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
         (tmp / "answers.jsonl").write_text(jsonl(rows))
         (tmp / "per_type.csv").write_text(per_type)
         (tmp / "train_log.csv").write_bytes(log_csv(log))
+    summary["vlm_seed"] = vlm_seed
     write_json(metrics, rounded(summary, 4))
     return summary

@@ -42,11 +42,19 @@ def fold_standardizer(vlm, mean: torch.Tensor, std: torch.Tensor) -> None:
     lin.weight.copy_(w.float())
 
 
+def order_seeds(vlm_seed: int) -> tuple[int, int]:
+    """The data-order seeds of stages 1 and 2 for VLM seed v: (2v, 2v + 1) — distinct for every
+    v, and v = 0 gives (0, 1), the orders every VLM had before VLM seeds existed (`vqa.seed: 0`).
+    With `projector_seed` these are all of a VLM's random choices: VLM seed 0 is byte for byte
+    the VLM from before, so its results stay valid."""
+    return 2 * vlm_seed, 2 * vlm_seed + 1
+
+
 def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False,
-              language: tuple | None = None):
-    """Both stages for one encoder; returns (vlm, tokenizer, processor, log). `vision` is an
-    exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor) pair;
-    `language` the shared (LM, tokenizer) from `clipdistill vqa lm`, else prepared here."""
+              language: tuple | None = None, vlm_seed: int = 0):
+    """Both stages for one encoder and VLM seed; returns (vlm, tokenizer, processor, log).
+    `vision` is an exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor)
+    pair; `language` the shared (LM, tokenizer) from `clipdistill vqa lm`, else prepared here."""
     captions, qa = stage_examples(split_dir)
     if language is None:
         from clipdistill.vqa.language import prepare_language
@@ -57,7 +65,8 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
         tower, processor = vision
     else:
         tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
-    vlm = build_vlm(tower, tokenizer, lm_model, spec)
+    vlm = build_vlm(tower, tokenizer, lm_model, spec, vlm_seed)
+    stage1_seed, stage2_seed = order_seeds(vlm_seed)
     features = tower_features(vlm, pixel_values(images.images, processor, blind))
     if spec.standardize_features:  # trained on standardised features, folded into the projector at the end
         mean, std = feature_standardizer(features)
@@ -71,11 +80,11 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
 
     for p in lm:
         p.requires_grad_(False)
-    log = run_stage(vlm, captions, spec.stage1, spec.seed, "vqa stage 1", projector, loss_of(vlm))
+    log = run_stage(vlm, captions, spec.stage1, stage1_seed, "vqa stage 1", projector, loss_of(vlm))
     if spec.lora is None:
         for p in lm:
             p.requires_grad_(True)
-        log += run_stage(vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2", projector + lm, loss_of(vlm))
+        log += run_stage(vlm, qa, spec.stage2, stage2_seed, "vqa stage 2", projector + lm, loss_of(vlm))
         if spec.standardize_features:
             fold_standardizer(vlm, mean, std)
         return vlm, tokenizer, processor, log
@@ -83,7 +92,7 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
     adapters = [p for n, p in peft_vlm.named_parameters() if "lora_" in n]
     for p in projector:
         p.requires_grad_(True)
-    log += run_stage(peft_vlm, qa, spec.stage2, spec.seed + 1, "vqa stage 2 (LoRA)", projector + adapters,
+    log += run_stage(peft_vlm, qa, spec.stage2, stage2_seed, "vqa stage 2 (LoRA)", projector + adapters,
                      loss_of(peft_vlm))
     vlm = peft_vlm.merge_and_unload()
     if spec.standardize_features:
