@@ -132,13 +132,13 @@ def test_harness_stages_are_off_by_default_in_both_runners(dags):
 
 
 def test_harness_stages_switched_on_run_every_model_the_same_way_in_both_runners(harness_dags, dags):
-    """lmms-eval on every VLM (3 teachers, 24 KD students, 2 baselines, blind), mteb on every
-    encoder (3 + 24 + 2); the study's other stages are unchanged, and each harness stage reads
+    """lmms-eval on every VLM (3 teachers, 24 KD students, 2 baselines, blind; each per VLM
+    seed), mteb on every encoder (3 + 24 + 2); the study's other stages are unchanged, and each harness stage reads
     only the params it uses (not eval.harnesses: switching on reruns no CLIP evaluation)."""
     snakemake, dvc, params = harness_dags
     assert_same_stages(snakemake, dvc)
     counts = {name: sum(job[0] == name for job in snakemake) for name in HARNESS_STAGES}
-    assert counts == {"harness_lmms_teacher": 3, "harness_lmms_student": 26, "harness_lmms_blind": 1,
+    assert counts == {"harness_lmms_teacher": 6, "harness_lmms_student": 52, "harness_lmms_blind": 2,  # per VLM
                       "harness_mieb_teacher": 3, "harness_mieb_student": 26}
     assert {job for job in snakemake if job[0] not in HARNESS_STAGES} == dags[0]
     for name, keys in params.items():
@@ -147,9 +147,9 @@ def test_harness_stages_switched_on_run_every_model_the_same_way_in_both_runners
         elif name.startswith("harness_mieb"):
             assert keys == ["eval.batch_size"], name
     # DVC names: the split first, then the model's own axes
-    assert {"harness_lmms_blind@vqa_eval", "harness_mieb_student_baseline@clip_eval-xs-baseline-0"} <= set(params)
-    assert ("clipdistill --log logs/harness/lmms/vqa_eval/teachers/s.log eval lmms --params params.yaml --model"
-            " results/vqa/teachers/s --data results/data/vqa_eval --out results/harness/lmms/vqa_eval/teachers/s"
+    assert {"harness_lmms_blind@vqa_eval-1", "harness_mieb_student_baseline@clip_eval-xs-baseline-0"} <= set(params)
+    assert ("clipdistill --log logs/harness/lmms/vqa_eval/teachers/s/vlm1.log eval lmms --params params.yaml --model"
+            " results/vqa/teachers/s/vlm1 --data results/data/vqa_eval --out results/harness/lmms/vqa_eval/teachers/s/vlm1"
             ) in {job[1] for job in snakemake}
 
 
@@ -168,22 +168,29 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
         assert params.pop(f"teacher_eval@{teacher}") == CLIP_EVAL
         assert params.pop(f"features_extract@{teacher}") == ["features"]
     grid = load_section(REPO / "params.yaml", "distill").grid
+    vlm_seeds = load_section(REPO / "params.yaml", "vqa").seeds
+    assert len(vlm_seeds) >= 2  # issue 16: the default study measures the VLM-to-VLM spread
     runs = [(t, s, m, seed) for t in grid.teachers for s in grid.students for m in grid.methods for seed in grid.seeds]
     for t, s, m, seed in runs:
         assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
         assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == CLIP_EVAL
-        assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}") == ["vqa"]
+        for v in vlm_seeds:
+            assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}-{v}") == ["vqa"]
     for s, m, seed in [(s, m, seed) for s in grid.students for m in grid.baselines for seed in grid.seeds]:
         assert set(params.pop(f"distill_baseline@{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
-        assert params.pop(f"vqa_baseline@{s}-{m}-{seed}") == ["vqa"]
+        for v in vlm_seeds:
+            assert params.pop(f"vqa_baseline@{s}-{m}-{seed}-{v}") == ["vqa"]
         for t in grid.teachers:
             assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == CLIP_EVAL
     for teacher in load_section(REPO / "params.yaml", "teachers"):
-        assert params.pop(f"vqa_teacher@{teacher}") == ["vqa"]
-    assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"], "vqa_blind": ["vqa"],
-                      "report": ["distill.grid", "report", "teachers"]}
+        for v in vlm_seeds:
+            assert params.pop(f"vqa_teacher@{teacher}-{v}") == ["vqa"]
+    for v in vlm_seeds:
+        assert params.pop(f"vqa_blind@{v}") == ["vqa"]
+    assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"],
+                      "report": ["distill.grid", "report", "teachers", "vqa.seeds"]}
 
 
 def test_snakemake_lint_is_clean(project):
@@ -366,18 +373,18 @@ def test_harness_stages_run_on_the_smoke_study_and_score_as_its_own_evaluations(
     vqa = {**smoke["vqa"], "lm_pretrain": {"epochs": 3, "batch_size": 32, "lr": 0.003},
            "stage1": {"epochs": 1, "batch_size": 32, "lr": 0.002}, "stage2": {"epochs": 4, "batch_size": 32, "lr": 0.003}}
     root = project_copy(tmp_path / "project", params_with_harnesses(SMOKE, tmp_path / "params.yaml", data=data, vqa=vqa))
-    lmms, mieb = "results/harness/lmms/vqa_eval/teachers/s", "results/harness/mieb/clip_eval/teachers/s.json"
+    lmms, mieb = "results/harness/lmms/vqa_eval/teachers/s/vlm0", "results/harness/mieb/clip_eval/teachers/s.json"
     run = _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default", lmms, mieb,
                 "results/teacher_eval/s/metrics.json"], root, timeout=900)
     log = run.stdout + run.stderr
     assert "rule harness_lmms_teacher:" in log and "rule harness_mieb_teacher:" in log, log[-3000:]
-    stale = _run([str(BIN / "dvc"), "status", "--json", "harness_lmms_teacher@vqa_eval-s",
+    stale = _run([str(BIN / "dvc"), "status", "--json", "harness_lmms_teacher@vqa_eval-s-0",
                   "harness_mieb_teacher@clip_eval-s"], root).stdout
     assert json.loads(stale or "{}") == {}, stale
 
     theirs = json.loads((root / lmms / "results.json").read_text())
-    ours = json.loads((root / "results/vqa_metrics/teachers/s.json").read_text())
-    own_answers = [json.loads(line) for line in (root / "results/vqa/teachers/s/answers.jsonl").read_text().splitlines()]
+    ours = json.loads((root / "results/vqa_metrics/teachers/s/vlm0.json").read_text())
+    own_answers = [json.loads(line) for line in (root / "results/vqa/teachers/s/vlm0/answers.jsonl").read_text().splitlines()]
     assert theirs["count"] == ours["count"] == len(own_answers) == 48
     assert {a["question_id"]: a["text"].strip() for a in theirs["answers"]} == {
         a["question_id"]: a["text"].strip() for a in own_answers}
@@ -392,5 +399,5 @@ def test_harness_stages_run_on_the_smoke_study_and_score_as_its_own_evaluations(
         for k in ("R@1", "R@5"):
             assert theirs["retrieval"][direction][k] == pytest.approx(ours["retrieval"][direction][k], abs=1e-6)
     print(f"lmms-eval {json.loads((root / lmms / 'results.json').read_text())['accuracy']:.4f} vs own VQAv2 "
-          f"{json.loads((root / 'results/vqa_metrics/teachers/s.json').read_text())['overall']:.4f}; mteb",
+          f"{json.loads((root / 'results/vqa_metrics/teachers/s/vlm0.json').read_text())['overall']:.4f}; mteb",
           theirs["zeroshot"], theirs["retrieval"], "\neval clip", ours["zeroshot"], ours["retrieval"])

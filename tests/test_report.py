@@ -53,9 +53,11 @@ def _write(path, obj):
     path.write_text(json.dumps(obj))
 
 
-def fabricate(tmp_path, right, n_q=40, teachers=("s", "m", "l"), baseline_right=lambda seed: 15 + seed):
+def fabricate(tmp_path, right, n_q=40, teachers=("s", "m", "l"), baseline_right=lambda seed: 15 + seed,
+              vlm_seeds=(0,), vlm_shift=lambda rank, seed, vlm_seed: 0):
     """A results tree where KD student (teacher rank r, seed s) answers `right(r, s)` of the
-    `n_q` questions right (the first ones), the no-KD student `baseline_right(s)`."""
+    `n_q` questions right (the first ones), the no-KD student `baseline_right(s)`; its VLM of
+    VLM seed v answers `vlm_shift(r, s, v)` more (rank None: the baseline)."""
     res, data = tmp_path / "results", tmp_path / "vqa_eval"
     qids = [1000 + 7 * q for q in range(n_q)]  # real ids, not row indices
     _write(data / "annotations.json", {"annotations": [{"question_id": q, "answers": [{"answer": "yes"}] * 10}
@@ -71,18 +73,21 @@ def fabricate(tmp_path, right, n_q=40, teachers=("s", "m", "l"), baseline_right=
                        {"summary": {"zeroshot_mean_top1": 0.2 + 0.05 * rank, "cka_image": 0.9}})
                 # the teacher-free baseline lives under none/, once per seed
                 run = f"{t}/xs/kd/{seed}" if method == "kd" else f"none/xs/baseline/{seed}"
-                n_right = right(rank, seed) if method == "kd" else baseline_right(seed)
                 _write(res / "students" / run / "manifest.json",
                        {"params": {"total": 1000, "visual": 500}, "data": {"split": "results/data/distill"},
                         "train": {"epochs": 8}})
                 (res / "students" / run / "train_log.csv").write_text("step,loss\n0,5.0\n1,4.0\n")
-                answers = res / "vqa" / "students" / run / "answers.jsonl"
-                answers.parent.mkdir(parents=True, exist_ok=True)
-                answers.write_text("".join(json.dumps({"question_id": q, "text": "yes" if i < n_right else "no"}) + "\n"
-                                           for i, q in enumerate(qids)))
-                _write(res / "vqa_metrics" / "students" / f"{run}.json",
-                       {"overall": 100 * n_right / n_q, "per_question_type": {"exists": 100 * n_right / n_q}})
-    _write(res / "vqa_metrics" / "blind.json", {"overall": 12.0, "per_question_type": {"exists": 12.0}})
+                for v in vlm_seeds:
+                    n_right = (right(rank, seed) if method == "kd" else baseline_right(seed)) \
+                        + vlm_shift(rank if method == "kd" else None, seed, v)
+                    answers = res / "vqa" / "students" / run / f"vlm{v}" / "answers.jsonl"
+                    answers.parent.mkdir(parents=True, exist_ok=True)
+                    answers.write_text("".join(json.dumps({"question_id": q, "text": "yes" if i < n_right else "no"})
+                                               + "\n" for i, q in enumerate(qids)))
+                    _write(res / "vqa_metrics" / "students" / run / f"vlm{v}.json",
+                           {"overall": 100 * n_right / n_q, "per_question_type": {"exists": 100 * n_right / n_q}})
+    for v in vlm_seeds:
+        _write(res / "vqa_metrics" / "blind" / f"vlm{v}.json", {"overall": 12.0 + v, "per_question_type": {"exists": 12.0}})
     return res, data
 
 
@@ -149,12 +154,40 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
                                        "shape": {"probe": None, "efficiency": None}}}
 
     for run, collapsed in [("students/m/xs/kd/0", True), ("students/l/xs/kd/1", False)]:
-        path = res / "vqa_metrics" / f"{run}.json"
+        path = res / "vqa_metrics" / run / "vlm0.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"diagnostics": diagnostics(collapsed)}))
     report(res, data, tmp_path / "report", n_boot=100)
     md = (tmp_path / "report" / "study.md").read_text()
-    assert "| m/xs/kd/0 | **yes** (color) | 0.25 | n/e |" in md
-    assert "| l/xs/kd/1 | no | 0.90 | n/e |" in md
+    assert "| m/xs/kd/0 (VLM seed 0) | **yes** (color) | 0.25 | n/e |" in md
+    assert "| l/xs/kd/1 (VLM seed 0) | no | 0.90 | n/e |" in md
     assert "**1 VLM(s) collapsed**" in md
     header = (tmp_path / "report" / "study.csv").read_text().splitlines()[0].split(",")
     assert {"vqa_collapsed", "vqa_collapsed_types", "vqa_efficiency_color", "vqa_probe_color"} <= set(header)
+
+
+def test_report_pools_the_vlms_of_each_run(tmp_path):
+    """Two VLMs per encoder (issue 16): KD VLM seed 1 answers 8 more questions right than VLM
+    seed 0 for teacher l, 8 fewer for teacher s; the baselines' VLMs agree. Gains are the mean
+    over each run's VLMs, so they equal the one-VLM study's; the VLM spread widens their CIs;
+    correlations keep one pair per run; study.csv has one row per VLM."""
+    right = lambda rank, seed: [10, 21, 30][rank] + seed  # noqa: E731
+    one = report(*fabricate(tmp_path / "one", right, n_q=400), tmp_path / "one" / "report", n_boot=300)
+    shift = {0: -4, 1: 0, 2: 4}
+    res, data = fabricate(tmp_path / "two", right, n_q=400, vlm_seeds=(0, 1),
+                          vlm_shift=lambda rank, seed, v: 0 if rank is None else (2 * v - 1) * shift[rank])
+    two = report(res, data, tmp_path / "two" / "report", n_boot=300)
+    gains = {g["teacher"]: g for g in two["gains"]}
+    assert {t: g["gain"] for t, g in gains.items()} == pytest.approx({g["teacher"]: g["gain"] for g in one["gains"]})
+    widths = {g["teacher"]: g["ci"][1] - g["ci"][0] for g in one["gains"]}
+    assert gains["l"]["ci"][1] - gains["l"]["ci"][0] > widths["l"] + 0.5  # its VLMs differ by ±4 of 400 answers
+    assert gains["m"]["ci"][1] - gains["m"]["ci"][0] == pytest.approx(widths["m"])  # its VLMs agree
+    assert two["effect"]["slope"] == pytest.approx(one["effect"]["slope"]) and two["effect"]["n_vlm_seeds"] == 2
+    assert two["effect"]["components"]["vlm"] > 0
+    assert two["correlations"]["kd"]["n"] == 6
+    assert {(r["method"], r["seeds"], r["vlm_seeds"]) for r in two["table"]} == {("kd", 2, 2), ("baseline", 2, 2)}
+    lines = (tmp_path / "two" / "report" / "study.csv").read_text().splitlines()
+    assert "vlm_seed" in lines[0].split(",") and len(lines) == 1 + 2 * (3 * 2 * 2) + 3 + 2
+    # header, 2 VLMs of each evaluated student (KD and baseline, per teacher and seed), the teachers (no VQA
+    # here: one row each), 2 blind VLMs
+    md = (tmp_path / "two" / "report" / "study.md").read_text()
+    assert "up to 2 VLM seeds per run" in md and "| blind (no image) | – | 12.5 |" in md

@@ -79,8 +79,9 @@ def lock(root: Path) -> dict:
 
 
 def test_smoke_study_end_to_end_leaves_nothing_to_do(study, home):
-    for expected in ("results/preview/scenes.png", "results/vqa_metrics/blind.json", "results/report/study.md",
-                     "results/vqa_metrics/students/m/xs/clipkd/0.json", "results/student_eval/m/xs/baseline/0/metrics.json"):
+    for expected in ("results/preview/scenes.png", "results/vqa_metrics/blind/vlm0.json", "results/report/study.md",
+                     "results/vqa_metrics/students/m/xs/clipkd/0/vlm1.json",
+                     "results/student_eval/m/xs/baseline/0/metrics.json"):
         assert (study / expected).is_file(), expected
     assert "Nothing to be done" in run([BIN / "snakemake", "-n"], study, home).stdout
     assert dvc("status", "--json", cwd=study, home=home).stdout.strip() == "{}"
@@ -94,7 +95,7 @@ def test_snakemake_report_and_dvc_metrics_and_plots(study, home, tmp_path):
         assert needle in text, needle
     metrics = json.loads(dvc("metrics", "show", "--json", cwd=study, home=home).stdout)
     files = {f for repo in metrics.values() for f in repo["data"]}
-    assert "results/report/correlations.json" in files and "results/vqa_metrics/blind.json" in files
+    assert "results/report/correlations.json" in files and "results/vqa_metrics/blind/vlm1.json" in files
     dvc("plots", "show", "-o", tmp_path / "plots", cwd=study, home=home)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert all(name in page for name in ("teacher_vs_student_vqa", "zeroshot_vs_vqa", "learning_curves"))

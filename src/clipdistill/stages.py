@@ -92,6 +92,9 @@ STUDENT_AXES = {k: v for k, v in _runs(False).items() if k != "teacher"}
 KD = Grid(_runs(True))
 BASELINE = Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline")
 RUN = "{teacher}/{student}/{method}/{seed}"
+# Every encoder gets one VLM per VLM seed (`vqa.seeds`), in a folder `vlm<seed>` under the encoder's.
+VLM_AXIS = {"vlm_seed": "vqa.seeds"}
+VLM = "vlm{vlm_seed}"
 # `eval clip`'s keys: not eval.harnesses, so switching a harness on reruns no CLIP evaluation
 CLIP_EVAL = ("eval.split", "eval.batch_size", "eval.recall_at")
 
@@ -171,39 +174,44 @@ STAGES: tuple[Stage, ...] = (
     Stage("vqa_lm", ("vqa lm --params params.yaml --data results/data --out results/vqa/lm",),
           inputs=("results/data/vqa_train",), outputs=(Out("results/vqa/lm", directory=True),),
           params=("vqa.lm", "vqa.lm_pretrain"), log="logs/vqa/lm.log"),
-    Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --data results/data"
-                          " --lm results/vqa/lm --out results/vqa/teachers/{teacher}"
-                          " --metrics results/vqa_metrics/teachers/{teacher}.json",),
+    Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --vlm-seed {vlm_seed}"
+                          " --data results/data --lm results/vqa/lm"
+                          f" --out results/vqa/teachers/{{teacher}}/{VLM}"
+                          f" --metrics results/vqa_metrics/teachers/{{teacher}}/{VLM}.json",),
           inputs=("results/vqa/lm", "results/teachers/{teacher}", "results/data/vqa_train", "results/data/vqa_eval"),
-          outputs=(Out("results/vqa/teachers/{teacher}", directory=True),
-                   Out("results/vqa_metrics/teachers/{teacher}.json", metrics=True)),
-          params=("vqa",), log="logs/vqa/teachers/{teacher}.log",
-          grids=(Grid({"teacher": "teachers"}),)),
-    Stage("vqa_student", ("vqa run --params params.yaml --encoder results/students/" + RUN + " --data results/data"
-                          f" --lm results/vqa/lm --out results/vqa/students/{RUN}"
-                          f" --metrics results/vqa_metrics/students/{RUN}.json",),
+          outputs=(Out(f"results/vqa/teachers/{{teacher}}/{VLM}", directory=True),
+                   Out(f"results/vqa_metrics/teachers/{{teacher}}/{VLM}.json", metrics=True)),
+          params=("vqa",), log=f"logs/vqa/teachers/{{teacher}}/{VLM}.log",
+          grids=(Grid({"teacher": "teachers", **VLM_AXIS}),)),
+    Stage("vqa_student", ("vqa run --params params.yaml --encoder results/students/" + RUN + " --vlm-seed {vlm_seed}"
+                          f" --data results/data --lm results/vqa/lm --out results/vqa/students/{RUN}/{VLM}"
+                          f" --metrics results/vqa_metrics/students/{RUN}/{VLM}.json",),
           inputs=("results/vqa/lm", f"results/students/{RUN}", "results/data/vqa_train", "results/data/vqa_eval"),
-          outputs=(Out(f"results/vqa/students/{RUN}", directory=True),
-                   Out(f"results/vqa_metrics/students/{RUN}.json", metrics=True)),
-          params=("vqa",), log=f"logs/vqa/students/{RUN}.log",
-          grids=(KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="vqa_baseline"))),
-    Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --data results/data --lm results/vqa/lm"
-                        " --out results/vqa/blind --metrics results/vqa_metrics/blind.json",),
+          outputs=(Out(f"results/vqa/students/{RUN}/{VLM}", directory=True),
+                   Out(f"results/vqa_metrics/students/{RUN}/{VLM}.json", metrics=True)),
+          params=("vqa",), log=f"logs/vqa/students/{RUN}/{VLM}.log",
+          grids=(Grid({**_runs(True), **VLM_AXIS}),
+                 Grid({**STUDENT_AXES, **VLM_AXIS}, {"teacher": NO_TEACHER}, dvc_name="vqa_baseline"))),
+    Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --vlm-seed {vlm_seed} --data results/data"
+                        f" --lm results/vqa/lm --out results/vqa/blind/{VLM} --metrics results/vqa_metrics/blind/{VLM}.json",),
           inputs=("results/vqa/lm", "results/data/vqa_train", "results/data/vqa_eval"),
-          outputs=(Out("results/vqa/blind", directory=True), Out("results/vqa_metrics/blind.json", metrics=True)),
-          params=("vqa",), log="logs/vqa/blind.log"),
+          outputs=(Out(f"results/vqa/blind/{VLM}", directory=True),
+                   Out(f"results/vqa_metrics/blind/{VLM}.json", metrics=True)),
+          params=("vqa",), log=f"logs/vqa/blind/{VLM}.log", grids=(Grid(VLM_AXIS, dvc_matrix=True),)),
     Stage("report", ("report --params params.yaml --results results --vqa-eval results/data/vqa_eval"
                      " --out results/report",),
           inputs=("results/data/vqa_eval", Upstream("teacher_eval"), Upstream("teacher_train"),
                   Upstream("student_eval"), Upstream("distill"), Upstream("vqa_teacher"), Upstream("vqa_student"),
                   Upstream("vqa_blind")),
-          outputs=(Out("results/report", directory=True),), params=("report", "teachers", "distill.grid"),
+          outputs=(Out("results/report", directory=True),), params=("report", "teachers", "distill.grid", "vqa.seeds"),
           log="logs/report.log"),
     # Optional: the standard harnesses on every model, once per split in eval.harnesses (none by
     # default). The report does not read them.
-    _lmms("teacher", "teachers/{teacher}", (Grid({"teacher": "teachers"}),)),
-    _lmms("student", f"students/{RUN}", (KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
-    _lmms("blind", "blind", (Grid(),)),
+    _lmms("teacher", f"teachers/{{teacher}}/{VLM}", (Grid({"teacher": "teachers", **VLM_AXIS}),)),
+    _lmms("student", f"students/{RUN}/{VLM}", (Grid({**_runs(True), **VLM_AXIS}),
+                                               Grid({**STUDENT_AXES, **VLM_AXIS}, {"teacher": NO_TEACHER},
+                                                    dvc_name="{stage}_baseline"))),
+    _lmms("blind", f"blind/{VLM}", (Grid(VLM_AXIS),)),
     _mieb("teacher", "teachers/{teacher}", (Grid({"teacher": "teachers"}),)),
     _mieb("student", f"students/{RUN}", (KD, Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
 )

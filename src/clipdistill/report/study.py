@@ -39,8 +39,9 @@ def _question_scores(answers_file: Path, gold: dict) -> dict:
 
 def study_layout(params: str | Path | None, results: Path) -> dict:
     """The runs the report reads, from the stage table: with the study's params, every student
-    its grid defines (and whether it is a teacher-free baseline) and every teacher; without
-    (a hand-made results tree), the runs found where the table's paths point."""
+    its grid defines (and whether it is a teacher-free baseline), every teacher and the VLM
+    seeds; without (a hand-made results tree), the runs and VLM seeds found where the table's
+    paths point."""
     if params is not None:
         from clipdistill.params import load_section
 
@@ -49,7 +50,7 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
             raise DataError(f"{params}: distill.grid is missing; the report reads the study's runs from it")
         study = {"teachers": dict.fromkeys(load_section(params, "teachers")), "distill": {"grid": grid.model_dump()}}
         return {"teachers": sorted(study["teachers"]), "evaluated": stages.student_runs(study),
-                "trained": stages.trained_students(study)}
+                "trained": stages.trained_students(study), "vlm_seeds": load_section(params, "vqa").seeds}
     evaluated = []
     for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
         run = dict(zip(("teacher", "student", "method", "seed"), ev.parts[-5:-1], strict=True))
@@ -58,11 +59,19 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
     trained = [dict(zip(("teacher", "student", "method", "seed"), log.parts[-5:-1], strict=True))
                for log in sorted((results / "students").glob("*/*/*/*/train_log.csv"))]
     return {"teachers": [p.parent.name for p in sorted((results / "teacher_eval").glob("*/metrics.json"))],
-            "evaluated": evaluated, "trained": trained}
+            "evaluated": evaluated, "trained": trained, "vlm_seeds": found_vlm_seeds(results)}
+
+
+def found_vlm_seeds(results: Path) -> list[int]:
+    """The VLM seeds of the VQA metrics under `results` (`.../vlm<seed>.json`, the table's names)."""
+    prefix, suffix = stages.VLM.split("{vlm_seed}")
+    seeds = {p.stem[len(prefix):] for p in (results / "vqa_metrics").rglob(f"{prefix}*{suffix}.json")}
+    return sorted(int(v) for v in seeds if v.isdigit())
 
 
 def collect(results: Path, vqa_eval: Path, layout: dict | None = None) -> list[dict]:
-    """One row per encoder (students, teachers, blind), flat and numeric where possible."""
+    """One row per VLM (students, teachers, blind; each encoder once per VLM seed, `vlm_seed`),
+    flat and numeric where possible; an encoder without any VQA result gets one row without."""
     layout = layout or study_layout(None, results)
     gold = {a["question_id"]: [x["answer"] for x in a["answers"]]
             for a in read_json(vqa_eval / "annotations.json")["annotations"]}
@@ -80,41 +89,46 @@ def collect(results: Path, vqa_eval: Path, layout: dict | None = None) -> list[d
             out["_scores"] = _question_scores(answers, gold)
         return out
 
+    def vlms(stage: str, **bound) -> list[dict]:
+        """The VQA fields of each VLM seed whose metrics exist ([{}] if none)."""
+        found = []
+        for v in layout.get("vlm_seeds") or []:
+            fields = vqa_fields(stages.results_path(stage, results, 1, **bound, vlm_seed=v),
+                                stages.results_path(stage, results, 0, **bound, vlm_seed=v) / "answers.jsonl")
+            if fields:
+                found.append({"vlm_seed": int(v), **fields})
+        return found or [{}]
+
     for run in layout["evaluated"]:
         t, s, m, seed, owner = run["teacher"], run["student"], run["method"], run["seed"], run["kd_teacher"]
         trained = {"teacher": owner, "student": s, "method": m, "seed": seed}
         manifest = read_json(stages.results_path("distill", results, **trained) / "manifest.json")
         summary = read_json(stages.results_path("student_eval", results, **run))["summary"]
-        rows.append({"kind": "student", "teacher": t, "student": s, "method": m, "seed": int(seed),
-                     "teacher_free": owner == stages.NO_TEACHER,
-                     "data_source": Path(manifest["data"]["split"]).name, "epochs": manifest["train"]["epochs"],
-                     "params_total": manifest["params"]["total"], "params_visual": manifest["params"]["visual"],
-                     "teacher_zeroshot": teachers.get(t, {}).get(QUALITY),
-                     "teacher_retrieval": teachers.get(t, {}).get("retrieval_mean_R@1"),
-                     "zeroshot": summary.get(QUALITY), "retrieval": summary.get("retrieval_mean_R@1"),
-                     "cka_image": summary.get("cka_image"),
-                     **vqa_fields(stages.results_path("vqa_student", results, 1, **trained),
-                                  stages.results_path("vqa_student", results, 0, **trained) / "answers.jsonl")})
+        student = {"kind": "student", "teacher": t, "student": s, "method": m, "seed": int(seed),
+                   "teacher_free": owner == stages.NO_TEACHER,
+                   "data_source": Path(manifest["data"]["split"]).name, "epochs": manifest["train"]["epochs"],
+                   "params_total": manifest["params"]["total"], "params_visual": manifest["params"]["visual"],
+                   "teacher_zeroshot": teachers.get(t, {}).get(QUALITY),
+                   "teacher_retrieval": teachers.get(t, {}).get("retrieval_mean_R@1"),
+                   "zeroshot": summary.get(QUALITY), "retrieval": summary.get("retrieval_mean_R@1"),
+                   "cka_image": summary.get("cka_image")}
+        rows += [{**student, **vlm} for vlm in vlms("vqa_student", **trained)]
     for t, summary in teachers.items():
         manifest = read_json(stages.results_path("teacher_train", results, teacher=t) / "manifest.json")
-        rows.append({"kind": "teacher", "teacher": t, "params_total": manifest["params"]["total"],
-                     "params_visual": manifest["params"]["visual"], "teacher_zeroshot": summary.get(QUALITY),
-                     "teacher_retrieval": summary.get("retrieval_mean_R@1"), "zeroshot": summary.get(QUALITY),
-                     "retrieval": summary.get("retrieval_mean_R@1"),
-                     **vqa_fields(stages.results_path("vqa_teacher", results, 1, teacher=t),
-                                  stages.results_path("vqa_teacher", results, 0, teacher=t) / "answers.jsonl")})
-    blind = vqa_fields(stages.results_path("vqa_blind", results, 1),
-                       stages.results_path("vqa_blind", results, 0) / "answers.jsonl")
-    if blind:
-        rows.append({"kind": "blind", **blind})
+        teacher = {"kind": "teacher", "teacher": t, "params_total": manifest["params"]["total"],
+                   "params_visual": manifest["params"]["visual"], "teacher_zeroshot": summary.get(QUALITY),
+                   "teacher_retrieval": summary.get("retrieval_mean_R@1"), "zeroshot": summary.get(QUALITY),
+                   "retrieval": summary.get("retrieval_mean_R@1")}
+        rows += [{**teacher, **vlm} for vlm in vlms("vqa_teacher", teacher=t)]
+    rows += [{"kind": "blind", **vlm} for vlm in vlms("vqa_blind") if vlm]
     if not any(r["kind"] == "student" for r in rows):
         raise DataError(f"{results}: no evaluated students found (results/student_eval/*/*/*/*/metrics.json)")
     return rows
 
 
 def score_table(rows: list[dict]):
-    """The long (run × question) table `teacher_effect` reads: KD students with their
-    teacher's zero-shot in %, and each no-KD baseline once per (student, seed)."""
+    """The long (VLM × question) table `teacher_effect` reads: KD students with their
+    teacher's zero-shot in %, and each no-KD baseline once per (student, seed, VLM seed)."""
     import pandas as pd
 
     frames, seen = [], set()
@@ -122,7 +136,7 @@ def score_table(rows: list[dict]):
         if r["kind"] != "student" or "_scores" not in r:
             continue
         if r.get("teacher_free"):
-            key = (r["student"], r["seed"])
+            key = (r["student"], r["seed"], r.get("vlm_seed", 0))
             if key in seen:  # evaluated against every teacher, trained and asked once
                 continue
             seen.add(key)
@@ -131,32 +145,50 @@ def score_table(rows: list[dict]):
             teacher, quality, method = r["teacher"], 100 * r["teacher_zeroshot"], r["method"]
         qids, scores = zip(*r["_scores"].items())
         frames.append(pd.DataFrame({"student": r["student"], "teacher": teacher, "teacher_quality": quality,
-                                    "method": method, "seed": r["seed"], "question_id": list(qids),
+                                    "method": method, "seed": r["seed"], "vlm_seed": r.get("vlm_seed", 0),
+                                    "question_id": list(qids),
                                     "score": list(scores)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def per_run(rows: list[dict]) -> list[dict]:
+    """One row per encoder run: its VLMs' rows merged (no `vlm_seed`), `vqa_overall` their mean."""
+    merged: dict = {}
+    for r in rows:
+        key = (r["kind"], r.get("teacher"), r.get("student"), r.get("method"), r.get("seed"))
+        if key in merged:
+            merged[key]["_vqa"].append(r["vqa_overall"])
+        else:
+            merged[key] = {**r, "_vqa": [r["vqa_overall"]]}
+    return [{**{k: v for k, v in r.items() if k not in ("_vqa", "vlm_seed")}, "vqa_overall": float(np.mean(r["_vqa"]))}
+            for r in merged.values()]
 
 
 def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1) -> dict:
     """Group means with CIs, the paired KD gains, the teacher effect and its verdict, and the
     (descriptive) rank correlations."""
-    groups = defaultdict(list)
+    groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["kind"] == "student" and "_scores" in r:
-            groups[(r["teacher"], r["student"], r["method"])].append(r)
+            groups[(r["teacher"], r["student"], r["method"])][r["seed"]].append(r)
     table = []
-    for (t, s, m), runs in sorted(groups.items()):
+    for (t, s, m), by_seed in sorted(groups.items()):
+        runs = [vlm for _, vlms in sorted(by_seed.items()) for vlm in vlms]
         qids = sorted(runs[0]["_scores"], key=str)
-        matrix = 100 * np.array([[run["_scores"][q] for q in qids] for run in runs])
+        per_seed = [100 * np.array([[vlm["_scores"][q] for q in qids] for vlm in vlms]) for _, vlms in sorted(by_seed.items())]
+        # seeds × VLM seeds × questions when every seed has as many VLMs; else each seed's VLM mean
+        matrix = np.stack(per_seed) if len({len(v) for v in per_seed}) == 1 else np.stack([v.mean(0) for v in per_seed])
         mean, lo, hi = bootstrap_mean_ci(matrix, n_boot, seed)
-        table.append({"teacher": t, "student": s, "method": m, "seeds": len(runs),
+        table.append({"teacher": t, "student": s, "method": m, "seeds": len(by_seed),
+                      "vlm_seeds": max(len(v) for v in per_seed),
                       "teacher_free": runs[0].get("teacher_free", False),
                       "teacher_zeroshot": runs[0]["teacher_zeroshot"],
                       "zeroshot": float(np.mean([r["zeroshot"] for r in runs])),
                       "cka_image": float(np.mean([r["cka_image"] for r in runs])),
                       "vqa": mean, "vqa_ci": [lo, hi]})
     correlations = {}
-    # descriptive only: one pair per run (teacher × seed); runs of a teacher are not independent
-    students = [r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")]
+    # descriptive only: one pair per run (teacher × seed, its VLMs averaged); runs of a teacher are not independent
+    students = per_run([r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")])
     by_method = defaultdict(list)
     for r in students:  # teacher-free baselines are left out: their VQA does not depend on the teacher
         by_method[r["method"]].append(r)
@@ -191,15 +223,19 @@ def _csv(rows: list[dict]) -> str:
 
 def _markdown(rows: list[dict], analysis: dict) -> str:
     lines = ["# Study report", "", f"**Answer:** {analysis['answer']}", "",
-             "## Students (mean over seeds; VQA ± 95% bootstrap CI over seeds and questions)", "",
-             "| teacher | teacher zero-shot | student | method | seeds | student zero-shot | CKA to teacher | VQA overall |",
-             "|---|---|---|---|---|---|---|---|"]
+             "## Students (mean over seeds and VLM seeds; VQA ± 95% bootstrap CI over seeds, each seed's VLM seeds "
+             "and questions)", "",
+             "| teacher | teacher zero-shot | student | method | seeds | VLMs per seed | student zero-shot | "
+             "CKA to teacher | VQA overall |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in analysis["table"]:
         lines.append(f"| {r['teacher']} | {r['teacher_zeroshot']:.3f} | {r['student']} | {r['method']} | {r['seeds']} | "
-                     f"{r['zeroshot']:.3f} | {r['cka_image']:.3f} | {r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |")
-    refs = [r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r]
+                     f"{r['vlm_seeds']} | {r['zeroshot']:.3f} | {r['cka_image']:.3f} | "
+                     f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |")
+    refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
     if refs:
-        lines += ["", "## References", "", "| encoder | zero-shot | VQA overall |", "|---|---|---|"]
+        lines += ["", "## References (VQA: mean over VLM seeds)", "", "| encoder | zero-shot | VQA overall |",
+                  "|---|---|---|"]
         for r in refs:
             name = "blind (no image)" if r["kind"] == "blind" else f"teacher {r['teacher']}"
             zs = f"{r['zeroshot']:.3f}" if r.get("zeroshot") is not None else "–"
@@ -227,9 +263,10 @@ def _diagnostics_markdown(rows: list[dict]) -> list[str]:
     types = sorted({k[len("vqa_efficiency_"):] for r in diag for k in r if k.startswith("vqa_efficiency_")})
 
     def name(r):
+        vlm = f" (VLM seed {r['vlm_seed']})" if "vlm_seed" in r else ""
         if r["kind"] == "student":
-            return f"{r['teacher']}/{r['student']}/{r['method']}/{r['seed']}"
-        return "blind" if r["kind"] == "blind" else f"teacher {r['teacher']}"
+            return f"{r['teacher']}/{r['student']}/{r['method']}/{r['seed']}{vlm}"
+        return ("blind" if r["kind"] == "blind" else f"teacher {r['teacher']}") + vlm
 
     def cell(v):
         return "n/e" if v is None else f"{v:.2f}"
@@ -260,16 +297,18 @@ def _effect_markdown(analysis: dict) -> list[str]:
     lines = ["", "## Teacher effect: KD gain over the no-KD student vs teacher quality", "",
              f"Slope of the paired gain (KD − seed-matched no-KD student, VQA points) per point of {QUALITY_NAME}, "
              f"the teacher as the unit ({effect['n_teachers']} teachers, {effect['n_runs']} KD runs, "
-             f"{effect['n_seeds']} seeds, {effect['n_questions']} questions).", "",
-             "| verdict | slope | 95% CI | SE (teachers) | SE (seeds, questions) | df | equivalence margin | "
+             f"{effect['n_seeds']} seeds, up to {effect['n_vlm_seeds']} VLM seeds per run, "
+             f"{effect['n_questions']} questions).", "",
+             "| verdict | slope | 95% CI | SE (teachers) | SE (seeds, VLM seeds, questions) | df | equivalence margin | "
              "detectable slope (80% power) |", "|---|---|---|---|---|---|---|---|",
              f"| **{effect['verdict']}** | {_num(effect['slope'])} | [{_num(lo)}, {_num(hi)}] | "
              f"{_num(effect.get('se_teacher', np.nan), '.3f')} | {_num(effect.get('se_measurement', np.nan), '.3f')} | "
              f"{effect['df']} | ±{effect['margin']:g} | {_num(effect['detectable_slope'], '.3f')} |"]
     need = effect["teachers_needed_for_margin"]
     c = effect["components"]
+    vlm = f", between the VLM seeds of a run {c['vlm']:.3g}" if np.isfinite(c.get("vlm", np.nan)) else ""
     lines += ["", f"Variance components (points²): teacher {c['teacher']:.3g}, run {c['run']:.3g}, "
-              f"per question {c['question']:.3g}. To detect a slope of ±{effect['margin']:g} with 80% power "
+              f"per question {c['question']:.3g}{vlm}. To detect a slope of ±{effect['margin']:g} with 80% power "
               + (f"the study needs about {need} teachers at this many runs and questions per teacher."
                  if need else "more than 200 teachers would be needed at this many runs per teacher."), "",
               "| method | teachers | slope | CI (Bonferroni level) | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
@@ -328,9 +367,9 @@ def _plots(rows: list[dict], analysis: dict, results: Path, out: Path, trained: 
         y = [r["vqa"] for r in items]
         err = [[r["vqa"] - r["vqa_ci"][0] for r in items], [r["vqa_ci"][1] - r["vqa"] for r in items]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-    blind = [r for r in rows if r["kind"] == "blind" and "vqa_overall" in r]
+    blind = [r["vqa_overall"] for r in rows if r["kind"] == "blind" and "vqa_overall" in r]
     if blind:
-        ax.axhline(blind[0]["vqa_overall"], color="grey", ls="--", label="blind")
+        ax.axhline(float(np.mean(blind)), color="grey", ls="--", label="blind")
     ax.set(xlabel="teacher zero-shot (mean top-1)", ylabel="student VQA accuracy (%)",
            title="Do better teachers make better students?")
     ax.legend(fontsize=7)
