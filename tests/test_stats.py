@@ -289,3 +289,13 @@ def test_bad_vlm_seed_tables_are_one_line(broken, message):
     with pytest.raises(StudyInputError, match=message) as err:
         teacher_effect(broken(df), n_boot=10)
     assert "\n" not in str(err.value)
+
+
+def test_the_table_ci_redraws_each_seeds_vlms():
+    """Both seeds' VLMs sit at +1 and −1 on every question: only redrawing the VLMs within a
+    seed moves the mean. A drawn seed's VLM mean is ±1 with probability ¼ each, so the mean
+    of two is −1 with probability 1/16 > 2.5%: the 95% CI is [−1, +1]."""
+    from clipdistill.report.stats import bootstrap_mean_ci
+
+    runs = np.stack([np.ones((2, 10)), -np.ones((2, 10))], axis=1)  # seeds × VLM seeds × questions
+    assert bootstrap_mean_ci(runs, n_boot=2000) == pytest.approx((0.0, -1.0, 1.0))
