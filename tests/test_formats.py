@@ -155,7 +155,7 @@ def test_llava_structure_errors(images):
 def test_vqa_missing_annotation_and_escaping_pattern(images):
     (images / "q.json").write_text(json.dumps({"questions": [{"question_id": 1, "image_id": 0, "question": "?"}]}))
     (images / "a.json").write_text(json.dumps({"annotations": []}))
-    with pytest.raises(DataError, match=r"q.json: questions\[0\]: missing key or annotation 1"):
+    with pytest.raises(DataError, match=r"a.json: question_id 1: no annotation"):
         formats.read_vqa(images / "q.json", images / "a.json", images, "img/{image_id}.jpg")
     (images / "a.json").write_text(json.dumps({"annotations": [
         {"question_id": 1, "answers": [{"answer": "x"}] * 10}]}))

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from clipdistill.io import DataError, atomic_file, read_json, resolve_inside, write_json
 
 OnBad = Literal["error", "skip"]
+SPLIT_LAYOUT = "split.json"  # in an imported split folder: its declared image root and image pattern
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
@@ -295,9 +296,10 @@ def read_llava(path: str | Path, image_root: str | Path, *, on_bad_sample: OnBad
 
 # ------------------------------------------------------------------ VQAv2 / GQA
 
-def write_vqa(questions_path: Path, annotations_path: Path, records: list[VQARecord], subtype: str) -> None:
-    header = {"info": {"description": "clipdistill synthetic world"}, "task_type": "Open-Ended",
-              "data_type": "synthetic", "data_subtype": subtype, "license": {}}
+def write_vqa(questions_path: Path, annotations_path: Path, records: list[VQARecord], subtype: str,
+              description: str = "clipdistill synthetic world", data_type: str = "synthetic") -> None:
+    header = {"info": {"description": description}, "task_type": "Open-Ended",
+              "data_type": data_type, "data_subtype": subtype, "license": {}}
     write_json(questions_path, {**header, "questions": [
         {"image_id": r.image_id, "question": r.question, "question_id": r.question_id} for r in records]},
         compact=True)
@@ -307,6 +309,16 @@ def write_vqa(questions_path: Path, annotations_path: Path, records: list[VQARec
          "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
                      for i, a in enumerate(r.answers)]}
         for r in records]}, compact=True)
+
+
+def image_path(pattern: str, image_id: int | str, where: str) -> str:
+    """An image's path under its root from the split's `image_pattern` (e.g. `COCO_val2014_{image_id:012d}.jpg`)."""
+    try:
+        return pattern.format(image_id=image_id)
+    except (KeyError, IndexError, AttributeError):
+        raise DataError(f"{where}: image_pattern {pattern!r} names an unknown field; known: image_id") from None
+    except ValueError as exc:
+        raise DataError(f"{where}: image_pattern {pattern!r} does not fit image_id {image_id!r} ({exc})") from None
 
 
 def read_vqa(questions_path: str | Path, annotations_path: str | Path, image_root: str | Path,
@@ -329,19 +341,28 @@ def read_vqa(questions_path: str | Path, annotations_path: str | Path, image_roo
     out = []
     checked: dict[Path, str | None] = {}
     for k, q in enumerate(questions):
-        where = f"{questions_path}: questions[{k}]"
         try:
             qid, image_id, text = q["question_id"], q["image_id"], q["question"]
-            ann = by_qid[qid]
-            answers = [a["answer"] for a in ann["answers"]]
         except (KeyError, TypeError) as exc:
-            bad(f"{where}: missing key or annotation {exc}")
+            bad(f"{questions_path}: questions[{k}]: missing key {exc}")
             continue
-        if not answers or not all(isinstance(a, str) for a in answers):
-            bad(f"{annotations_path}: question_id {qid}: answers must be a non-empty list of strings")
+        where = f"{questions_path}: question_id {qid!r}"
+        if qid not in by_qid:
+            bad(f"{annotations_path}: question_id {qid!r}: no annotation")
+            continue
+        ann = by_qid[qid]
+        if "answers" not in ann:
+            bad(f"{annotations_path}: question_id {qid!r}: annotation has no 'answers'")
             continue
         try:
-            image = resolve_inside(image_root, image_pattern.format(image_id=image_id), where=where)
+            answers = [a["answer"] for a in ann["answers"]]
+        except (KeyError, TypeError):
+            answers = []
+        if not answers or not all(isinstance(a, str) for a in answers):
+            bad(f"{annotations_path}: question_id {qid!r}: answers must be a non-empty list of {{'answer': str}}")
+            continue
+        try:
+            image = resolve_inside(image_root, image_path(image_pattern, image_id, where), where=where)
         except DataError as exc:
             bad(str(exc))
             continue
@@ -370,7 +391,7 @@ def read_gqa(path: str | Path, image_root: str | Path, *, image_pattern: str = "
     for qid, q in data.items():
         where = f"{path}: {qid}"
         try:
-            image = resolve_inside(image_root, image_pattern.format(image_id=q["imageId"]), where=where)
+            image = resolve_inside(image_root, image_path(image_pattern, q["imageId"], where), where=where)
             answer = str(q["answer"])
             types = q.get("types", {})
             rec = VQARecord(qid, q["imageId"], image, q["question"], answer, (answer,) * 10,
