@@ -24,8 +24,8 @@ def test_synth_and_preview_end_to_end(tmp_path):
     for split in ("vqa_eval", "distill_shifted"):
         proc = run_cli("--log", tmp_path / "logs" / f"{split}.log", "data", "synth", "--params", SMOKE,
                        "--split", split, "--out", out / split, check=True)
-    assert "wrote 24 scenes" in proc.stderr
-    assert "wrote 24 scenes" in (tmp_path / "logs" / "distill_shifted.log").read_text()
+    assert "wrote 24 images" in proc.stderr
+    assert "wrote 24 images" in (tmp_path / "logs" / "distill_shifted.log").read_text()
     run_cli("data", "preview", "--data", out, "--split", "vqa_eval", "--split", "distill_shifted",
             "--n", "3", "--out", tmp_path / "p.png", check=True)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -162,7 +162,7 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
     params = dvc_params(project)
     shared = {f"data.{k}" for k in DataParams.model_fields if k != "splits"}
     for split in load_section(REPO / "params.yaml", "data").splits:
-        assert set(params.pop(f"data_synth@{split}")) == shared | {f"data.splits.{split}"}
+        assert set(params.pop(f"data_prepare@{split}")) == shared | {f"data.splits.{split}"}
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"teacher_train@{teacher}") == [f"teachers.{teacher}"]
         assert params.pop(f"teacher_eval@{teacher}") == CLIP_EVAL

@@ -80,7 +80,7 @@ def test_a_kernel_edit_makes_the_distill_stages_and_what_follows_stale(study, tm
     assert {"student_eval", "student_eval_baseline", "vqa_student", "vqa_baseline", "report"} <= _base(
         stale["snakemake"])
     # code that never imports the kernels: the data, the preview, the language model
-    assert not {"data_synth", "data_preview", "vqa_lm"} & _base(stale["snakemake"])
+    assert not {"data_prepare", "data_preview", "vqa_lm"} & _base(stale["snakemake"])
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ app = typer.Typer(help="Distil CLIP into small students and judge them inside a 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
-data_app = typer.Typer(help="The synthetic world and dataset formats.", no_args_is_help=True)
+data_app = typer.Typer(help="Data splits: the synthetic world and imported datasets.", no_args_is_help=True)
 teacher_app = typer.Typer(help="Teachers: trained here or external open_clip weights.", no_args_is_help=True)
 features_app = typer.Typer(help="The teacher feature store.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluation of encoders.", no_args_is_help=True)
@@ -51,18 +51,21 @@ def _global_options(log: Annotated[Optional[Path], typer.Option(help="also write
         sys.stderr = Tee(sys.stderr, log)
 
 
-@data_app.command("synth")
-def data_synth(split: Annotated[str, opt("split name from params data.splits")],
-               out: Annotated[Path, opt("output directory of the split")], params: ParamsOpt = PARAMS) -> None:
-    """Render one split of the synthetic world (images, CSV, shards, LLaVA JSON, VQAv2 JSON)."""
-    from clipdistill.data.synth import synthesize
+@data_app.command("prepare")
+def data_prepare(split: Annotated[str, opt("split name from params data.splits")],
+                 out: Annotated[Path, opt("output directory of the split")], params: ParamsOpt = PARAMS) -> None:
+    """Write one split of params `data.splits`: render it (synthetic) or import it (format: vqav2)."""
+    from clipdistill.data.prepare import prepare
 
-    counts = synthesize(load_section(params, "data"), split, out)["counts"]
-    say(f"wrote {counts['images']} scenes, {counts['questions']} questions to {out}")
+    counts = prepare(load_section(params, "data"), split, out)["counts"]
+    say(f"wrote {counts['images']} images, {counts['questions']} questions to {out}")
+
+
+data_app.command("synth", help="The same as `data prepare` (its former name).")(data_prepare)
 
 
 @data_app.command("preview")
-def data_preview(data: Annotated[Path, opt("output of `data synth`")] = RESULTS_DATA,
+def data_preview(data: Annotated[Path, opt("output of `data prepare`")] = RESULTS_DATA,
                  out: Annotated[Path, opt("PNG to write")] = Path("results/preview/scenes.png"),
                  split: Annotated[Optional[list[str]], opt("split(s) to show")] = None,
                  n: Annotated[int, opt("scenes per split")] = 6) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from clipdistill.io import ClipdistillError
 
@@ -29,12 +30,80 @@ class Strict(BaseModel):
 
 
 class SplitParams(Strict):
+    """A split of the synthetic world (no `format` key)."""
+
     size: int = Field(ge=1, description="number of scenes (images) in the split")
     style: Style = Field("plain", description="rendering style / data source")
 
 
+IMAGE_PATTERN_FIELDS = ("image_id",)
+
+
+class VQAv2SplitParams(Strict):
+    """A split imported from VQAv2 files (`questions` + `annotations` JSON); images are read in
+    place under `image_root`, never copied."""
+
+    format: Literal["vqav2"]
+    questions: str = Field(description="VQAv2 questions JSON (absolute, or relative to the project)")
+    annotations: str = Field(description="VQAv2 annotations JSON: every question needs its `answers` "
+                                         "(both training and scoring read them)")
+    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
+                                        "resolve inside it, symlinks included")
+    image_pattern: str = Field(description="an image's path under image_root from its id, Python format "
+                                           "syntax, e.g. COCO_val2014_{image_id:012d}.jpg")
+    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
+                                                            "to this many pixels when loaded")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: the first bad question stops the import; skip: drop it and count it")
+
+    @field_validator("image_pattern")
+    @classmethod
+    def _known_fields(cls, pattern: str) -> str:
+        import string
+
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"malformed pattern {pattern!r}: {exc}") from None
+        unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in IMAGE_PATTERN_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown} in {pattern!r}; known: {', '.join(IMAGE_PATTERN_FIELDS)}")
+        if not fields:
+            raise ValueError(f"{pattern!r} names no field; use {{image_id}}")
+        return pattern
+
+
+# which keys of an imported split name the files it reads (its DAG deps besides code)
+SOURCE_KEYS = {"vqav2": ("questions", "annotations")}
+SPLIT_TAGS = ("synthetic", *SOURCE_KEYS)
+
+
+def _split_kind(entry) -> str:
+    """`synthetic` without a `format` key, else the format (the union's tag)."""
+    fmt = entry.get("format") if isinstance(entry, dict) else getattr(entry, "format", None)
+    return fmt if fmt is not None else "synthetic"
+
+
+AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")]],
+                     Discriminator(_split_kind, custom_error_type="split_format",
+                                   custom_error_message="unknown split format; known: vqav2 (or no format: "
+                                                        "synthetic)")]
+
+
+def is_imported(entry) -> bool:
+    return _split_kind(entry) != "synthetic"
+
+
+def source_files(entry) -> list[str]:
+    """The source files an imported split entry (model or raw params dict) names; [] if synthetic."""
+    kind = _split_kind(entry)
+    get = entry.get if isinstance(entry, dict) else lambda k: getattr(entry, k)
+    return [str(get(k)) for k in SOURCE_KEYS.get(kind, ())]
+
+
 class DataParams(Strict):
-    """The synthetic world (`clipdistill data synth`)."""
+    """The data splits (`clipdistill data prepare`): the synthetic world's generator and every
+    split, synthetic or imported."""
 
     seed: int = Field(0, ge=0, description="root seed; every split derives its own")
     image_size: int = Field(64, ge=16, le=1024, description="rendered image side, pixels")
@@ -46,7 +115,7 @@ class DataParams(Strict):
     annotator_synonym_rate: float = Field(0.3, ge=0.0, le=1.0)
     annotator_error_rate: float = Field(0.1, ge=0.0, le=1.0)
     shard_size: int = Field(1000, ge=1, description="samples per webdataset shard")
-    splits: dict[str, SplitParams] = Field(
+    splits: dict[str, AnySplit] = Field(
         default_factory=lambda: {
             "pretrain": SplitParams(size=4000),
             "distill": SplitParams(size=2000),
@@ -356,6 +425,11 @@ class Params(Strict):
         for section in (self.features, self.eval):
             if section.split not in self.data.splits:
                 raise ValueError(f"split {section.split!r} is not a data split")
+        for key, split in (("teacher training", "pretrain"), ("features.split", self.features.split),
+                           ("eval.split", self.eval.split)):
+            if is_imported(self.data.splits[split]):  # only VQA formats can be imported so far
+                raise ValueError(f"{key}: split {split!r} is imported from {self.data.splits[split].format} "
+                                 "(questions, no image–text pairs); it needs a synthetic split")
         for harness, splits in self.eval.harnesses:
             if unknown := [s for s in splits if s not in self.data.splits]:
                 raise ValueError(f"eval.harnesses.{harness}: {unknown} not data splits; known: {', '.join(self.data.splits)}")
@@ -368,7 +442,9 @@ SECTIONS = {name: field.annotation for name, field in Params.model_fields.items(
 def _one_line(where: str, exc: ValidationError, prefix: tuple = ()) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in (*prefix, *err["loc"]))
+        keys = [str(x) for x in (*prefix, *err["loc"])]
+        # a split entry's union tag (splits.NAME.vqav2.key) is not a key anyone wrote
+        loc = ".".join(x for i, x in enumerate(keys) if not (i >= 2 and keys[i - 2] == "splits" and x in SPLIT_TAGS))
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         msg = err["msg"].removeprefix("Value error, ")

@@ -55,6 +55,15 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class Sources:
+    """The files an imported split reads (its params entry names them: `data.splits.{split}`),
+    none for a synthetic split. Snakemake lists them from the config; dvc.yaml lists them
+    literally, so it is regenerated when data.splits changes."""
+
+    split: str
+
+
+@dataclass(frozen=True)
 class Grid:
     """The runs of a stage: each axis takes the items (or keys) of a params list (or dict);
     `fixed` binds a placeholder to a value or to another axis (`{teacher}`)."""
@@ -128,9 +137,10 @@ def _mieb(name: str, encoders: str, grids: tuple[Grid, ...]) -> Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data_synth", ("data synth --params params.yaml --split {split} --out results/data/{split}",),
-          inputs=(), outputs=(Out("results/data/{split}", directory=True),),
-          params=("data.*", "data.splits.{split}"), log="logs/data_synth/{split}.log",
+    # An imported split reads its own params entry only: the synthetic world's keys (data.*) do not touch it.
+    Stage("data_prepare", ("data prepare --params params.yaml --split {split} --out results/data/{split}",),
+          inputs=(Sources("{split}"),), outputs=(Out("results/data/{split}", directory=True),),
+          params=("data.*", "data.splits.{split}"), log="logs/data_prepare/{split}.log",
           grids=(Grid({"split": "data.splits"}),)),
     Stage("data_preview", ("data preview --data results/data --split vqa_eval --split distill_shifted --n 6"
                            " --out results/preview/scenes.png",),
@@ -349,6 +359,22 @@ def data_inputs(stage: Stage, grid: Grid) -> list:
     return _fragments(stage.inputs, grid)
 
 
+def _split_entry(stage: Stage, params: dict, bound: dict) -> dict | None:
+    """The params entry of the split a run with `Sources` prepares (None for other stages)."""
+    item = next((i for i in stage.inputs if isinstance(i, Sources)), None)
+    return None if item is None else params["data"]["splits"][render(item.split, bound, params)]
+
+
+def _run_params(stage: Stage, params: dict, bound: dict) -> tuple[str, ...]:
+    """The params keys one run reads: an imported split reads only its own entry."""
+    from clipdistill.params import is_imported
+
+    entry = _split_entry(stage, params, bound)
+    if entry is not None and is_imported(entry):
+        return tuple(k for k in stage.params if k.startswith("data.splits."))
+    return stage.params
+
+
 def params_keys(stage: Stage, schema: dict | None = None) -> list[str]:
     """DVC params keys; `X.*` becomes each field of section X's model not named by another key."""
     keys = []
@@ -414,10 +440,17 @@ def match(stage: Stage, params: dict, wildcards: dict) -> tuple[Grid, dict]:
 
 def snakemake_inputs(stage: Stage, params: dict, wildcards: dict) -> list[str]:
     """Code files, then the data and results the run reads (every file of an Upstream stage)."""
+    from clipdistill.params import source_files
+
     grid, bound = match(stage, params, wildcards)
     paths = code_deps(stage)
     for item in data_inputs(stage, grid):
-        paths += targets(BY_NAME[item.stage], params) if isinstance(item, Upstream) else [render(item, bound, params)]
+        if isinstance(item, Upstream):
+            paths += targets(BY_NAME[item.stage], params)
+        elif isinstance(item, Sources):
+            paths += source_files(_split_entry(stage, params, bound))
+        else:
+            paths.append(render(item, bound, params))
     return list(dict.fromkeys(paths))
 
 
@@ -430,7 +463,7 @@ def params_values(stage: Stage, params: dict, wildcards: dict) -> dict:
     """The params values the run reads (Snakemake reruns a job when they change)."""
     _, bound = match(stage, params, wildcards)
     out = {}
-    for key in stage.params:
+    for key in _run_params(stage, params, bound):
         if key.endswith(".*"):
             section = key[:-2]
             named = {k.split(".")[1] for k in stage.params if k.startswith(section + ".") and k != key}
@@ -468,12 +501,49 @@ def _dvc_template(template: str, grid: Grid, foreach: bool) -> str:
     return _render(template, value_of)
 
 
-def dvc_stages(schema: dict | None = None) -> dict:
-    """dvc.yaml's `stages`: one entry per (stage, grid), with foreach (one axis) or matrix."""
+def _imported_groups(stage: Stage, grid: Grid, params: dict, schema: dict | None, code: list[str]) -> dict:
+    """A split-preparing stage when the study imports splits: DVC can neither filter a foreach
+    nor skip a missing key, so the synthetic splits become a literal list and each import
+    format a literal group whose deps name its source files (`data_prepare_vqav2@vqa_eval`)."""
+    from clipdistill.params import SOURCE_KEYS, is_imported
+
+    splits = params["data"]["splits"]
+    name = dvc_name(stage, grid)
     out = {}
+    synthetic = [s for s, e in splits.items() if not is_imported(e)]
+    if synthetic:
+        def t(template: str) -> str:
+            return _render(template, lambda n: "${" + n + "}" if "." in n else "${item}")
+
+        out[name] = {"foreach": synthetic, "do": {
+            "cmd": t(command(stage, grid)), "deps": code, "params": [t(k) for k in params_keys(stage, schema)],
+            "outs": [t(o.path) for o in stage.outputs]}}
+    for fmt, keys in SOURCE_KEYS.items():
+        group = {s: {k: str(e[k]) for k in keys} for s, e in splits.items() if e.get("format") == fmt}
+        if not group:
+            continue
+        own = [k for k in stage.params if k.startswith("data.splits.")]
+        out[f"{name}_{fmt}"] = {"foreach": group, "do": {
+            "cmd": _dvc_template(command(stage, grid), grid, True),
+            "deps": code + ["${item." + k + "}" for k in keys],
+            "params": [_dvc_template(k, grid, True) for k in own],
+            "outs": [_dvc_template(o.path, grid, True) for o in stage.outputs]}}
+    return out
+
+
+def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
+    """dvc.yaml's `stages`: one entry per (stage, grid), with foreach (one axis) or matrix.
+    `params` (the study's params.yaml) matters only when it imports splits."""
+    from clipdistill.params import is_imported
+
+    out = {}
+    imports = params is not None and any(is_imported(e) for e in params.get("data", {}).get("splits", {}).values())
     for stage in STAGES:
         code = code_deps(stage)
         for grid in stage.grids:
+            if imports and any(isinstance(i, Sources) for i in stage.inputs):
+                out.update(_imported_groups(stage, grid, params, schema, code))
+                continue
             foreach = len(grid.axes) == 1 and not grid.dvc_matrix
 
             def t(template: str, grid=grid, foreach=foreach) -> str:
@@ -481,6 +551,8 @@ def dvc_stages(schema: dict | None = None) -> dict:
 
             deps = code[:]
             for item in data_inputs(stage, grid):
+                if isinstance(item, Sources):
+                    continue  # none while every split is synthetic
                 if isinstance(item, Upstream):
                     deps += [_static_prefix(o.path) for o in BY_NAME[item.stage].outputs]
                 else:
@@ -510,10 +582,14 @@ def dvc_name(stage: Stage, grid: Grid) -> str:
 
 def dvc_stage_of(name: str) -> str:
     """The table's stage for a DVC stage name such as `distill_baseline@xs-baseline-0`."""
+    from clipdistill.params import SOURCE_KEYS
+
     base = name.split("@")[0]
     for stage in STAGES:
-        if any(dvc_name(stage, g) == base for g in stage.grids):
-            return stage.name
+        imports = any(isinstance(i, Sources) for i in stage.inputs)
+        for g in stage.grids:
+            if dvc_name(stage, g) == base or (imports and base in {f"{dvc_name(stage, g)}_{f}" for f in SOURCE_KEYS}):
+                return stage.name
     raise KeyError(name)
 
 
@@ -521,38 +597,46 @@ DVC_HEADER = """\
 # GENERATED from src/clipdistill/stages.py — do not edit; regenerate with
 #   python -m clipdistill.stages dvc-yaml --out dvc.yaml
 # (tests/test_dag.py fails when this file and the stage table differ). The same stages as the
-# Snakefile: `dvc repro` reruns exactly what a params or code change touches. Code deps are
+# Snakefile: `dvc repro` reruns exactly what a params or code change touches. Where params.yaml
+# imports a split (data.splits.NAME.format), its source files are listed here: regenerate after
+# changing data.splits (`data prepare` refuses a source this file does not list). Code deps are
 # every project file a stage's command imports (computed). Metrics are cached like every other
 # artifact, so `dvc push`/`pull` carry them too.
 """
 
 
-def dvc_yaml() -> str:
+def dvc_yaml(params_file: str | Path | None = None) -> str:
+    """dvc.yaml for the study's params (default: the project's params.yaml)."""
     import yaml
 
-    body = yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False, width=110, default_flow_style=False)
+    path = Path(params_file) if params_file else REPO / PARAMS_FILE
+    params = yaml.safe_load(path.read_text()) if path.is_file() else None
+    body = yaml.safe_dump({"stages": dvc_stages(params=params)}, sort_keys=False, width=110,
+                          default_flow_style=False)
     tail = yaml.safe_dump({"plots": list(DVC_PLOTS), "metrics": list(DVC_METRICS)}, sort_keys=False)
     plots = "# The study's figures and numbers: `dvc plots show`, `dvc metrics show` (and their `diff`).\n"
     return DVC_HEADER + body + plots + tail
 
 
 def main(argv: list[str]) -> int:
+    usage = "usage: python -m clipdistill.stages dvc-yaml [--params params.yaml] [--out dvc.yaml] | deps STAGE"
     if argv[:1] == ["dvc-yaml"]:
-        text = dvc_yaml()
-        if argv[1:2] == ["--out"] and len(argv) == 3:
+        opts = dict(zip(argv[1::2], argv[2::2]))
+        if len(argv) % 2 == 0 or set(opts) - {"--params", "--out"}:
+            raise SystemExit(usage)
+        text = dvc_yaml(opts.get("--params", Path.cwd() / PARAMS_FILE))
+        if "--out" in opts:
             from clipdistill.io import atomic_file
 
-            with atomic_file(Path(argv[2])) as fh:
+            with atomic_file(Path(opts["--out"])) as fh:
                 fh.write(text)
-        elif len(argv) == 1:
-            sys.stdout.write(text)
         else:
-            raise SystemExit("usage: python -m clipdistill.stages dvc-yaml [--out dvc.yaml]")
+            sys.stdout.write(text)
         return 0
     if argv[:1] == ["deps"] and len(argv) == 2:
         sys.stdout.write("".join(f"{p}\n" for p in code_deps(BY_NAME[argv[1]])))
         return 0
-    raise SystemExit("usage: python -m clipdistill.stages dvc-yaml [--out dvc.yaml] | deps STAGE")
+    raise SystemExit(usage)
 
 
 if __name__ == "__main__":

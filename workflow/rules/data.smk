@@ -1,23 +1,23 @@
-# The synthetic world: one job per split (so consumers rerun only when their split
+# The data splits, synthetic or imported: one job per split (so consumers rerun only when their split
 # changes), in every standard format, and a preview picture.
 
 
-rule data_synth:
+rule data_prepare:
     input:
-        stage_inputs("data_synth"),
+        stage_inputs("data_prepare"),
     output:
-        stage_outputs("data_synth"),
+        stage_outputs("data_prepare"),
     wildcard_constraints:
-        **stage_constraints("data_synth"),
+        **stage_constraints("data_prepare"),
     params:
-        cmd=stage_command("data_synth"),
-        values=stage_params("data_synth"),
+        cmd=stage_command("data_prepare"),
+        values=stage_params("data_prepare"),
     conda:
         "../envs/clipdistill.yaml"
     log:
-        stage_log("data_synth"),
+        stage_log("data_prepare"),
     benchmark:
-        stage_benchmark("data_synth")
+        stage_benchmark("data_prepare")
     shell:
         "{params.cmd}"
 

@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipdistill.data.formats import load_image, read_pairs_csv, read_vqa  # noqa: E402
+from clipdistill.data.formats import load_image, read_pairs_csv  # noqa: E402
+from clipdistill.data.splits import read_split_vqa  # noqa: E402
 from clipdistill.io import DataError, atomic_file  # noqa: E402
 
 
@@ -23,20 +24,24 @@ def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) ->
         root = data_dir / split
         if not root.is_dir():
             raise DataError(f"{root}: no such split in {data_dir}")
-        pairs, _ = read_pairs_csv(root / "pairs.csv")
-        vqa, _ = read_vqa(root / "questions.json", root / "annotations.json", root)
-        first_q = {}
+        vqa = read_split_vqa(root, check_images=True) if (root / "questions.json").is_file() else []
+        first_q = {}  # by image file: ids are the source's own
         for r in vqa:
-            first_q.setdefault(r.image_id, r)
+            first_q.setdefault(r.image.resolve(), r)
+        if (root / "pairs.csv").is_file():
+            shown = [(p.image, p.caption) for p in read_pairs_csv(root / "pairs.csv")[0]]
+        else:  # imported from a VQA format: no captions
+            shown = [(image, "") for image in first_q]
         for col in range(n):
             ax = axes[row][col]
             ax.axis("off")
-            if col >= len(pairs):
+            if col >= len(shown):
                 continue
-            ax.imshow(load_image(pairs[col].image), interpolation="nearest")
-            q = first_q.get(col)
+            image, caption = shown[col]
+            ax.imshow(load_image(image), interpolation="nearest")
+            q = first_q.get(image.resolve())
             qa = f"\nQ: {q.question}\nA: {q.answer}" if q else ""
-            ax.set_title("\n".join(textwrap.wrap(pairs[col].caption, 30)) + qa, fontsize=7, loc="left")
+            ax.set_title(("\n".join(textwrap.wrap(caption, 30)) + qa).lstrip("\n"), fontsize=7, loc="left")
         axes[row][0].text(-0.1, 0.5, split, transform=axes[row][0].transAxes, rotation=90,
                           va="center", ha="right", fontsize=9)
     fig.tight_layout()

@@ -27,11 +27,11 @@ def build_task(split_dir: str | Path, out: str | Path, max_new_tokens: int) -> P
     """Write the task folder (YAML + utils.py + the dataset saved to disk); returns it."""
     import datasets
 
-    from clipdistill.data.formats import read_vqa
+    from clipdistill.data.splits import read_split_vqa
     from clipdistill.data.synth import SHORT_ANSWER
 
     split_dir, out = Path(split_dir), Path(out)
-    records, _ = read_vqa(split_dir / "questions.json", split_dir / "annotations.json", split_dir)
+    records = read_split_vqa(split_dir, check_images=True)
     # VQAv2 annotation layout: answer dicts carry answer_id, which lmms-eval's leave-one-out relies on
     rows = {"question_id": [r.question_id for r in records], "image_id": [r.image_id for r in records],
             "question": [r.question for r in records], "answer": [r.answer for r in records],

@@ -181,26 +181,14 @@ def reading_efficiency(vlm_accuracy: dict, probe: dict) -> dict:
     return out
 
 
-def image_rows(records: list, split_dir) -> list[int]:
-    """Each record's row in the split's image tensor (pairs.csv order), matched by image path;
-    the image id where the path is not in pairs.csv."""
-    from pathlib import Path
-
-    from clipdistill.data.formats import read_pairs_csv
-
-    split_dir = Path(split_dir)
-    pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
-    row = {str((split_dir / p.image).resolve()): i for i, p in enumerate(pairs)}
-    return [row.get(str(Path(r.image).resolve()), r.image_id) for r in records]
-
-
-def vqa_diagnostics(vlm, processor, train_dir, train_images: torch.Tensor, eval_dir, eval_images: torch.Tensor,
-                    eval_records: list, predictions: list[str], metrics: dict, blind: bool) -> dict:
-    """The diagnostics of one trained VLM on its splits (see the module docstring)."""
+def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split, eval_records: list,
+                    predictions: list[str], metrics: dict, blind: bool) -> dict:
+    """The diagnostics of one trained VLM on its splits (see the module docstring). The splits
+    are `data.splits.Split`s: a record's feature row is its image's row (`Split.rows`)."""
     from dataclasses import replace
     from pathlib import Path
 
-    from clipdistill.data.formats import read_vqa
+    from clipdistill.data.splits import read_split_vqa
     from clipdistill.io import read_json
     from clipdistill.vqa.recipe import pixel_values, tower_features
 
@@ -209,11 +197,11 @@ def vqa_diagnostics(vlm, processor, train_dir, train_images: torch.Tensor, eval_
     if blind:
         return diagnose(metrics, answers)
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
-    train_records, _ = read_vqa(train_dir / "questions.json", train_dir / "annotations.json", train_dir,
-                                check_images=False)
-    feats = [tower_features(vlm, pixel_values(x, processor, False)) for x in (train_images, eval_images)]
-    rec = [[replace(r, image_id=k) for r, k in zip(rs, image_rows(rs, d))]
-           for rs, d in ((train_records, train_dir), (eval_records, eval_dir))]
+    train_records = read_split_vqa(train_dir)
+    feats = [tower_features(vlm, pixel_values(s.images, processor, False)) for s in (train_split, eval_split)]
+    # the probes index feature rows by `image_id`: hand them each record's row
+    rec = [[replace(r, image_id=k) for r, k in zip(rs, split.rows(rs))]
+           for rs, split in ((train_records, train_split), (eval_records, eval_split))]
     scenes = [read_json(d / "scenes.json") if (d / "scenes.json").is_file() else None for d in (train_dir, eval_dir)]
     return diagnose(metrics, answers, feats[0], rec[0], feats[1], rec[1], scenes[0], scenes[1])
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipdistill.data.formats import read_vqa
-from clipdistill.data.splits import load_split
+from clipdistill.data.splits import load_split, read_split_vqa
 from clipdistill.export.hf import save_vlm_processor, to_hf
 from clipdistill.io import atomic_dir, rounded, write_json
 from clipdistill.models import ClipBundle, create_model, load_model_dir
@@ -44,18 +43,19 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
     blind = encoder == BLIND
     bundle = blind_tower(spec.blind) if blind else load_model_dir(encoder)
     train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
-    records, _ = read_vqa(data / "vqa_eval" / "questions.json", data / "vqa_eval" / "annotations.json",
-                          data / "vqa_eval", check_images=False)
+    records = read_split_vqa(data / "vqa_eval")
+    eval_rows = eval_split.rows(records)  # by image path: ids are the source's own (COCO's, ...)
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
     vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language,
                                        vlm_seed)
     if rank != 0:
         return None
     eval_pixels = pixel_values(eval_split.images, processor, blind)
-    rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, dict(enumerate(eval_pixels)),
+    pixels_by_image = {r.image_id: eval_pixels[k] for r, k in zip(records, eval_rows)}
+    rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, pixels_by_image,
                                            spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))
-    summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split.images,
-                                             data / "vqa_eval", eval_split.images, records,
+    summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split,
+                                             data / "vqa_eval", eval_split, records,
                                              [r["text"] for r in rows], summary, blind)
     with atomic_dir(out) as tmp:
         vlm.save_pretrained(tmp / "model")

@@ -1,0 +1,86 @@
+"""`clipdistill data prepare`: one split of params `data.splits`, synthetic or imported, into the
+split-folder contract every later stage reads.
+
+A split folder always has `manifest.json` (what made it, a content hash) and, for VQA,
+`questions.json` + `annotations.json` (VQAv2 layout) keyed by the source's own question and
+image ids — COCO's 9-digit ids stay what they are. Synthetic splits are rendered (synth.py).
+Imported splits are read from the files their params name and normalised; their images stay
+where they are: `split.json` declares the image root and the pattern from an image id to a path
+under it, and the manifest records the sha256 of every source file read (images are referenced,
+not hashed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from clipdistill.data.formats import SPLIT_LAYOUT, read_vqa, write_vqa
+from clipdistill.io import DataError, atomic_dir, sha256_file, write_json, write_manifest
+from clipdistill.params import SOURCE_KEYS, DataParams, VQAv2SplitParams, is_imported
+
+def split_entry(params: DataParams, name: str):
+    if name not in params.splits:
+        raise DataError(f"unknown split {name!r}; params define: {', '.join(sorted(params.splits))}")
+    return params.splits[name]
+
+
+def prepare(params: DataParams, split: str, out: str | Path) -> dict:
+    """Write one split atomically into `out`; return its manifest."""
+    entry = split_entry(params, split)
+    if not is_imported(entry):
+        from clipdistill.data.synth import synthesize
+
+        return synthesize(params, split, out)
+    return import_vqav2(split, entry, Path(out))
+
+
+def _sources(name: str, entry) -> dict[str, Path]:
+    """The files the split reads, each checked to exist (one line naming the first missing one)."""
+    files = {key: Path(getattr(entry, key)) for key in SOURCE_KEYS[entry.format]}
+    for key, path in files.items():
+        if not path.is_file():
+            raise DataError(f"data.splits.{name}.{key}: {path}: file not found")
+    _check_tracked_by_dvc(name, files)
+    return files
+
+
+def _check_tracked_by_dvc(name: str, files: dict[str, Path]) -> None:
+    """Under `dvc repro` (DVC sets DVC_ROOT), refuse to import from a file dvc.yaml does not list
+    as a dep: dvc.yaml names imported sources literally, so it must be regenerated when
+    data.splits changes, or DVC would not notice a changed source."""
+    root = os.environ.get("DVC_ROOT")
+    if not root or not (Path(root) / "dvc.yaml").is_file():
+        return
+    text = (Path(root) / "dvc.yaml").read_text(encoding="utf-8")
+    for path in files.values():
+        if str(path) not in text:
+            raise DataError(f"dvc.yaml does not track {path} (a source of split {name}); regenerate it: "
+                            "python -m clipdistill.stages dvc-yaml --out dvc.yaml")
+
+
+def import_vqav2(name: str, entry: VQAv2SplitParams, out: Path) -> dict:
+    """VQAv2 questions + annotations → the split folder; every question checked (answers, an
+    image that exists inside `image_root`) before anything is written."""
+    files = _sources(name, entry)
+    root = Path(entry.image_root).absolute()
+    if not root.is_dir():
+        raise DataError(f"data.splits.{name}.image_root: {root}: not a directory")
+    records, bad = read_vqa(files["questions"], files["annotations"], root, entry.image_pattern,
+                            on_bad_sample=entry.on_bad_sample)
+    if not records:
+        raise DataError(f"{files['questions']}: no usable questions"
+                        + (f" ({len(bad.dropped)} skipped; first: {bad.dropped[0]})" if bad.dropped else ""))
+    seen = Counter(r.question_id for r in records)
+    if twice := [(qid, n) for qid, n in seen.items() if n > 1]:  # answers and scores are keyed by it
+        raise DataError(f"{files['questions']}: question_id {twice[0][0]!r} appears {twice[0][1]} times")
+    sources = {key: {"path": str(path), "sha256": sha256_file(path)} for key, path in files.items()}
+    with atomic_dir(out) as tmp:
+        write_vqa(tmp / "questions.json", tmp / "annotations.json", records, subtype=name,
+                  description=f"imported from {files['questions']}", data_type=entry.format)
+        write_json(tmp / SPLIT_LAYOUT, {"format": entry.format, "image_root": str(root),
+                                  "image_pattern": entry.image_pattern, "image_size": entry.image_size})
+        counts = {"images": len({r.image for r in records}), "questions": len(records), "skipped": len(bad.dropped)}
+        return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
+                                                      "sources": sources}, counts)
