@@ -61,9 +61,6 @@ def data_prepare(split: Annotated[str, opt("split name from params data.splits")
     say(f"wrote {counts['images']} images, {counts['questions']} questions to {out}")
 
 
-data_app.command("synth", help="The same as `data prepare` (its former name).")(data_prepare)
-
-
 @data_app.command("preview")
 def data_preview(data: Annotated[Path, opt("output of `data prepare`")] = RESULTS_DATA,
                  out: Annotated[Path, opt("PNG to write")] = Path("results/preview/scenes.png"),
@@ -175,6 +172,7 @@ def report_cmd(results: Annotated[Path, opt("the pipeline's results folder")] = 
     say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin, params=params)["answer"])
 
 
+data_app.command("synth", help="The same as `data prepare` (its former name).")(data_prepare)
 export_app.command("hf")(tools.export_hf_cmd)
 eval_app.command("lmms")(tools.eval_lmms)
 eval_app.command("mieb")(tools.eval_mieb)
