@@ -23,20 +23,21 @@ IMAGE_IDS = (500000, 262148, 393225)  # COCO-style: far beyond any row index
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
 
 
-def coco_style_vqa(root, n_questions: int = 4) -> dict:
+def coco_style_vqa(root, n_questions: int = 4, ids=IMAGE_IDS, pattern=PATTERN) -> dict:
     """Photos-to-be (non-square JPEGs, a coloured square on a gradient) under root/images and VQAv2
     questions + annotations with COCO-style ids (question_id = image_id·1000 + k, 9 digits);
     returns the `data.splits` entry that imports them."""
     images = root / "images"
     images.mkdir(parents=True)
     questions, annotations = [], []
-    for (image_id, (name, rgb)), (w, h) in zip(zip(IMAGE_IDS, COLOURS.items()), ((96, 72), (80, 100), (90, 90))):
+    for (image_id, (name, rgb)), (w, h) in zip(zip(ids, COLOURS.items()), ((96, 72), (80, 100), (90, 90))):
         grad = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0).repeat(3, 2)
         img = Image.fromarray(grad)
         img.paste(Image.new("RGB", (w // 2, h // 2), rgb), (w // 4, h // 4))
-        img.save(images / PATTERN.format(image_id=image_id), quality=90)
+        (images / pattern.format(image_id=image_id)).parent.mkdir(parents=True, exist_ok=True)
+        img.save(images / pattern.format(image_id=image_id), quality=90)
         for k in range(n_questions):
-            qid = image_id * 1000 + k
+            qid = image_id * 1000 + k if isinstance(image_id, int) else f"{image_id}/{k}"
             questions.append({"image_id": image_id, "question": f"What color is the square {k}?", "question_id": qid})
             annotations.append({"question_id": qid, "image_id": image_id, "question_type": "what color",
                                 "answer_type": "other", "multiple_choice_answer": name,
@@ -46,7 +47,7 @@ def coco_style_vqa(root, n_questions: int = 4) -> dict:
     (root / "annotations.json").write_text(json.dumps({"annotations": annotations}))
     return {"format": "vqav2", "questions": str(root / "questions.json"),
             "annotations": str(root / "annotations.json"), "image_root": str(images),
-            "image_pattern": PATTERN, "image_size": 64}
+            "image_pattern": pattern, "image_size": 64}
 
 
 def data_params(smoke_params, **imported) -> DataParams:
@@ -105,6 +106,39 @@ def test_a_vqav2_set_with_coco_ids_and_no_captions_evaluates_from_params_alone(s
     answers = [json.loads(line) for line in (tmp_path / "vlm" / "answers.jsonl").read_text().splitlines()]
     assert sorted(a["question_id"] for a in answers) == sorted(i * 1000 + k for i in IMAGE_IDS for k in range(4))
     assert summary["diagnostics"]["probe"]["pooled"]["what color"] is not None
+
+
+def test_a_vqa_training_split_without_captions_trains(smoke_params, source, tmp_path):
+    """vqa_train imported too: no captions, no LLaVA JSON. Each image's questions make its
+    conversation; stage 1 aligns on them, and the LM's reading pretraining reads them alone."""
+    from clipdistill.models.clip import create_model, save_model_dir
+    from clipdistill.params import VQAParams
+    from clipdistill.vqa import language
+    from clipdistill.vqa.recipe import stage_examples
+    from clipdistill.vqa.stage import run
+
+    _, eval_entry = source
+    train_entry = coco_style_vqa(tmp_path / "coco_train", n_questions=3, ids=(9, "cat-17", 581929),
+                                 pattern="train2014/{image_id}.jpg")  # str ids too, in a subfolder
+    params = data_params(smoke_params, vqa_train=train_entry, vqa_eval=eval_entry)
+    data = tmp_path / "data"
+    for split in ("vqa_train", "vqa_eval"):
+        prepare(params, split, data / split)
+    captions, qa = stage_examples(data / "vqa_train")
+    assert captions == [] and [i for i, _ in qa] == [0, 1, 2] and len(qa[1][1]) == 3
+    assert qa[0][1][0] == ("What color is the square 0?\nAnswer the question using a single word or phrase.", "red")
+    spec = VQAParams.model_validate({"lm": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},
+                                     "lm_pretrain": {"epochs": 1, "batch_size": 4},
+                                     "stage1": {"epochs": 1, "batch_size": 4}, "stage2": {"epochs": 1, "batch_size": 4},
+                                     "eval_batch_size": 8, "max_new_tokens": 2})
+    language.run(spec, data, tmp_path / "lm")
+    save_model_dir(tmp_path / "encoder", create_model("cd-student-xs", 0), "cd-student-xs",
+                   {"kind": "open_clip", "name": "cd-student-xs"}, {})
+    summary = run(spec, encoder=str(tmp_path / "encoder"), out=tmp_path / "vlm", metrics=tmp_path / "metrics.json",
+                  data=data, lm=tmp_path / "lm")
+    log = (tmp_path / "vlm" / "train_log.csv").read_text()
+    assert summary["count"] == 12 and "vqa stage 1" in log and "vqa stage 2" in log
+    assert summary["diagnostics"]["probe"]["pooled"]["what color"]["estimable"]  # train rows found by path
 
 
 # ---------------------------------------------------------------- bad input: one line, nothing written

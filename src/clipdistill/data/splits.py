@@ -89,13 +89,19 @@ def read_split_vqa(split_dir: str | Path, check_images: bool = False) -> list[VQ
     return records
 
 
+def vqa_images(records: list[VQARecord]) -> list[Path]:
+    """The images VQA records refer to, each once, in order of first mention: the rows of a
+    VQA-only split."""
+    return list(dict.fromkeys(Path(r.image).resolve() for r in records))
+
+
 def _load_vqa_images(split_dir: Path, size: int) -> Split:
-    """The images a VQA-only split's questions refer to, each once, in order of first mention."""
-    paths = list(dict.fromkeys(Path(r.image) for r in read_split_vqa(split_dir)))
+    """The images a VQA-only split's questions refer to (`vqa_images`)."""
+    paths = vqa_images(read_split_vqa(split_dir))
     arrays = [np.asarray(_square(load_image(p), size))
               for p in progress(paths, desc=f"load {split_dir.name}", unit="img", leave=False)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return Split(images, [], source=str(split_dir), paths=[p.resolve() for p in paths])
+    return Split(images, [], source=str(split_dir), paths=paths)
 
 
 def load_split(split_dir: str | Path, size: int | None = None) -> Split:

@@ -72,6 +72,8 @@ def load_language_dir(path: str | Path):
 def reading_examples(captions: list, qa: list) -> list:
     """Text-only examples with the scene description where the image goes: the description
     then each VQA conversation, and the description repeated back (stage 1's task in words)."""
+    if not captions:  # a split without captions: the conversations alone
+        return qa
     text = {i: turns[0][1] for i, turns in captions}
     with_context = [(i, [(f"{text[i]} . {turns[0][0]}", turns[0][1]), *turns[1:]]) for i, turns in qa]
     return with_context + [(i, [(text[i], text[i])]) for i, _ in captions]

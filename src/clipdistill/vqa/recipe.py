@@ -38,7 +38,11 @@ Example = tuple[int, list[tuple[str, str]]]  # (image index, [(prompt, answer), 
 
 
 def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
-    """Stage 1 (one caption per image, empty prompt) and stage 2 (each LLaVA conversation)."""
+    """Stage 1 (one caption per image, empty prompt) and stage 2 (each LLaVA conversation). A
+    split imported from a VQA format has no captions ([]) and no LLaVA JSON: each image's
+    questions, with their canonical answers, make its conversation."""
+    if not (split_dir / "pairs.csv").is_file():
+        return [], vqa_conversations(split_dir)
     pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
     index = {p.image: i for i, p in enumerate(pairs)}
     captions = [(i, [("", p.caption)]) for i, p in enumerate(pairs)]
@@ -47,6 +51,20 @@ def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
                                for h, g in zip(c["conversations"][::2], c["conversations"][1::2])])
           for c in convs]
     return captions, qa
+
+
+def vqa_conversations(split_dir: Path) -> list[Example]:
+    """One conversation per image of a VQA-only split (its row: `splits.vqa_images` order), a
+    turn per question with the short-answer prompt the evaluation uses."""
+    from clipdistill.data.splits import read_split_vqa, vqa_images
+    from clipdistill.data.synth import SHORT_ANSWER
+
+    records = read_split_vqa(split_dir)
+    row = {p: i for i, p in enumerate(vqa_images(records))}
+    turns: dict[int, list[tuple[str, str]]] = {}
+    for r in records:
+        turns.setdefault(row[Path(r.image).resolve()], []).append((f"{r.question}\n{SHORT_ANSWER}", r.answer))
+    return list(turns.items())
 
 
 def corpus(*example_lists) -> list[str]:

@@ -1,6 +1,7 @@
 """`clipdistill vqa run`: the identical two-stage LLaVA recipe for one encoder, then evaluation.
 
-Stage 1 — projector alignment: captions of the VQA training images, LM and tower frozen.
+Stage 1 — projector alignment: captions of the VQA training images, LM and tower frozen (a
+split without captions — imported from a VQA format — aligns on its questions and answers).
 Stage 2 — instruction tuning: the LLaVA conversation JSON (short-answer suffix), projector
 and LM trained, tower frozen, loss on the answer tokens only. A new optimizer per stage;
 the projector is trained from its seeded init for every encoder, never reused.
@@ -80,7 +81,8 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
 
     for p in lm:
         p.requires_grad_(False)
-    log = run_stage(vlm, captions, spec.stage1, stage1_seed, "vqa stage 1", projector, loss_of(vlm))
+    # without captions (a split imported from a VQA format) stage 1 aligns on the conversations
+    log = run_stage(vlm, captions or qa, spec.stage1, stage1_seed, "vqa stage 1", projector, loss_of(vlm))
     if spec.lora is None:
         for p in lm:
             p.requires_grad_(True)
