@@ -251,7 +251,7 @@ def test_splits_that_need_captions_cannot_be_imported_vqa_sets(source, tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from clipdistill.params import load_params
 
-    with pytest.raises(ParamsError, match="eval.split: split 'clip_eval' is imported from vqav2"):
+    with pytest.raises(ParamsError, match=r"eval.split: split 'clip_eval' is imported \(vqav2\)"):
         load_params(tmp_path / "params.yaml")
 
 
@@ -305,3 +305,72 @@ def test_dvc_refuses_to_import_a_source_its_dvc_yaml_does_not_list(smoke_params,
     _fails(data_params(smoke_params, vqa_eval=entry), tmp_path,
            f"dvc.yaml does not track {entry['questions']} (a source of split vqa_eval); regenerate it")
     assert os.environ["DVC_ROOT"] == str(tmp_path)
+
+
+# ---------------------------------------------------------------- image–text splits: open_clip CSV, COCO captions
+
+
+def photo_folder(root, ids=IMAGE_IDS):
+    """Non-square JPEGs named as COCO names them, under root (absolute, outside the project)."""
+    coco_style_vqa(root, n_questions=1, ids=ids)
+    return root / "images"
+
+
+def test_csv_and_coco_caption_splits_import_with_their_images_in_place(smoke_params, tmp_path):
+    images = photo_folder(tmp_path / "photos")
+    names = [PATTERN.format(image_id=i) for i in IMAGE_IDS]
+    csv = tmp_path / "pairs.tsv"  # one absolute path inside the root, the others relative
+    csv.write_text("filepath\ttitle\n" + f"{images / names[0]}\ta red square\n"
+                   + "".join(f"{n}\ta square number {k}\n" for k, n in enumerate(names[1:])))
+    coco = tmp_path / "captions_val2014.json"
+    coco.write_text(json.dumps({"images": [{"id": i, "file_name": n} for i, n in zip(IMAGE_IDS, names)],
+                                "annotations": [{"image_id": i, "id": k, "caption": f"caption {k} of {i}"}
+                                                for k, i in enumerate(IMAGE_IDS * 2)]}))
+    params = data_params(smoke_params,
+                         distill={"format": "csv", "path": str(csv), "image_root": str(images), "image_size": 32},
+                         pretrain={"format": "coco_captions", "captions": str(coco), "image_root": str(images),
+                                   "image_size": 48})
+    m = prepare(params, "distill", tmp_path / "distill")
+    assert m["counts"] == {"images": 3, "pairs": 3, "skipped": 0}
+    assert m["params"]["sources"] == {"path": {"path": str(csv), "sha256": sha256_file(csv)}}
+    assert sorted(p.name for p in (tmp_path / "distill").iterdir()) == ["manifest.json", "pairs.csv", "split.json"]
+    split = load_split(tmp_path / "distill")
+    assert split.images.shape == (3, 3, 32, 32) and split.captions[0] == "a red square"
+    assert split.paths == [(images / n).resolve() for n in names]
+    assert prepare(params, "pretrain", tmp_path / "pretrain")["counts"] == {"images": 3, "pairs": 6, "skipped": 0}
+    assert load_split(tmp_path / "pretrain").images.shape == (6, 3, 48, 48)
+
+    csv.write_text(csv.read_text() + "../../elsewhere.jpg\tout of bounds\n")
+    with pytest.raises(DataError) as info:
+        prepare(params, "distill", tmp_path / "distill")
+    assert str(info.value) == f"{csv}:5: path '../../elsewhere.jpg' escapes the data root {images}"
+    skipping = data_params(smoke_params, distill={"format": "csv", "path": str(csv), "image_root": str(images),
+                                                  "on_bad_sample": "skip"})
+    assert prepare(skipping, "distill", tmp_path / "distill")["counts"]["skipped"] == 1
+
+
+def test_a_vqa_split_cannot_be_an_image_text_import(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"]["splits"]["vqa_eval"] = {"format": "csv", "path": "/x.tsv", "image_root": "/"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    from clipdistill.params import load_params
+
+    with pytest.raises(ParamsError, match="vqa_eval: imported from csv; a VQA split is synthetic or vqav2"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_dvc_yaml_groups_imported_splits_by_format_with_their_files_as_deps():
+    from clipdistill import stages
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"]["splits"]["distill"] = {"format": "csv", "path": "/data/cc3m/train.tsv", "image_root": "/data/cc3m"}
+    raw["data"]["splits"]["vqa_eval"] = {"format": "vqav2", "questions": "/q.json", "annotations": "/a.json",
+                                         "image_root": "/coco", "image_pattern": PATTERN}
+    dvc = stages.dvc_stages(params=raw)
+    assert dvc["data_prepare"]["foreach"] == ["pretrain", "distill_shifted", "vqa_train", "clip_eval"]
+    assert dvc["data_prepare_csv"]["foreach"] == {"distill": {"path": "/data/cc3m/train.tsv"}}
+    assert dvc["data_prepare_csv"]["do"]["deps"][-1] == "${item.path}"
+    assert dvc["data_prepare_csv"]["do"]["params"] == ["data.splits.${key}"]
+    assert dvc["data_prepare_vqav2"]["do"]["deps"][-2:] == ["${item.questions}", "${item.annotations}"]
+    assert stages.dvc_stage_of("data_prepare_csv@distill") == "data_prepare"
+    assert "data_prepare_csv" not in stages.dvc_stages(params=yaml.safe_load(SMOKE.read_text()))

@@ -58,7 +58,7 @@ def data_prepare(split: Annotated[str, opt("split name from params data.splits")
     from clipdistill.data.prepare import prepare
 
     counts = prepare(load_section(params, "data"), split, out)["counts"]
-    say(f"wrote {counts['images']} images, {counts['questions']} questions to {out}")
+    say("wrote " + ", ".join(f"{v} {k}" for k, v in counts.items() if isinstance(v, int)) + f" to {out}")
 
 
 @data_app.command("preview")

@@ -73,8 +73,36 @@ class VQAv2SplitParams(Strict):
         return pattern
 
 
+class _PairsImport(Strict):
+    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
+                                        "resolve inside it, symlinks included")
+    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
+                                                            "to this many pixels when loaded")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: the first bad sample stops the import; skip: drop it and count it")
+
+
+class CSVSplitParams(_PairsImport):
+    """Image–text pairs imported from an open_clip CSV; image paths relative to `image_root`
+    (or absolute inside it)."""
+
+    format: Literal["csv"]
+    path: str = Field(description="the CSV file (absolute, or relative to the project)")
+    img_key: str = Field("filepath", description="column of the image path")
+    caption_key: str = Field("title", description="column of the caption")
+    sep: str = Field("\t", min_length=1, max_length=1, description="column separator")
+
+
+class COCOCaptionsSplitParams(_PairsImport):
+    """Image–text pairs imported from a COCO `captions_*.json` (one pair per caption)."""
+
+    format: Literal["coco_captions"]
+    captions: str = Field(description="the captions JSON (absolute, or relative to the project)")
+
+
 # which keys of an imported split name the files it reads (its DAG deps besides code)
-SOURCE_KEYS = {"vqav2": ("questions", "annotations")}
+SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "csv": ("path",), "coco_captions": ("captions",)}
+PAIR_FORMATS = ("csv", "coco_captions")  # image–text splits (pretrain, features); vqav2 is for the VQA splits
 SPLIT_TAGS = ("synthetic", *SOURCE_KEYS)
 
 
@@ -84,10 +112,12 @@ def _split_kind(entry) -> str:
     return fmt if fmt is not None else "synthetic"
 
 
-AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")]],
+AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")],
+                           Annotated[CSVSplitParams, Tag("csv")],
+                           Annotated[COCOCaptionsSplitParams, Tag("coco_captions")]],
                      Discriminator(_split_kind, custom_error_type="split_format",
-                                   custom_error_message="unknown split format; known: vqav2 (or no format: "
-                                                        "synthetic)")]
+                                   custom_error_message="unknown split format; known: vqav2, csv, coco_captions "
+                                                        "(or no format: synthetic)")]
 
 
 def is_imported(entry) -> bool:
@@ -425,11 +455,17 @@ class Params(Strict):
         for section in (self.features, self.eval):
             if section.split not in self.data.splits:
                 raise ValueError(f"split {section.split!r} is not a data split")
-        for key, split in (("teacher training", "pretrain"), ("features.split", self.features.split),
-                           ("eval.split", self.eval.split)):
-            if is_imported(self.data.splits[split]):  # only VQA formats can be imported so far
-                raise ValueError(f"{key}: split {split!r} is imported from {self.data.splits[split].format} "
-                                 "(questions, no image–text pairs); it needs a synthetic split")
+        kinds = {name: _split_kind(e) for name, e in self.data.splits.items()}
+        for key, split in (("teacher training", "pretrain"), ("features.split", self.features.split)):
+            if kinds[split] not in ("synthetic", *PAIR_FORMATS):
+                raise ValueError(f"{key}: split {split!r} is imported from {kinds[split]} (questions, no image–text "
+                                 f"pairs); it needs a synthetic split or one of {', '.join(PAIR_FORMATS)}")
+        if kinds[self.eval.split] != "synthetic":  # zero-shot top-1 (the report's teacher quality) needs label sets
+            raise ValueError(f"eval.split: split {self.eval.split!r} is imported ({kinds[self.eval.split]}); it needs "
+                             "a synthetic split (its zero-shot label sets are the report's teacher quality)")
+        for split in ("vqa_train", "vqa_eval"):
+            if kinds[split] not in ("synthetic", "vqav2"):
+                raise ValueError(f"{split}: imported from {kinds[split]}; a VQA split is synthetic or vqav2")
         for harness, splits in self.eval.harnesses:
             if unknown := [s for s in splits if s not in self.data.splits]:
                 raise ValueError(f"eval.harnesses.{harness}: {unknown} not data splits; known: {', '.join(self.data.splits)}")

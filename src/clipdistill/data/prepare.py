@@ -1,12 +1,13 @@
 """`clipdistill data prepare`: one split of params `data.splits`, synthetic or imported, into the
-split-folder contract every later stage reads.
+split-folder contract every later stage reads. Formats: vqav2 (the VQA splits), csv (open_clip)
+and coco_captions (image–text splits: pretrain, the features split).
 
 A split folder always has `manifest.json` (what made it, a content hash) and, for VQA,
 `questions.json` + `annotations.json` (VQAv2 layout) keyed by the source's own question and
 image ids — COCO's 9-digit ids stay what they are. Synthetic splits are rendered (synth.py).
 Imported splits are read from the files their params name and normalised; their images stay
 where they are: `split.json` declares the image root and the pattern from an image id to a path
-under it, and the manifest records the sha256 of every source file read (images are referenced,
+under it (pairs.csv: paths relative to it), and the manifest records the sha256 of every source file read (images are referenced,
 not hashed).
 """
 
@@ -16,7 +17,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from clipdistill.data.formats import SPLIT_LAYOUT, read_vqa, write_vqa
+from clipdistill.data.formats import (SPLIT_LAYOUT, read_coco_captions, read_pairs_csv, read_vqa, write_pairs_csv,
+                                      write_vqa)
 from clipdistill.io import DataError, atomic_dir, sha256_file, write_json, write_manifest
 from clipdistill.params import SOURCE_KEYS, DataParams, VQAv2SplitParams, is_imported
 
@@ -33,7 +35,9 @@ def prepare(params: DataParams, split: str, out: str | Path) -> dict:
         from clipdistill.data.synth import synthesize
 
         return synthesize(params, split, out)
-    return import_vqav2(split, entry, Path(out))
+    if entry.format == "vqav2":
+        return import_vqav2(split, entry, Path(out))
+    return import_pairs(split, entry, Path(out))
 
 
 def _sources(name: str, entry) -> dict[str, Path]:
@@ -60,13 +64,48 @@ def _check_tracked_by_dvc(name: str, files: dict[str, Path]) -> None:
                             "python -m clipdistill.stages dvc-yaml --out dvc.yaml")
 
 
+def _image_root(name: str, entry) -> Path:
+    root = Path(entry.image_root).absolute()
+    if not root.is_dir():
+        raise DataError(f"data.splits.{name}.image_root: {root}: not a directory")
+    return root
+
+
+def _sha256s(files: dict[str, Path]) -> dict:
+    return {key: {"path": str(path), "sha256": sha256_file(path)} for key, path in files.items()}
+
+
+def import_pairs(name: str, entry, out: Path) -> dict:
+    """An open_clip CSV or COCO captions JSON → the split folder: `pairs.csv` with each image's
+    path relative to the (resolved) root, `split.json` naming the root; every image checked
+    before anything is written."""
+    files = _sources(name, entry)
+    root = _image_root(name, entry)
+    if entry.format == "csv":
+        pairs, bad = read_pairs_csv(files["path"], root=root, on_bad_sample=entry.on_bad_sample,
+                                    img_key=entry.img_key, caption_key=entry.caption_key, sep=entry.sep)
+    else:
+        pairs, bad = read_coco_captions(files["captions"], root, on_bad_sample=entry.on_bad_sample)
+    source = next(iter(files.values()))
+    if not pairs:
+        raise DataError(f"{source}: no usable samples"
+                        + (f" ({len(bad.dropped)} skipped; first: {bad.dropped[0]})" if bad.dropped else ""))
+    resolved = root.resolve()
+    with atomic_dir(out) as tmp:
+        write_pairs_csv(tmp / "pairs.csv", [(p.image.relative_to(resolved).as_posix(), p.caption) for p in pairs])
+        write_json(tmp / SPLIT_LAYOUT, {"format": entry.format, "image_root": str(resolved),
+                                        "image_size": entry.image_size})
+        counts = {"images": len({p.image for p in pairs}), "pairs": len(pairs),
+                  "skipped": len(bad.dropped)}
+        return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
+                                                      "sources": _sha256s(files)}, counts)
+
+
 def import_vqav2(name: str, entry: VQAv2SplitParams, out: Path) -> dict:
     """VQAv2 questions + annotations → the split folder; every question checked (answers, an
     image that exists inside `image_root`) before anything is written."""
     files = _sources(name, entry)
-    root = Path(entry.image_root).absolute()
-    if not root.is_dir():
-        raise DataError(f"data.splits.{name}.image_root: {root}: not a directory")
+    root = _image_root(name, entry)
     records, bad = read_vqa(files["questions"], files["annotations"], root, entry.image_pattern,
                             on_bad_sample=entry.on_bad_sample)
     if not records:
@@ -75,7 +114,7 @@ def import_vqav2(name: str, entry: VQAv2SplitParams, out: Path) -> dict:
     seen = Counter(r.question_id for r in records)
     if twice := [(qid, n) for qid, n in seen.items() if n > 1]:  # answers and scores are keyed by it
         raise DataError(f"{files['questions']}: question_id {twice[0][0]!r} appears {twice[0][1]} times")
-    sources = {key: {"path": str(path), "sha256": sha256_file(path)} for key, path in files.items()}
+    sources = _sha256s(files)
     with atomic_dir(out) as tmp:
         write_vqa(tmp / "questions.json", tmp / "annotations.json", records, subtype=name,
                   description=f"imported from {files['questions']}", data_type=entry.format)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from clipdistill.data.formats import load_image, read_pairs_csv  # noqa: E402
-from clipdistill.data.splits import read_split_vqa  # noqa: E402
+from clipdistill.data.splits import layout, read_split_vqa  # noqa: E402
 from clipdistill.io import DataError, atomic_file  # noqa: E402
 
 
@@ -29,7 +29,8 @@ def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) ->
         for r in vqa:
             first_q.setdefault(r.image.resolve(), r)
         if (root / "pairs.csv").is_file():
-            shown = [(p.image, p.caption) for p in read_pairs_csv(root / "pairs.csv")[0]]
+            pairs, _ = read_pairs_csv(root / "pairs.csv", root=layout(root)["image_root"])
+            shown = [(p.image, p.caption) for p in pairs]
         else:  # imported from a VQA format: no captions
             shown = [(image, "") for image in first_q]
         for col in range(n):

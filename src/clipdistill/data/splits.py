@@ -54,9 +54,11 @@ def _square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def load_pairs(csv_path: str | Path, size: int | None = None, *, on_bad_sample: OnBad = "error") -> Split:
-    """An open_clip CSV (synthetic or real) as a Split; images squared to `size` if given."""
-    pairs, _ = read_pairs_csv(csv_path, on_bad_sample=on_bad_sample, check_images=False)
+def load_pairs(csv_path: str | Path, size: int | None = None, *, on_bad_sample: OnBad = "error",
+               root: str | Path | None = None) -> Split:
+    """An open_clip CSV (synthetic or real) as a Split; images squared to `size` if given, paths
+    relative to `root` (default: the CSV's folder)."""
+    pairs, _ = read_pairs_csv(csv_path, root=root, on_bad_sample=on_bad_sample, check_images=False)
     if not pairs:
         raise DataError(f"{csv_path}: no samples")
     arrays = []
@@ -114,7 +116,8 @@ def load_split(split_dir: str | Path, size: int | None = None) -> Split:
         split = _load_vqa_images(split_dir, size or layout(split_dir)["image_size"])
         split.content_sha256 = read_json(split_dir / "manifest.json")["content_sha256"]
         return split
-    split = load_pairs(split_dir / "pairs.csv", size)
+    where = layout(split_dir)  # an imported image–text split: images under its declared root
+    split = load_pairs(split_dir / "pairs.csv", size or where["image_size"], root=where["image_root"])
     split.content_sha256 = read_json(split_dir / "manifest.json")["content_sha256"]
     if (split_dir / "labels.json").is_file():
         split.label_sets = read_json(split_dir / "labels.json")["label_sets"]
