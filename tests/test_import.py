@@ -374,3 +374,27 @@ def test_dvc_yaml_groups_imported_splits_by_format_with_their_files_as_deps():
     assert dvc["data_prepare_vqav2"]["do"]["deps"][-2:] == ["${item.questions}", "${item.annotations}"]
     assert stages.dvc_stage_of("data_prepare_csv@distill") == "data_prepare"
     assert "data_prepare_csv" not in stages.dvc_stages(params=yaml.safe_load(SMOKE.read_text()))
+
+
+@pytest.mark.slow
+def test_snakemake_evaluates_an_imported_vqav2_set_and_dvc_agrees(tmp_path):
+    """Params alone (and dvc.yaml regenerated): the smoke study's blind VLM trained on the
+    synthetic vqa_train and evaluated on a VQAv2 set with COCO ids outside the project, through
+    Snakemake; its hook records the jobs in dvc.lock, where DVC calls them up to date."""
+    from test_dag import _run
+
+    from conftest import BIN
+
+    entry = coco_style_vqa(tmp_path / "coco", n_questions=10)
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"]["splits"]["vqa_eval"] = {**entry, "image_size": 64}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = project_copy(tmp_path / "project", tmp_path / "params.yaml")
+    _run([str(BIN / "python"), "-m", "clipdistill.stages", "dvc-yaml", "--out", "dvc.yaml"], project)
+    _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default",
+          "results/vqa_metrics/blind/vlm0.json", "results/preview/scenes.png"], project, timeout=900)
+    metrics = json.loads((project / "results/vqa_metrics/blind/vlm0.json").read_text())
+    answers = [json.loads(line) for line in (project / "results/vqa/blind/vlm0/answers.jsonl").read_text().splitlines()]
+    assert metrics["count"] == 30 and {a["question_id"] // 1000 for a in answers} == set(IMAGE_IDS)
+    status = _run([str(BIN / "dvc"), "status", "--json", "data_prepare_vqav2@vqa_eval", "vqa_blind@0"], project).stdout
+    assert json.loads(status or "{}") == {}, status
