@@ -398,3 +398,22 @@ def test_snakemake_evaluates_an_imported_vqav2_set_and_dvc_agrees(tmp_path):
     assert metrics["count"] == 30 and {a["question_id"] // 1000 for a in answers} == set(IMAGE_IDS)
     status = _run([str(BIN / "dvc"), "status", "--json", "data_prepare_vqav2@vqa_eval", "vqa_blind@0"], project).stdout
     assert json.loads(status or "{}") == {}, status
+
+
+def test_the_lmms_task_keeps_imported_ids_ints_or_strings(smoke_params, tmp_path):
+    """lmms-eval's dataset of an imported split: COCO's int ids stay int64, string ids strings,
+    images read from the declared root."""
+    pytest.importorskip("datasets", reason="datasets not installed: pip install -e '.[harness]'")
+    import datasets
+
+    from clipdistill.harness.lmms import build_task
+
+    for name, ids, dtype in (("coco", IMAGE_IDS, "int64"), ("named", ("a", "b", 7), "string")):
+        entry = coco_style_vqa(tmp_path / name, n_questions=2, ids=ids, pattern="{image_id}.jpg")
+        prepare(data_params(smoke_params, vqa_eval=entry), "vqa_eval", tmp_path / name / "split")
+        task = build_task(tmp_path / name / "split", tmp_path / name / "task", 4)
+        ds = datasets.load_from_disk(str(task / "data"))["validation"]
+        assert ds.features["question_id"].dtype == dtype and len(ds) == 6
+        assert ds[0]["image"].size == (96, 72)
+        if dtype == "int64":
+            assert ds[0]["question_id"] == 500000000

@@ -32,15 +32,22 @@ def build_task(split_dir: str | Path, out: str | Path, max_new_tokens: int) -> P
 
     split_dir, out = Path(split_dir), Path(out)
     records = read_split_vqa(split_dir, check_images=True)
+    # ids as the source gives them: COCO's ints, or strings (then every id of that column as text)
+    def id_column(values):
+        ints = all(isinstance(v, int) for v in values)
+        return (values if ints else [str(v) for v in values]), datasets.Value("int64" if ints else "string")
+
+    (qids, qid_type), (image_ids, image_id_type) = (id_column([r.question_id for r in records]),
+                                                    id_column([r.image_id for r in records]))
     # VQAv2 annotation layout: answer dicts carry answer_id, which lmms-eval's leave-one-out relies on
-    rows = {"question_id": [r.question_id for r in records], "image_id": [r.image_id for r in records],
+    rows = {"question_id": qids, "image_id": image_ids,
             "question": [r.question for r in records], "answer": [r.answer for r in records],
             "answers": [[{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(r.answers)]
                         for r in records],
             "question_type": [r.question_type for r in records], "answer_type": [r.answer_type for r in records],
             "image": [{"bytes": Path(r.image).read_bytes(), "path": None} for r in records]}
     features = datasets.Features({
-        "question_id": datasets.Value("int64"), "image_id": datasets.Value("int64"),
+        "question_id": qid_type, "image_id": image_id_type,
         "question": datasets.Value("string"), "answer": datasets.Value("string"),
         "answers": [{"answer": datasets.Value("string"), "answer_confidence": datasets.Value("string"),
                      "answer_id": datasets.Value("int64")}],
