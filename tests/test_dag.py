@@ -153,7 +153,7 @@ def test_harness_stages_switched_on_run_every_model_the_same_way_in_both_runners
             ) in {job[1] for job in snakemake}
 
 
-CLIP_EVAL = ["eval.batch_size", "eval.recall_at", "eval.split"]  # `eval clip`'s keys, not eval.harnesses
+CLIP_EVAL = ["eval.batch_size", "eval.recall_at", "eval.split", "runtime"]  # `eval clip`'s keys (not eval.harnesses), runtime
 
 
 def test_each_stage_tracks_exactly_the_params_it_reads(project):
@@ -164,32 +164,33 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
     for split in load_section(REPO / "params.yaml", "data").splits:
         assert set(params.pop(f"data_prepare@{split}")) == shared | {f"data.splits.{split}"}
     for teacher in load_section(REPO / "params.yaml", "teachers"):
-        assert params.pop(f"teacher_train@{teacher}") == [f"teachers.{teacher}"]
+        assert params.pop(f"teacher_train@{teacher}") == ["runtime", f"teachers.{teacher}"]
         assert params.pop(f"teacher_eval@{teacher}") == CLIP_EVAL
-        assert params.pop(f"features_extract@{teacher}") == ["features"]
+        assert params.pop(f"features_extract@{teacher}") == ["features", "runtime"]
     grid = load_section(REPO / "params.yaml", "distill").grid
     vlm_seeds = load_section(REPO / "params.yaml", "vqa").seeds
     assert len(vlm_seeds) >= 2  # issue 16: the default study measures the VLM-to-VLM spread
     runs = [(t, s, m, seed) for t in grid.teachers for s in grid.students for m in grid.methods for seed in grid.seeds]
     for t, s, m, seed in runs:
         assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
-            "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
+            "distill.train", f"distill.students.{s}", f"distill.methods.{m}", "runtime"}
         assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == CLIP_EVAL
         for v in vlm_seeds:
-            assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}-{v}") == ["vqa"]
+            assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}-{v}") == ["runtime", "vqa"]
     for s, m, seed in [(s, m, seed) for s in grid.students for m in grid.baselines for seed in grid.seeds]:
         assert set(params.pop(f"distill_baseline@{s}-{m}-{seed}")) == {
-            "distill.train", f"distill.students.{s}", f"distill.methods.{m}"}
+            "distill.train", f"distill.students.{s}", f"distill.methods.{m}", "runtime"}
         for v in vlm_seeds:
-            assert params.pop(f"vqa_baseline@{s}-{m}-{seed}-{v}") == ["vqa"]
+            assert params.pop(f"vqa_baseline@{s}-{m}-{seed}-{v}") == ["runtime", "vqa"]
         for t in grid.teachers:
             assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == CLIP_EVAL
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         for v in vlm_seeds:
-            assert params.pop(f"vqa_teacher@{teacher}-{v}") == ["vqa"]
+            assert params.pop(f"vqa_teacher@{teacher}-{v}") == ["runtime", "vqa"]
     for v in vlm_seeds:
-        assert params.pop(f"vqa_blind@{v}") == ["vqa"]
-    assert params == {"data_preview": [], "vqa_lm": ["vqa.lm", "vqa.lm_pretrain"],
+        assert params.pop(f"vqa_blind@{v}") == ["runtime", "vqa"]
+    # `runtime` (device, precision): every stage that runs one of our models, and no other
+    assert params == {"data_preview": [], "vqa_lm": ["runtime", "vqa.lm", "vqa.lm_pretrain"],
                       "report": ["distill.grid", "report", "teachers", "vqa.seeds"]}
 
 

@@ -21,7 +21,7 @@ def test_answers_follow_image_ids_that_are_not_row_indices(monkeypatch):
     records = [VQARecord(q, i, f"img{i}.png", "what colour is it?", COLOURS[ids.index(i)],
                          (COLOURS[ids.index(i)],) * 10, "what colour", "other") for q, i in enumerate(asked)]
 
-    def stub_answer(vlm, tokenizer, prompts, pix, batch_size, max_new_tokens):
+    def stub_answer(vlm, tokenizer, prompts, pix, batch_size, max_new_tokens, runtime):
         assert len(prompts) == len(pix) == len(records)
         return [COLOURS[int(p[0, 0, 0])] for p in pix]
 

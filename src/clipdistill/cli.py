@@ -79,7 +79,7 @@ def teacher_train(name: Annotated[str, opt("teacher name from params `teachers`"
     from clipdistill.teachers.stage import run
 
     out = out or Path("results/teachers") / name
-    manifest = run(load_section(params, "teachers"), name, data, out)
+    manifest = run(load_section(params, "teachers"), name, data, out, tools.runtime(params))
     say(f"teacher {name}: {manifest['model_name']}, {manifest['params']['total']:,} params -> {out}")
 
 
@@ -90,7 +90,7 @@ def features_extract(teacher: Annotated[Path, opt("teacher model directory")],
     """Run the frozen teacher once over the distillation split into a feature store."""
     from clipdistill.features.stage import run
 
-    m = run(load_section(params, "features"), teacher, data, out)
+    m = run(load_section(params, "features"), teacher, data, out, tools.runtime(params))
     say(f"stored {m['count']} samples ({m['dtype']}) in {len(m['shards'])} shards -> {out}")
 
 
@@ -103,7 +103,7 @@ def eval_clip(model: Annotated[Path, opt("model directory")], out: Annotated[Pat
     """Zero-shot classification (prompt ensembles), image<->text retrieval R@k, CKA to a teacher."""
     from clipdistill.evaluate.stage import run
 
-    metrics = run(load_section(params, "eval"), model, out, data, csv, teacher)
+    metrics = run(load_section(params, "eval"), model, out, data, csv, teacher, tools.runtime(params))
     say(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["summary"].items()))
 
 
@@ -123,7 +123,7 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
     from clipdistill.distill.stage import run
 
     if run(load_section(params, "distill"), student=student, method=method, seed=seed, data=data, out=out,
-           teacher_name=teacher_name, teacher=teacher, features=features) is not None:
+           teacher_name=teacher_name, teacher=teacher, features=features, runtime=tools.runtime(params)) is not None:
         say(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}")
 
 
@@ -134,7 +134,7 @@ def vqa_lm(out: Annotated[Path, opt("directory for the language model and its to
     training text when `vqa.lm_pretrain` is set."""
     from clipdistill.vqa.language import run
 
-    counts = run(load_section(params, "vqa"), data, out)["counts"]
+    counts = run(load_section(params, "vqa"), data, out, tools.runtime(params))["counts"]
     loss = counts["final_loss"]
     say(f"language model: {counts['parameters']:,} parameters, vocab {counts['vocab']}"
         + (f", final loss {loss:.3f}" if loss is not None else "") + f" -> {out}")
@@ -154,7 +154,7 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
     from clipdistill.vqa.stage import run
 
     summary = run(load_section(params, "vqa"), encoder=encoder, out=out, metrics=metrics, data=data, lm=lm,
-                  vlm_seed=vlm_seed)
+                  vlm_seed=vlm_seed, runtime=tools.runtime(params))
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"

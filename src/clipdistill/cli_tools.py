@@ -29,6 +29,14 @@ ProjectOpt = Annotated[Path, opt("project root (where dvc.yaml lives)")]
 RESULTS_DATA, PARAMS = Path("results/data"), Path("params.yaml")
 
 
+def runtime(params: Path):
+    """The stage's device and precision (params `runtime`), resolved before any work: a missing
+    device is a one-line error (exit 2)."""
+    from clipdistill.training.runtime import setup
+
+    return setup(load_section(params, "runtime"))
+
+
 def export_hf_cmd(model: Annotated[Optional[Path], opt("open_clip model directory")] = None,
                   out: Annotated[Optional[Path], opt("Hugging Face CLIPVisionModel directory")] = None,
                   vlm: Annotated[Optional[Path], opt("a saved VLM (`vqa run` output): add its "

@@ -433,6 +433,23 @@ class ReportParams(Strict):
         "slope's 95% CI lies inside ±margin")
 
 
+class RuntimeParams(Strict):
+    """Where and how the model stages compute (`runtime`): teacher training, feature extraction,
+    distillation, CLIP evaluation and VQA read it. It changes speed and rounding, not the
+    recipe; the defaults leave CPU results bit-identical to a run without this section."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU; cuda refuses a machine without it "
+                            "(under torchrun each rank takes the GPU LOCAL_RANK)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of forward passes; weights, optimizer state and saved files stay "
+                            "fp32 (fp16 adds a dynamic loss scale)")
+    tf32: bool = Field(False, description="let CUDA fp32 matmuls and convolutions round through TF32")
+    compile: bool = Field(False, description="torch.compile the open_clip towers (in place)")
+    grad_checkpointing: bool = Field(False, description="recompute open_clip tower activations in the backward "
+                                                        "pass (less memory for big teachers/students)")
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
@@ -443,6 +460,7 @@ class Params(Strict):
     distill: DistillParams = Field(default_factory=DistillParams)
     vqa: VQAParams = Field(default_factory=VQAParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
 
     @model_validator(mode="after")
     def _check(self) -> "Params":

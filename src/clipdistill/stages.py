@@ -105,7 +105,7 @@ RUN = "{teacher}/{student}/{method}/{seed}"
 VLM_AXIS = {"vlm_seed": "vqa.seeds"}
 VLM = "vlm{vlm_seed}"
 # `eval clip`'s keys: not eval.harnesses, so switching a harness on reruns no CLIP evaluation
-CLIP_EVAL = ("eval.split", "eval.batch_size", "eval.recall_at")
+CLIP_EVAL = ("eval.split", "eval.batch_size", "eval.recall_at", "runtime")
 
 
 def _harness(name: str, grid: Grid) -> Grid:
@@ -149,7 +149,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher_train", ("teacher train --params params.yaml --name {teacher} --data results/data"
                             " --out results/teachers/{teacher}",),
           inputs=("results/data/pretrain",), outputs=(Out("results/teachers/{teacher}", directory=True),),
-          params=("teachers.{teacher}",), log="logs/teacher_train/{teacher}.log",
+          params=("teachers.{teacher}", "runtime"), log="logs/teacher_train/{teacher}.log",
           grids=(Grid({"teacher": "teachers"}),)),
     Stage("teacher_eval", ("eval clip --params params.yaml --model results/teachers/{teacher} --data results/data"
                            " --out results/teacher_eval/{teacher}/metrics.json",),
@@ -159,7 +159,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("features_extract", ("features extract --params params.yaml --teacher results/teachers/{teacher}"
                                " --data results/data --out results/features/{teacher}",),
           inputs=("results/teachers/{teacher}", "results/data/{features.split}"),
-          outputs=(Out("results/features/{teacher}", directory=True),), params=("features",),
+          outputs=(Out("results/features/{teacher}", directory=True),), params=("features", "runtime"),
           log="logs/features_extract/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
     Stage("distill", ("distill --params params.yaml --teacher-name {teacher} --student {student} --method {method}"
                       " --seed {seed}",
@@ -168,7 +168,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=(Teacher("results/teachers/{teacher}"), Teacher("results/features/{teacher}"),
                   "results/data/{features.split}"),
           outputs=(Out(f"results/students/{RUN}", directory=True),),
-          params=("distill.train", "distill.students.{student}", "distill.methods.{method}"),
+          params=("distill.train", "distill.students.{student}", "distill.methods.{method}", "runtime"),
           log=f"logs/distill/{RUN}.log", grids=(KD, BASELINE)),
     # Every student against every teacher it is compared with (CKA): a KD run against its own
     # teacher, a teacher-free baseline (trained once, under none/) against each teacher.
@@ -183,7 +183,7 @@ STAGES: tuple[Stage, ...] = (
                  Grid(_runs(False), {"kd_teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
     Stage("vqa_lm", ("vqa lm --params params.yaml --data results/data --out results/vqa/lm",),
           inputs=("results/data/vqa_train",), outputs=(Out("results/vqa/lm", directory=True),),
-          params=("vqa.lm", "vqa.lm_pretrain"), log="logs/vqa/lm.log"),
+          params=("vqa.lm", "vqa.lm_pretrain", "runtime"), log="logs/vqa/lm.log"),
     Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --vlm-seed {vlm_seed}"
                           " --data results/data --lm results/vqa/lm"
                           f" --out results/vqa/teachers/{{teacher}}/{VLM}"
@@ -191,7 +191,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("results/vqa/lm", "results/teachers/{teacher}", "results/data/vqa_train", "results/data/vqa_eval"),
           outputs=(Out(f"results/vqa/teachers/{{teacher}}/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/teachers/{{teacher}}/{VLM}.json", metrics=True)),
-          params=("vqa",), log=f"logs/vqa/teachers/{{teacher}}/{VLM}.log",
+          params=("vqa", "runtime"), log=f"logs/vqa/teachers/{{teacher}}/{VLM}.log",
           grids=(Grid({"teacher": "teachers", **VLM_AXIS}),)),
     Stage("vqa_student", ("vqa run --params params.yaml --encoder results/students/" + RUN + " --vlm-seed {vlm_seed}"
                           f" --data results/data --lm results/vqa/lm --out results/vqa/students/{RUN}/{VLM}"
@@ -199,7 +199,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("results/vqa/lm", f"results/students/{RUN}", "results/data/vqa_train", "results/data/vqa_eval"),
           outputs=(Out(f"results/vqa/students/{RUN}/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/students/{RUN}/{VLM}.json", metrics=True)),
-          params=("vqa",), log=f"logs/vqa/students/{RUN}/{VLM}.log",
+          params=("vqa", "runtime"), log=f"logs/vqa/students/{RUN}/{VLM}.log",
           grids=(Grid({**_runs(True), **VLM_AXIS}),
                  Grid({**STUDENT_AXES, **VLM_AXIS}, {"teacher": NO_TEACHER}, dvc_name="vqa_baseline"))),
     Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --vlm-seed {vlm_seed} --data results/data"
@@ -207,7 +207,7 @@ STAGES: tuple[Stage, ...] = (
           inputs=("results/vqa/lm", "results/data/vqa_train", "results/data/vqa_eval"),
           outputs=(Out(f"results/vqa/blind/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/blind/{VLM}.json", metrics=True)),
-          params=("vqa",), log=f"logs/vqa/blind/{VLM}.log", grids=(Grid(VLM_AXIS, dvc_matrix=True),)),
+          params=("vqa", "runtime"), log=f"logs/vqa/blind/{VLM}.log", grids=(Grid(VLM_AXIS, dvc_matrix=True),)),
     Stage("report", ("report --params params.yaml --results results --vqa-eval results/data/vqa_eval"
                      " --out results/report",),
           inputs=("results/data/vqa_eval", Upstream("teacher_eval"), Upstream("teacher_train"),

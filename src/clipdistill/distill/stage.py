@@ -19,6 +19,7 @@ from clipdistill.models import load_model_dir, save_model_dir
 from clipdistill.params import DistillParams, pick
 from clipdistill.training.loop import log_csv
 from clipdistill.training.parallel import init_from_env
+from clipdistill.training.runtime import CPU, Runtime
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -53,9 +54,10 @@ def teacher_source(spec: DistillParams, split, teacher: Path, features: Path) ->
 
 
 def run(spec: DistillParams, *, student: str, method: str, seed: int, data: Path, out: Path,
-        teacher_name: str = "none", teacher: Path | None = None, features: Path | None = None) -> dict | None:
-    """Train and save one student; returns its manifest (None on ranks other than 0)."""
-    rank, _ = init_from_env()
+        teacher_name: str = "none", teacher: Path | None = None, features: Path | None = None,
+        runtime: Runtime = CPU) -> dict | None:
+    """Train and save one student on `runtime`'s device; returns its manifest (None on ranks other than 0)."""
+    rank, _ = init_from_env(runtime.device)
     student_spec = pick(spec.students, student, "distill.students")
     method_spec = pick(spec.methods, method, "distill.methods")
     check_inputs(method, method_spec, teacher_name, teacher, features)
@@ -66,7 +68,8 @@ def run(spec: DistillParams, *, student: str, method: str, seed: int, data: Path
         source, teacher_id = teacher_source(spec, split, teacher, features)
     checkpoint = checkpoint_path(out)
     info: dict = {}
-    model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint, info=info)
+    model, tok_spec, log = distill(student_spec, method_spec, spec.train, seed, split, source, checkpoint, info=info,
+                                   runtime=runtime)
     provenance = {"source": "distilled", "teacher": teacher_id, "teacher_name": teacher_name,
                   "resumed_from_step": info["resumed_from"],
                   "student": student, "method": method, "method_spec": {k: v.options() for k, v in method_spec.items()},

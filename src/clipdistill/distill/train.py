@@ -31,6 +31,7 @@ from clipdistill.params import FeatureParams, LossOptions, StudentParams, TrainP
 from clipdistill.training import parallel
 from clipdistill.training.checkpoint import load_checkpoint, save_checkpoint
 from clipdistill.training.loop import param_groups, warmup_cosine
+from clipdistill.training.runtime import CPU, Runtime
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Teacher:
         return self.store.manifest["logit_scale"] if self.store else float(self.bundle.model.logit_scale.detach().exp())
 
     def targets(self, idx: torch.Tensor, split: Split, needs: set, view: torch.Tensor | None,
-                boxes: torch.Tensor | None) -> dict:
+                boxes: torch.Tensor | None, runtime: Runtime = CPU) -> dict:
+        """The teacher's fields of this batch, fp32 on the device."""
         out = {}
         if not self.present:
             return out
@@ -65,16 +67,16 @@ class Teacher:
                 out["t_text"] = self.store.get("text_emb", idx).float()
             if "t_patches" in needs:
                 out["t_patches"] = self.store.get("patch_tokens", idx).float()
-            return out
-        with torch.no_grad():
+            return runtime.batch(out)
+        with torch.no_grad(), runtime.autocast():
             images = split.images[idx] if boxes is None else replay_views(split.images[idx], boxes)
-            x = preprocess_images(images, self.bundle.preprocess)
+            x = runtime.batch(preprocess_images(images, self.bundle.preprocess))
             layers = len(self.bundle.model.visual.transformer.resblocks)
             feats = self.bundle.model.visual.forward_intermediates(x, indices=[max(0, layers - 2)], output_fmt="NLC")
-            out["t_image"] = F.normalize(feats["image_features"], dim=-1)
-            out["t_patches"] = feats["image_intermediates"][0]
-            out["t_text"] = self.bundle.model.encode_text(self.bundle.tokenizer([split.captions[i] for i in idx]),
-                                                          normalize=True)
+            out["t_image"] = F.normalize(feats["image_features"].float(), dim=-1)
+            out["t_patches"] = feats["image_intermediates"][0].float()
+            tokens = runtime.batch(self.bundle.tokenizer([split.captions[i] for i in idx]))
+            out["t_text"] = self.bundle.model.encode_text(tokens, normalize=True).float()
         return out
 
 
@@ -105,6 +107,11 @@ def student_batch(student, x: torch.Tensor, tokens: torch.Tensor, needs: set, ma
     return batch
 
 
+def full_precision(batch: dict) -> dict:
+    """The batch's 16-bit fields in fp32: the losses and their heads run outside autocast."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()}
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
@@ -113,9 +120,10 @@ def _step_seed(seed: int, step: int) -> int:
 
 def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: TrainParams, seed: int,
             split: Split, teacher: Teacher, checkpoint: Path | None = None, show_progress: bool = True,
-            info: dict | None = None):
-    """Train a student; returns (student, tokenizer spec, log rows). Resumes from `checkpoint`;
-    `info`, when given, receives `resumed_from`: the step the checkpoint restored (0 when fresh)."""
+            info: dict | None = None, runtime: Runtime = CPU):
+    """Train a student on `runtime`'s device; returns (student on the CPU, tokenizer spec, log
+    rows). Resumes from `checkpoint`; `info`, when given, receives `resumed_from`: the step the
+    checkpoint restored (0 when fresh)."""
     opts = {name: o.options() for name, o in method.items()}
     needs = set().union(*(LOSSES[name].reads for name in opts))
     if not teacher.present and (uses := teacher_fields(opts)):
@@ -125,13 +133,16 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     tokens = tokenizer_from_spec(tok_spec)(split.captions)
     pre = preprocess_cfg(student)
     images = preprocess_images(split.images, pre)
+    if teacher.bundle is not None:
+        runtime.towers(teacher.bundle.model, train=False)
     store = teacher.store
     s_width = student.visual.transformer.width
     t_width = (store.manifest["patch_tokens"]["shape"][-1] if store and store.manifest["patch_tokens"]
                else teacher.bundle.model.visual.transformer.width if teacher.bundle else None)
     t_dim = (store.manifest["embed_dim"] if store else teacher.bundle.model.text_projection.shape[1]
              if teacher.bundle else student.text_projection.shape[1])
-    heads = make_heads(opts, student.text_projection.shape[1], t_dim, s_width, t_width)
+    heads = runtime.module(make_heads(opts, student.text_projection.shape[1], t_dim, s_width, t_width))
+    student = runtime.towers(student, train=True)
     if "t_patches" in needs and store is not None and store.manifest["patch_tokens"] is None:
         raise ValueError(f"{store.path}: method needs patch tokens but the store has none (features.patch_tokens)")
     use_views = train.use_views and (store is None or store.manifest["views"] > 0)
@@ -150,7 +161,8 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         step, log = load_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched)
     if info is not None:
         info["resumed_from"] = step  # the resume test needs it: a fresh restart gives the same bytes
-    t_scale = torch.tensor(teacher.logit_scale)
+    t_scale = runtime.batch(torch.tensor(teacher.logit_scale))
+    scaler = runtime.grad_scaler()
     student.train()
     bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step",
                    disable=not show_progress or rank != 0)
@@ -169,8 +181,10 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
                 crop = FeatureParams(views=1, seed=_step_seed(seed, step) % 2**32)
                 boxes = sample_boxes(len(idx), *split.images.shape[-2:], 1, crop)[:, 0]
             x = preprocess_images(replay_views(split.images[idx], boxes), pre)
-        batch_in = {**student_batch(student, x, tokens[idx], needs, train.mask_ratio),
-                    **teacher.targets(idx, split, needs, view, boxes), "t_scale": t_scale}
+        with runtime.autocast():
+            s_batch = student_batch(student, runtime.batch(x), runtime.batch(tokens[idx]), needs, train.mask_ratio)
+        batch_in = {**full_precision(s_batch), **teacher.targets(idx, split, needs, view, boxes, runtime),
+                    "t_scale": t_scale}
         if world > 1:
             batch_in = parallel.gather_batch(batch_in, rank)
         try:
@@ -178,13 +192,15 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         except FloatingPointError as exc:
             raise FloatingPointError(f"step {step}: {exc}") from None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if world > 1:
             parallel.average_gradients([p for g in params for p in g["params"]], world)
             loss = parallel.mean_over_ranks(loss)
-            terms = {k: parallel.mean_over_ranks(torch.tensor(v)).item() for k, v in terms.items()}
+            terms = {k: parallel.mean_over_ranks(torch.tensor(v, device=loss.device)).item() for k, v in terms.items()}
+        scaler.unscale_(opt)  # clip the true gradients (no-op unless fp16)
         torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], train.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         with torch.no_grad():
             student.logit_scale.clamp_(0, 4.6052)
@@ -196,4 +212,4 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         if checkpoint is not None and rank == 0 and (step % train.checkpoint_every == 0 or step == total):
             save_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched, step, log)
     bar.close()
-    return student.eval(), tok_spec, log
+    return student.cpu().eval(), tok_spec, log

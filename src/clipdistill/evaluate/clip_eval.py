@@ -13,16 +13,21 @@ from clipdistill.data.splits import Split
 from clipdistill.io import rounded
 from clipdistill.models import ClipBundle, preprocess_images
 from clipdistill.params import EvalParams
+from clipdistill.training.runtime import CPU, Runtime
 
 
 @torch.no_grad()
-def encode(bundle: ClipBundle, split: Split, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(bundle: ClipBundle, split: Split, batch_size: int,
+           runtime: Runtime = CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image and caption embeddings, fp32 on the host (the model on `runtime`'s device)."""
     model = bundle.model.eval()
     img, txt = [], []
     for s in range(0, len(split.images), batch_size):
-        x = preprocess_images(split.images[s:s + batch_size], bundle.preprocess)
-        img.append(model.encode_image(x, normalize=True))
-        txt.append(model.encode_text(bundle.tokenizer(split.captions[s:s + batch_size]), normalize=True))
+        x = runtime.batch(preprocess_images(split.images[s:s + batch_size], bundle.preprocess))
+        tokens = runtime.batch(bundle.tokenizer(split.captions[s:s + batch_size]))
+        with runtime.autocast():
+            img.append(runtime.host(model.encode_image(x, normalize=True).float()))
+            txt.append(runtime.host(model.encode_text(tokens, normalize=True).float()))
     return torch.cat(img).float(), torch.cat(txt).float()
 
 
@@ -34,45 +39,55 @@ def recall_at_k(sim: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def zero_shot_classifier(bundle: ClipBundle, classnames, templates) -> torch.Tensor:
+def zero_shot_classifier(bundle: ClipBundle, classnames, templates, runtime: Runtime = CPU) -> torch.Tensor:
     weights = []
     for name in classnames:
-        emb = bundle.model.encode_text(bundle.tokenizer([t.format(name) for t in templates]), normalize=True)
-        mean = emb.float().mean(0)
+        with runtime.autocast():
+            emb = bundle.model.encode_text(runtime.batch(bundle.tokenizer([t.format(name) for t in templates])),
+                                           normalize=True)
+        mean = runtime.host(emb.float()).mean(0)
         weights.append(mean / mean.norm())
     return torch.stack(weights)
 
 
 @torch.no_grad()
-def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int) -> torch.Tensor:
-    """Penultimate-layer patch tokens [N, P, W] (CLS dropped), as LLaVA consumes them."""
+def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int, runtime: Runtime = CPU) -> torch.Tensor:
+    """Penultimate-layer patch tokens [N, P, W] (CLS dropped), as LLaVA consumes them; on the host."""
     layers = len(bundle.model.visual.transformer.resblocks)
     out = []
     for s in range(0, len(split.images), batch_size):
-        x = preprocess_images(split.images[s:s + batch_size], bundle.preprocess)
-        out.append(bundle.model.visual.forward_intermediates(
-            x, indices=[max(0, layers - 2)], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0])
+        x = runtime.batch(preprocess_images(split.images[s:s + batch_size], bundle.preprocess))
+        with runtime.autocast():
+            tokens = bundle.model.visual.forward_intermediates(
+                x, indices=[max(0, layers - 2)], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
+        out.append(runtime.host(tokens.float()))
     return torch.cat(out).float()
 
 
 def alignment(student: ClipBundle, teacher: ClipBundle, split: Split, spec: EvalParams,
-              s_emb: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+              s_emb: tuple[torch.Tensor, torch.Tensor], runtime: Runtime = CPU) -> dict[str, float]:
     """Linear CKA between student and teacher: image and text embeddings, and patch tokens
     (student tokens resampled to the teacher's grid; every token a sample)."""
     from clipdistill.evaluate.cka import linear_cka
     from clipdistill.models.patches import resample_tokens
 
-    t_img, t_txt = encode(teacher, split, spec.batch_size)
-    s_tok, t_tok = patch_tokens(student, split, spec.batch_size), patch_tokens(teacher, split, spec.batch_size)
+    t_img, t_txt = encode(teacher, split, spec.batch_size, runtime)
+    s_tok = patch_tokens(student, split, spec.batch_size, runtime)
+    t_tok = patch_tokens(teacher, split, spec.batch_size, runtime)
     grid = int(round(t_tok.shape[1] ** 0.5))
     s_tok = resample_tokens(s_tok, grid)
     return {"image": linear_cka(s_emb[0], t_img), "text": linear_cka(s_emb[1], t_txt),
             "patch_tokens": linear_cka(s_tok.reshape(-1, s_tok.shape[-1]), t_tok.reshape(-1, t_tok.shape[-1]))}
 
 
-def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams, teacher: ClipBundle | None = None) -> dict:
-    """Zero-shot and retrieval; with a teacher also CKA to it."""
-    img, txt = encode(bundle, split, spec.batch_size)
+def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams, teacher: ClipBundle | None = None,
+                  runtime: Runtime = CPU) -> dict:
+    """Zero-shot and retrieval; with a teacher also CKA to it. The models run on `runtime`'s
+    device; the metrics are computed on the host from fp32 embeddings."""
+    for model in (bundle, teacher):
+        if model is not None:
+            runtime.towers(model.model, train=False)
+    img, txt = encode(bundle, split, spec.batch_size, runtime)
     sim = img @ txt.T
     metrics = {"retrieval": {"image_to_text": recall_at_k(sim, spec.recall_at),
                              "text_to_image": recall_at_k(sim.T, spec.recall_at)},
@@ -82,7 +97,7 @@ def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams, teacher: C
         keep = labels >= 0
         if not keep.any():
             continue
-        pred = (img[keep] @ zero_shot_classifier(bundle, ls["classnames"], ls["templates"]).T).argmax(1)
+        pred = (img[keep] @ zero_shot_classifier(bundle, ls["classnames"], ls["templates"], runtime).T).argmax(1)
         counts = torch.bincount(labels[keep], minlength=len(ls["classnames"]))
         metrics["zeroshot"][name] = {"top1": (pred == labels[keep]).float().mean().item(),
                                      "chance": 1 / len(ls["classnames"]),
@@ -94,6 +109,6 @@ def evaluate_clip(bundle: ClipBundle, split: Split, spec: EvalParams, teacher: C
         zs = [v["top1"] for v in metrics["zeroshot"].values()]
         metrics["summary"]["zeroshot_mean_top1"] = sum(zs) / len(zs)
     if teacher is not None:
-        metrics["cka"] = alignment(bundle, teacher, split, spec, (img, txt))
+        metrics["cka"] = alignment(bundle, teacher, split, spec, (img, txt), runtime)
         metrics["summary"]["cka_image"] = metrics["cka"]["image"]
     return rounded(metrics)

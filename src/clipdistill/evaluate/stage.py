@@ -9,14 +9,15 @@ from clipdistill.evaluate.clip_eval import evaluate_clip
 from clipdistill.io import write_json
 from clipdistill.models import load_model_dir
 from clipdistill.params import EvalParams
+from clipdistill.training.runtime import CPU, Runtime
 
 
 def run(spec: EvalParams, model: Path, out: Path, data: Path, csv: Path | None = None,
-        teacher: Path | None = None) -> dict:
+        teacher: Path | None = None, runtime: Runtime = CPU) -> dict:
     """Evaluate `model` on split `spec.split` (or an open_clip CSV), write the metrics JSON, return it.
     With `teacher`, adds CKA to the teacher's representations."""
     bundle = load_model_dir(model)
     split = load_pairs(csv, bundle.preprocess["size"][0]) if csv else load_split(data / spec.split)
-    metrics = evaluate_clip(bundle, split, spec, load_model_dir(teacher) if teacher else None)
+    metrics = evaluate_clip(bundle, split, spec, load_model_dir(teacher) if teacher else None, runtime)
     write_json(out, metrics)
     return metrics

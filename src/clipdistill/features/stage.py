@@ -8,8 +8,9 @@ from clipdistill.data.splits import load_split
 from clipdistill.features.store import extract
 from clipdistill.models import load_model_dir
 from clipdistill.params import FeatureParams
+from clipdistill.training.runtime import CPU, Runtime
 
 
-def run(spec: FeatureParams, teacher: Path, data: Path, out: Path) -> dict:
+def run(spec: FeatureParams, teacher: Path, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
     """Write the feature store of `teacher` on split `spec.split` of `data`; returns its manifest."""
-    return extract(load_model_dir(teacher), load_split(data / spec.split), spec, out)
+    return extract(load_model_dir(teacher), load_split(data / spec.split), spec, out, runtime)

@@ -31,6 +31,7 @@ from clipdistill.io import (ClipdistillError, atomic_dir, progress, read_json, s
                             write_json)
 from clipdistill.models import ClipBundle, preprocess_images
 from clipdistill.params import FeatureParams
+from clipdistill.training.runtime import CPU, Runtime
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SAFETENSORS_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I64": np.int64}
@@ -64,13 +65,16 @@ def replay_views(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
                         for img, box in zip(images, boxes)])
 
 
-def _encode_images(bundle: ClipBundle, images_u8: torch.Tensor, patch_layer: int | None):
-    """Normalised embeddings and (optionally) patch tokens of one layer, in a single forward."""
-    x = preprocess_images(images_u8, bundle.preprocess)
-    if patch_layer is None:
-        return bundle.model.encode_image(x, normalize=True), None
-    out = bundle.model.visual.forward_intermediates(x, indices=[patch_layer], output_fmt="NLC")
-    return F.normalize(out["image_features"], dim=-1), out["image_intermediates"][0]
+def _encode_images(bundle: ClipBundle, images_u8: torch.Tensor, patch_layer: int | None, runtime: Runtime):
+    """Normalised embeddings and (optionally) patch tokens of one layer, in a single forward,
+    back on the host in fp32 (the store's dtype is applied when a shard is written)."""
+    x = runtime.batch(preprocess_images(images_u8, bundle.preprocess))
+    with runtime.autocast():
+        if patch_layer is None:
+            return runtime.host(bundle.model.encode_image(x, normalize=True).float()), None
+        out = bundle.model.visual.forward_intermediates(x, indices=[patch_layer], output_fmt="NLC")
+    return (runtime.host(F.normalize(out["image_features"].float(), dim=-1)),
+            runtime.host(out["image_intermediates"][0].float()))
 
 
 def teacher_id(bundle: ClipBundle) -> dict:
@@ -80,9 +84,9 @@ def teacher_id(bundle: ClipBundle) -> dict:
 
 
 @torch.no_grad()
-def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Path) -> dict:
-    """Run the frozen teacher over `split` and write the store atomically."""
-    model, dtype = bundle.model.eval(), DTYPES[spec.dtype]
+def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Path, runtime: Runtime = CPU) -> dict:
+    """Run the frozen teacher over `split` on `runtime`'s device and write the store atomically."""
+    model, dtype = runtime.towers(bundle.model, train=False).eval(), DTYPES[spec.dtype]
     n, (_, height, width) = len(split.images), split.images.shape[1:]
     layers = len(model.visual.transformer.resblocks)
     patch_layer = max(0, layers - 2) if spec.patch_tokens else None
@@ -96,13 +100,16 @@ def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Pa
             parts: dict[str, list[torch.Tensor]] = {}
             for b0 in range(s0, s1, spec.batch_size):
                 b1 = min(s1, b0 + spec.batch_size)
-                emb, patches = _encode_images(bundle, split.images[b0:b1], patch_layer)
+                emb, patches = _encode_images(bundle, split.images[b0:b1], patch_layer, runtime)
                 parts.setdefault("image_emb", []).append(emb)
-                parts.setdefault("text_emb", []).append(model.encode_text(tokens[b0:b1], normalize=True))
+                with runtime.autocast():
+                    text = model.encode_text(runtime.batch(tokens[b0:b1]), normalize=True)
+                parts.setdefault("text_emb", []).append(runtime.host(text.float()))
                 if patches is not None:
                     parts.setdefault("patch_tokens", []).append(patches)
                 if boxes is not None:
-                    views = [_encode_images(bundle, replay_views(split.images[b0:b1], boxes[b0:b1, k]), None)[0]
+                    views = [_encode_images(bundle, replay_views(split.images[b0:b1], boxes[b0:b1, k]), None,
+                                            runtime)[0]
                              for k in range(spec.views)]
                     parts.setdefault("view_emb", []).append(torch.stack(views, dim=1))
                 bar.update(b1 - b0)
@@ -116,7 +123,7 @@ def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Pa
         bar.close()
         manifest = {
             "kind": "teacher-feature-store", "code_version": __version__,
-            "teacher": teacher_id(bundle), "logit_scale": float(model.logit_scale.exp()),
+            "teacher": teacher_id(bundle), "logit_scale": float(model.logit_scale.exp().item()),
             "embed_dim": int(tensors["image_emb"].shape[-1]),
             "preprocess": bundle.preprocess,
             "tokenizer": {"kind": bundle.tokenizer_spec["kind"], "sha256": _json_sha(bundle.tokenizer_spec)},

@@ -8,13 +8,14 @@ from pathlib import Path
 from clipdistill.data.splits import load_split
 from clipdistill.params import TeacherParams, pick
 from clipdistill.teachers.train import import_external, save_pipeline_teacher, train_teacher
+from clipdistill.training.runtime import CPU, Runtime
 
 
-def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path) -> dict:
+def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
     """Write teacher `name`'s model directory; returns its manifest."""
     spec = pick(teachers, name, "teachers")
     if spec.source == "external":
         return import_external(out, name, spec)
     split = load_split(data / "pretrain")
-    model, tokenizer, log = train_teacher(spec, split)
+    model, tokenizer, log = train_teacher(spec, split, runtime=runtime)
     return save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)

@@ -20,13 +20,15 @@ from clipdistill.models import create_model, load_external, preprocess_images, s
 from clipdistill.models.clip import preprocess_cfg, word_tokenizer_for
 from clipdistill.params import TeacherParams
 from clipdistill.training.loop import log_csv, param_groups, warmup_cosine
+from clipdistill.training.runtime import CPU, Runtime
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True):
-    """Train a CLIP teacher from scratch; returns (model, tokenizer, log rows)."""
-    model = create_model(spec.arch, spec.seed)
+def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True, runtime: Runtime = CPU):
+    """Train a CLIP teacher from scratch on `runtime`'s device; returns (model on the CPU,
+    tokenizer, log rows)."""
+    model = runtime.towers(create_model(spec.arch, spec.seed), train=True)
     tokenizer = word_tokenizer_for(spec.arch)
     images = preprocess_images(split.images, preprocess_cfg(model))
     tokens = tokenizer(split.captions)
@@ -37,6 +39,7 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total, max(1, int(spec.warmup_frac * total))))
+    scaler = runtime.grad_scaler()
     gen = torch.Generator().manual_seed(spec.seed)
     log, step = [], 0
     model.train()
@@ -45,15 +48,18 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * batch:(b + 1) * batch]
-            img = model.encode_image(images[idx], normalize=True)
-            txt = model.encode_text(tokens[idx], normalize=True)
-            loss = contrastive_loss(img, txt, model.logit_scale.exp())
+            with runtime.autocast():
+                img = model.encode_image(runtime.batch(images[idx]), normalize=True)
+                txt = model.encode_text(runtime.batch(tokens[idx]), normalize=True)
+            loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip the true gradients (no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -63,7 +69,7 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             bar.update()
             step += 1
     bar.close()
-    return model.eval(), tokenizer, log
+    return model.cpu().eval(), tokenizer, log
 
 
 def save_pipeline_teacher(out: str | Path, name: str, spec: TeacherParams, split: Split,

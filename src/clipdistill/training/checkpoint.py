@@ -18,14 +18,15 @@ from clipdistill.io import DataError, safetensors_header
 
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched, step: int, log: list[dict]) -> None:
-    tensors = {f"{prefix}.{k}": v.detach().contiguous()
+    # on the host: a run on a GPU saves and resumes like one on the CPU (no-op there)
+    tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
                for prefix, module in modules.items() for k, v in module.state_dict().items()}
     opt_state = opt.state_dict()
     for pid, state in opt_state["state"].items():
         for name, value in state.items():
             # safetensors has no 0-d tensors: scalars (Adam's step) travel as shape [1]
-            tensors[f"opt.{pid}.{name}"] = (value.detach().reshape(-1).contiguous() if value.ndim == 0
-                                            else value.detach().contiguous())
+            tensors[f"opt.{pid}.{name}"] = (value.detach().cpu().reshape(-1).contiguous() if value.ndim == 0
+                                            else value.detach().cpu().contiguous())
     meta = {"step": step, "log": log, "param_groups": opt_state["param_groups"], "sched": sched.state_dict(),
             "scalar_states": sorted(f"opt.{pid}.{n}" for pid, st in opt_state["state"].items()
                                     for n, v in st.items() if v.ndim == 0)}

@@ -23,12 +23,14 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env() -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
+def init_from_env(device: torch.device = torch.device("cpu")) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise. NCCL when
+    the stage computes on GPUs (each rank on `cuda:LOCAL_RANK`, see training/runtime.py), gloo
+    when it computes on the CPU — even on a GPU machine, since NCCL cannot reduce CPU tensors."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank_and_world()
 
 

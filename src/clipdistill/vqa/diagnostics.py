@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 
 import torch
 
+from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.metrics import normalize_answer, vqa_accuracy
 
 CELL_ATTRIBUTES = ("color", "shape", "size")  # object fields the cell probe predicts (question type of that name)
@@ -182,9 +183,10 @@ def reading_efficiency(vlm_accuracy: dict, probe: dict) -> dict:
 
 
 def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split, eval_records: list,
-                    predictions: list[str], metrics: dict, blind: bool) -> dict:
+                    predictions: list[str], metrics: dict, blind: bool, runtime: Runtime = CPU) -> dict:
     """The diagnostics of one trained VLM on its splits (see the module docstring). The splits
-    are `data.splits.Split`s: a record's feature row is its image's row (`Split.rows`)."""
+    are `data.splits.Split`s: a record's feature row is its image's row (`Split.rows`). The
+    tower runs on `runtime`'s device, the probes on the host."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -198,7 +200,8 @@ def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split
         return diagnose(metrics, answers)
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     train_records = read_split_vqa(train_dir)
-    feats = [tower_features(vlm, pixel_values(s.images, processor, False)) for s in (train_split, eval_split)]
+    feats = [runtime.host(tower_features(vlm, pixel_values(s.images, processor, False), runtime=runtime))
+             for s in (train_split, eval_split)]
     # the probes index feature rows by `image_id`: hand them each record's row
     rec = [[replace(r, image_id=k) for r, k in zip(rs, split.rows(rs))]
            for rs, split in ((train_records, train_split), (eval_records, eval_split))]

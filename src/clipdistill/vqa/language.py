@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from clipdistill.io import ClipdistillError, atomic_dir, safetensors_header, write_manifest
 from clipdistill.params import VQAParams
 from clipdistill.training.loop import log_csv
+from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.model import IMAGE_TOKEN, train_tokenizer
 from clipdistill.vqa.recipe import batch_loss, corpus, run_stage, stage_examples
 
@@ -79,9 +80,9 @@ def reading_examples(captions: list, qa: list) -> list:
     return with_context + [(i, [(text[i], text[i])]) for i, _ in captions]
 
 
-def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = True):
-    """(LM, tokenizer, log): the configured LM, instruction-tuned on the split's text when
-    `spec.lm_pretrain` is set."""
+def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = True, runtime: Runtime = CPU):
+    """(LM on the CPU, tokenizer, log): the configured LM, instruction-tuned on the split's text
+    (on `runtime`'s device) when `spec.lm_pretrain` is set."""
     captions, qa = stage_examples(split_dir)
     if spec.lm.path:
         lm, tokenizer = load_language_dir(spec.lm.path)
@@ -91,9 +92,10 @@ def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = Tru
     log = []
     if spec.lm_pretrain is not None:
         examples = reading_examples(captions, qa)
+        runtime.module(lm)
         log = run_stage(lm, examples, spec.lm_pretrain, spec.lm.seed, "language model", list(lm.parameters()),
-                        lambda chunk: batch_loss(lm, tokenizer, chunk, 0, None), show_progress)
-    return lm.eval(), tokenizer, log
+                        lambda chunk: batch_loss(lm, tokenizer, chunk, 0, None, runtime), show_progress, runtime)
+    return lm.cpu().eval(), tokenizer, log
 
 
 def save_language(out: str | Path, lm, tokenizer, log: list[dict], spec: VQAParams) -> dict:
@@ -109,7 +111,7 @@ def save_language(out: str | Path, lm, tokenizer, log: list[dict], spec: VQAPara
                                "final_loss": log[-1]["loss"] if log else None})
 
 
-def run(spec: VQAParams, data: Path, out: Path) -> dict:
+def run(spec: VQAParams, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
     """`clipdistill vqa lm`: prepare the shared LM from the `vqa_train` split of `data` and save it."""
-    lm, tokenizer, log = prepare_language(spec, data / "vqa_train")
+    lm, tokenizer, log = prepare_language(spec, data / "vqa_train", runtime=runtime)
     return save_language(out, lm, tokenizer, log, spec)

@@ -18,6 +18,7 @@ from clipdistill.io import progress
 from clipdistill.params import LoRAParams, VQAStageParams
 from clipdistill.training import parallel
 from clipdistill.training.loop import warmup_cosine
+from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.model import collate, encode_conversation
 
 
@@ -72,13 +73,16 @@ def corpus(*example_lists) -> list[str]:
 
 
 @torch.no_grad()
-def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The frozen tower's selected features (layer and CLS handling from the VLM config), N×P×D."""
+def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256, runtime: Runtime = CPU) -> torch.Tensor:
+    """The frozen tower's selected features (layer and CLS handling from the VLM config), N×P×D,
+    fp32 on the VLM's device (`runtime`'s)."""
     cfg, tower = vlm.config, vlm.model.vision_tower.eval()
     out = []
     for s in range(0, len(pixels), batch_size):
-        hidden = tower(pixels[s:s + batch_size], output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
-        out.append(hidden[:, 1:] if cfg.vision_feature_select_strategy == "default" else hidden)
+        with runtime.autocast():
+            hidden = tower(runtime.batch(pixels[s:s + batch_size]),
+                           output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+        out.append((hidden[:, 1:] if cfg.vision_feature_select_strategy == "default" else hidden).float())
     return torch.cat(out)
 
 
@@ -88,15 +92,16 @@ def image_inputs(vlm, features: torch.Tensor) -> dict:
     return {"image": BaseModelOutputWithPooling(pooler_output=list(projected))}
 
 
-def batch_loss(forward, tokenizer, chunk: list[Example], n_image: int, images=None) -> torch.Tensor:
+def batch_loss(forward, tokenizer, chunk: list[Example], n_image: int, images=None,
+               runtime: Runtime = CPU) -> torch.Tensor:
     """This rank's loss on a global batch: its contiguous share of `chunk`. `images(indices)`
     gives the `mm_encoder_outputs` of those images; None trains on the text alone. Under
     torchrun the loss is this rank's sum over answer tokens divided by the global token
     count, so the ranks' gradients add up to the single-process gradient."""
     rank, world = parallel.rank_and_world()
     mine = [chunk[i] for i in parallel.shard(torch.arange(len(chunk)), rank, world).tolist()]
-    ids, attn, labels = collate([encode_conversation(tokenizer, n_image, turns, image=images is not None)
-                                 for _, turns in mine], tokenizer.pad_token_id, left=False)
+    ids, attn, labels = runtime.batch(collate([encode_conversation(tokenizer, n_image, turns, image=images is not None)
+                                               for _, turns in mine], tokenizer.pad_token_id, left=False))
     extra = {}
     if world > 1:  # the causal-LM loss predicts labels[:, 1:]
         extra["num_items_in_batch"] = parallel.sum_over_ranks((labels[:, 1:] != -100).sum())
@@ -106,8 +111,10 @@ def batch_loss(forward, tokenizer, chunk: list[Example], n_image: int, images=No
 
 
 def run_stage(model, examples: list[Example], spec: VQAStageParams, seed: int, name: str,
-              trainable: list[torch.nn.Parameter], loss_of, show_progress: bool = True) -> list[dict]:
-    """One training stage: AdamW on `trainable`, warmup + cosine, `loss_of(chunk)` per batch."""
+              trainable: list[torch.nn.Parameter], loss_of, show_progress: bool = True,
+              runtime: Runtime = CPU) -> list[dict]:
+    """One training stage: AdamW on `trainable`, warmup + cosine, `loss_of(chunk)` per batch
+    (its forward autocast to `runtime`'s precision; the model is already on its device)."""
     if spec.max_samples:
         examples = examples[: spec.max_samples]
     rank, world = parallel.rank_and_world()
@@ -116,6 +123,7 @@ def run_stage(model, examples: list[Example], spec: VQAStageParams, seed: int, n
     total = spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, max(1, total // 20)))
+    scaler = runtime.grad_scaler()
     model.train()
     log = []
     bar = progress(total=total, desc=name, unit="step", disable=rank != 0 or not show_progress)
@@ -123,16 +131,20 @@ def run_stage(model, examples: list[Example], spec: VQAStageParams, seed: int, n
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(steps_per_epoch):
-            loss = loss_of([examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]])
+            with runtime.autocast():
+                loss = loss_of([examples[k] for k in order[b * spec.batch_size:(b + 1) * spec.batch_size]])
+            loss = loss.float()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if world > 1:
                 parallel.average_gradients(trainable, world, average=False)
                 loss = parallel.sum_over_ranks(loss)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at step {len(log)}")
+            scaler.unscale_(opt)  # clip the true gradients (no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             log.append({"stage": name, "step": len(log), "loss": round(loss.item(), 6)})
             bar.update()

@@ -17,6 +17,7 @@ from clipdistill.models.clip import preprocess_cfg
 from clipdistill.params import BlindParams, VQAParams
 from clipdistill.training.loop import log_csv
 from clipdistill.training.parallel import init_from_env
+from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.diagnostics import vqa_diagnostics
 from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
 from clipdistill.vqa.language import load_language_dir
@@ -33,13 +34,14 @@ def blind_tower(spec: BlindParams) -> ClipBundle:
 
 
 def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, lm: Path | None = None,
-        vlm_seed: int | None = None) -> dict | None:
+        vlm_seed: int | None = None, runtime: Runtime = CPU) -> dict | None:
     """Train, evaluate and save one VLM; returns the metrics summary (None on ranks other than 0).
     `lm` is the shared language model from `vqa lm`; without it the LM is prepared here.
-    `vlm_seed` (default: the first of `vqa.seeds`) seeds the VLM's projector and data order."""
+    `vlm_seed` (default: the first of `vqa.seeds`) seeds the VLM's projector and data order.
+    Models and batches go to `runtime`'s device; the VLM is saved from the host."""
     vlm_seed = spec.seeds[0] if vlm_seed is None else vlm_seed
     language = load_language_dir(lm) if lm else None  # before any data is read: a bad path fails at once
-    rank, _ = init_from_env()
+    rank, _ = init_from_env(runtime.device)
     blind = encoder == BLIND
     bundle = blind_tower(spec.blind) if blind else load_model_dir(encoder)
     train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
@@ -47,16 +49,18 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
     eval_rows = eval_split.rows(records)  # by image path: ids are the source's own (COCO's, ...)
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
     vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language,
-                                       vlm_seed)
+                                       vlm_seed, runtime)
     if rank != 0:
         return None
     eval_pixels = pixel_values(eval_split.images, processor, blind)
     pixels_by_image = {r.image_id: eval_pixels[k] for r, k in zip(records, eval_rows)}
     rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, pixels_by_image,
-                                           spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder))
+                                           spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder),
+                                           runtime=runtime)
     summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split,
                                              data / "vqa_eval", eval_split, records,
-                                             [r["text"] for r in rows], summary, blind)
+                                             [r["text"] for r in rows], summary, blind, runtime)
+    vlm = vlm.cpu()  # saved from the host, fp32 as trained
     with atomic_dir(out) as tmp:
         vlm.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")

@@ -21,6 +21,7 @@ from transformers import CLIPImageProcessor
 
 from clipdistill.data.splits import Split
 from clipdistill.params import VQAParams
+from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.model import build_vlm, num_image_tokens
 from clipdistill.vqa.recipe import (batch_loss, image_inputs, pixel_values, run_stage, stage_examples,
                                    tower_features, with_lora)
@@ -52,23 +53,24 @@ def order_seeds(vlm_seed: int) -> tuple[int, int]:
 
 
 def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAParams, blind: bool = False,
-              language: tuple | None = None, vlm_seed: int = 0):
-    """Both stages for one encoder and VLM seed; returns (vlm, tokenizer, processor, log).
+              language: tuple | None = None, vlm_seed: int = 0, runtime: Runtime = CPU):
+    """Both stages for one encoder and VLM seed; returns (vlm on `runtime`'s device, tokenizer,
+    processor, log).
     `vision` is an exported HF directory or an in-memory (CLIPVisionModel, CLIPImageProcessor)
     pair; `language` the shared (LM, tokenizer) from `clipdistill vqa lm`, else prepared here."""
     captions, qa = stage_examples(split_dir)
     if language is None:
         from clipdistill.vqa.language import prepare_language
 
-        language = prepare_language(spec, split_dir)[:2]
+        language = prepare_language(spec, split_dir, runtime=runtime)[:2]
     lm_model, tokenizer = language
     if isinstance(vision, tuple):
         tower, processor = vision
     else:
         tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
-    vlm = build_vlm(tower, tokenizer, lm_model, spec, vlm_seed)
+    vlm = runtime.module(build_vlm(tower, tokenizer, lm_model, spec, vlm_seed))
     stage1_seed, stage2_seed = order_seeds(vlm_seed)
-    features = tower_features(vlm, pixel_values(images.images, processor, blind))
+    features = tower_features(vlm, pixel_values(images.images, processor, blind), runtime=runtime)
     if spec.standardize_features:  # trained on standardised features, folded into the projector at the end
         mean, std = feature_standardizer(features)
         features = (features - mean) / std
@@ -77,16 +79,19 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
     lm = list(vlm.model.language_model.parameters()) + list(vlm.lm_head.parameters())
 
     def loss_of(forward):
-        return lambda chunk: batch_loss(forward, tokenizer, chunk, n_image, lambda idx: image_inputs(vlm, features[idx]))
+        return lambda chunk: batch_loss(forward, tokenizer, chunk, n_image,
+                                        lambda idx: image_inputs(vlm, features[idx]), runtime)
 
     for p in lm:
         p.requires_grad_(False)
     # without captions (a split imported from a VQA format) stage 1 aligns on the conversations
-    log = run_stage(vlm, captions or qa, spec.stage1, stage1_seed, "vqa stage 1", projector, loss_of(vlm))
+    log = run_stage(vlm, captions or qa, spec.stage1, stage1_seed, "vqa stage 1", projector, loss_of(vlm),
+                    runtime=runtime)
     if spec.lora is None:
         for p in lm:
             p.requires_grad_(True)
-        log += run_stage(vlm, qa, spec.stage2, stage2_seed, "vqa stage 2", projector + lm, loss_of(vlm))
+        log += run_stage(vlm, qa, spec.stage2, stage2_seed, "vqa stage 2", projector + lm, loss_of(vlm),
+                         runtime=runtime)
         if spec.standardize_features:
             fold_standardizer(vlm, mean, std)
         return vlm, tokenizer, processor, log
@@ -95,7 +100,7 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
     for p in projector:
         p.requires_grad_(True)
     log += run_stage(peft_vlm, qa, spec.stage2, stage2_seed, "vqa stage 2 (LoRA)", projector + adapters,
-                     loss_of(peft_vlm))
+                     loss_of(peft_vlm), runtime=runtime)
     vlm = peft_vlm.merge_and_unload()
     if spec.standardize_features:
         fold_standardizer(vlm, mean, std)
