@@ -345,3 +345,24 @@ def test_device_cuda_without_cuda_is_one_line_exit_2_before_any_work(tmp_path):
             "clipdistill: error: runtime.device is cuda but this machine has no CUDA device "
             "(torch.cuda.is_available() is False); set runtime.device: cpu or auto"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written, no data read
+
+
+def test_several_gpus_relaunch_a_data_parallel_stage_under_torchrun(monkeypatch):
+    """runtime.gpus > 1: `distill` / `vqa run` rerun their own command line under torchrun, one
+    rank per GPU of the job (SLURM's allocation); a rank (LOCAL_RANK set) runs the stage itself."""
+    from pydantic import ValidationError
+
+    command = ["/venv/bin/clipdistill", "--log", "x.log", "distill", "--seed", "0"]
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    argv = R.torchrun_argv(RuntimeParams(device="cuda", gpus=4), command)
+    assert argv[0].endswith("torchrun") and argv[1:] == ["--standalone", "--nproc_per_node=4", "--no-python", *command]
+    assert R.torchrun_argv(RuntimeParams(device="cuda"), command) is None  # one GPU: no relaunch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(R.DeviceUnavailable, match="runtime.gpus is 4 but this job sees 2 GPU"):
+        R.torchrun_argv(RuntimeParams(device="cuda", gpus=4), command)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert R.torchrun_argv(RuntimeParams(device="cuda", gpus=4), command) is None
+    with pytest.raises(ValidationError, match="needs device: cuda"):
+        RuntimeParams(device="auto", gpus=2)

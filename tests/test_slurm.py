@@ -42,16 +42,36 @@ def _run(args, cwd=None, timeout=120, check=True):
     return proc
 
 
-def test_slurm_profile_validates_the_whole_study(tmp_path):
+MODEL_RULES = {"teacher_train", "teacher_eval", "features_extract", "distill", "student_eval", "vqa_lm", "vqa_teacher",
+               "vqa_student", "vqa_blind"}
+
+
+def _planned_gpus(project: Path) -> dict[str, set[int]]:
+    """rule -> the `gpu` counts its jobs ask for, from the slurm profile's dry run of the whole study."""
+    out = _run([BIN / "snakemake", "--profile", "workflow/profiles/slurm", "-n", "--forceall"], project).stdout
+    assert "vqa_student" in out and "distill" in out and "This was a dry-run" in out
+    gpus: dict[str, set[int]] = {}
+    for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, re.M | re.S):
+        found = re.search(r"resources: .*?\bgpu=(\d+)", body)
+        gpus.setdefault(rule, set()).add(int(found[1]) if found else 0)
+    return gpus
+
+
+def test_slurm_profile_validates_the_whole_study_and_asks_gpus_only_for_cuda(tmp_path):
     # a scratch copy (nothing written into the checkout, no local study seen) and --forceall
     # (every job planned whatever exists): the dry run lists the whole study
     project = project_copy(tmp_path / "project")
-    out = _run([BIN / "snakemake", "--profile", "workflow/profiles/slurm", "-n", "--forceall"], project).stdout
-    assert "vqa_student" in out and "distill" in out and "This was a dry-run" in out
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    gpu_rules = {"teacher_train", "distill", "vqa_student", "vqa_teacher", "vqa_blind", "features_extract"}
-    assert all(profile["set-resources"][r]["gpu"] == 1 for r in gpu_rules)
+    assert not any("gpu" in res for res in profile["set-resources"].values())  # the rules ask, from params
+    assert all(g == {0} for g in _planned_gpus(project).values())  # runtime.device auto: no GPUs requested
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["runtime"].update(device="cuda", gpus=4)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    gpus = _planned_gpus(project)
+    assert {r: g for r, g in gpus.items() if r in MODEL_RULES} == {
+        r: {4} if r == "distill" or r.startswith("vqa_") and r != "vqa_lm" else {1} for r in MODEL_RULES}
+    assert all(g == {0} for r, g in gpus.items() if r not in MODEL_RULES), gpus  # data, report: CPU jobs
 
 
 def _wait(predicate, seconds: float, what: str):

@@ -123,7 +123,7 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
     from clipdistill.distill.stage import run
 
     if run(load_section(params, "distill"), student=student, method=method, seed=seed, data=data, out=out,
-           teacher_name=teacher_name, teacher=teacher, features=features, runtime=tools.runtime(params)) is not None:
+           teacher_name=teacher_name, teacher=teacher, features=features, runtime=tools.dp_runtime(params)) is not None:
         say(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}")
 
 
@@ -154,7 +154,7 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
     from clipdistill.vqa.stage import run
 
     summary = run(load_section(params, "vqa"), encoder=encoder, out=out, metrics=metrics, data=data, lm=lm,
-                  vlm_seed=vlm_seed, runtime=tools.runtime(params))
+                  vlm_seed=vlm_seed, runtime=tools.dp_runtime(params))
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"

@@ -29,12 +29,24 @@ ProjectOpt = Annotated[Path, opt("project root (where dvc.yaml lives)")]
 RESULTS_DATA, PARAMS = Path("results/data"), Path("params.yaml")
 
 
-def runtime(params: Path):
+def runtime(params: Path, data_parallel: bool = False):
     """The stage's device and precision (params `runtime`), resolved before any work: a missing
-    device is a one-line error (exit 2)."""
-    from clipdistill.training.runtime import setup
+    device is a one-line error (exit 2). A data-parallel command asked for several GPUs
+    (`runtime.gpus`) replaces this process with torchrun running the same command line."""
+    import os
 
-    return setup(load_section(params, "runtime"))
+    from clipdistill.training.runtime import setup, torchrun_argv
+
+    spec = load_section(params, "runtime")
+    resolved = setup(spec)
+    if data_parallel and (argv := torchrun_argv(spec, sys.argv)):
+        os.execv(argv[0], argv)
+    return resolved
+
+
+def dp_runtime(params: Path):
+    """`runtime` for a data-parallel command (distill, vqa run)."""
+    return runtime(params, data_parallel=True)
 
 
 def export_hf_cmd(model: Annotated[Optional[Path], opt("open_clip model directory")] = None,

@@ -448,6 +448,15 @@ class RuntimeParams(Strict):
     compile: bool = Field(False, description="torch.compile the open_clip towers (in place)")
     grad_checkpointing: bool = Field(False, description="recompute open_clip tower activations in the backward "
                                                         "pass (less memory for big teachers/students)")
+    gpus: int = Field(1, ge=1, le=64, description="GPUs of one data-parallel stage (distill, vqa run): above 1 the "
+                                                  "command relaunches itself under torchrun, one rank per GPU; "
+                                                  "the other stages use one GPU (SLURM requests these counts)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RuntimeParams":
+        if self.gpus > 1 and self.device != "cuda":
+            raise ValueError(f"gpus: {self.gpus} trains data-parallel on GPUs; it needs device: cuda")
+        return self
 
 
 class Params(Strict):

@@ -476,6 +476,19 @@ def params_values(stage: Stage, params: dict, wildcards: dict) -> dict:
     return out
 
 
+DATA_PARALLEL = ("distill", "vqa run")  # the commands that train data-parallel (torchrun, `runtime.gpus`)
+
+
+def gpus(stage: Stage, params: dict) -> int:
+    """GPUs one job of the stage asks the cluster for (Snakemake's `gpu` resource): none unless
+    the stage reads `runtime` and `runtime.device` is cuda; then `runtime.gpus` for a
+    data-parallel command, one for the others (`auto` requests none: say cuda to get GPUs)."""
+    runtime = params.get("runtime") or {}
+    if "runtime" not in stage.params or runtime.get("device") != "cuda":
+        return 0
+    return int(runtime.get("gpus", 1)) if stage.command[0].startswith(DATA_PARALLEL) else 1
+
+
 def benchmark(stage: Stage) -> str:
     """Snakemake's timing file: the log's path under results/benchmarks/."""
     return "results/benchmarks/" + stage.log.removeprefix("logs/").removesuffix(".log") + ".tsv"

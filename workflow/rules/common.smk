@@ -33,6 +33,11 @@ def stage_log(name):
     return ST.BY_NAME[name].log
 
 
+def stage_gpus(name):
+    """GPUs per job: only where the stage runs models and params say runtime.device: cuda."""
+    return lambda wildcards: ST.gpus(ST.BY_NAME[name], config)
+
+
 def stage_benchmark(name):
     return ST.benchmark(ST.BY_NAME[name])
 

@@ -13,6 +13,8 @@ rule distill:
         cmd=stage_command("distill"),
         values=stage_params("distill"),
     threads: 1
+    resources:
+        gpu=stage_gpus("distill"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -34,6 +36,8 @@ rule student_eval:
         cmd=stage_command("student_eval"),
         values=stage_params("student_eval"),
     threads: 1
+    resources:
+        gpu=stage_gpus("student_eval"),
     conda:
         "../envs/clipdistill.yaml"
     log:

@@ -13,6 +13,8 @@ rule teacher_train:
         values=stage_params("teacher_train"),
     priority: 10  # the longest chain starts here: start the teachers first
     threads: 1
+    resources:
+        gpu=stage_gpus("teacher_train"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -34,6 +36,8 @@ rule teacher_eval:
         cmd=stage_command("teacher_eval"),
         values=stage_params("teacher_eval"),
     threads: 1
+    resources:
+        gpu=stage_gpus("teacher_eval"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -55,6 +59,8 @@ rule features_extract:
         cmd=stage_command("features_extract"),
         values=stage_params("features_extract"),
     threads: 1
+    resources:
+        gpu=stage_gpus("features_extract"),
     conda:
         "../envs/clipdistill.yaml"
     log:

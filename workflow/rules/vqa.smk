@@ -13,6 +13,8 @@ rule vqa_lm:
         cmd=stage_command("vqa_lm"),
         values=stage_params("vqa_lm"),
     threads: 1
+    resources:
+        gpu=stage_gpus("vqa_lm"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -34,6 +36,8 @@ rule vqa_teacher:
         cmd=stage_command("vqa_teacher"),
         values=stage_params("vqa_teacher"),
     threads: 1
+    resources:
+        gpu=stage_gpus("vqa_teacher"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -55,6 +59,8 @@ rule vqa_student:
         cmd=stage_command("vqa_student"),
         values=stage_params("vqa_student"),
     threads: 1
+    resources:
+        gpu=stage_gpus("vqa_student"),
     conda:
         "../envs/clipdistill.yaml"
     log:
@@ -76,6 +82,8 @@ rule vqa_blind:
         cmd=stage_command("vqa_blind"),
         values=stage_params("vqa_blind"),
     threads: 1
+    resources:
+        gpu=stage_gpus("vqa_blind"),
     conda:
         "../envs/clipdistill.yaml"
     log:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +97,20 @@ class Runtime:
 
 
 CPU = Runtime()  # what a stage function uses when no runtime is given: today's behaviour
+
+
+def torchrun_argv(spec: RuntimeParams, argv: list[str]) -> list[str] | None:
+    """The command that reruns `argv` (a data-parallel stage's command line) under torchrun with
+    one rank per GPU, when `runtime.gpus` asks for more than one and this process is not a rank
+    already; None otherwise. The GPUs are the ones this job sees (under SLURM: its allocation,
+    which the profile requests as `runtime.gpus`)."""
+    if spec.gpus == 1 or "LOCAL_RANK" in os.environ:
+        return None
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < spec.gpus:
+        raise DeviceUnavailable(f"runtime.gpus is {spec.gpus} but this job sees {visible} GPU(s)")
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    return [torchrun, "--standalone", f"--nproc_per_node={spec.gpus}", "--no-python", *argv]
 
 
 def setup(spec: RuntimeParams) -> Runtime:
