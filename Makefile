@@ -54,3 +54,9 @@ clean:
 .PHONY: gpu-kernels
 gpu-kernels:
 	bash benchmarks/gpu_kernels.sh
+
+# Issue 24: on a CUDA machine, the smoke study on the GPU in bf16 (next to the CPU run), the loss
+# kernels' GPU tests and benchmark, and a table of both runs' stage times and student metrics.
+.PHONY: gpu-check
+gpu-check: install
+	bash benchmarks/gpu_check.sh
