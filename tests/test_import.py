@@ -310,9 +310,9 @@ def test_dvc_refuses_to_import_a_source_its_dvc_yaml_does_not_list(smoke_params,
 # ---------------------------------------------------------------- image–text splits: open_clip CSV, COCO captions
 
 
-def photo_folder(root, ids=IMAGE_IDS):
-    """Non-square JPEGs named as COCO names them, under root (absolute, outside the project)."""
-    coco_style_vqa(root, n_questions=1, ids=ids)
+def photo_folder(root, ids=IMAGE_IDS, pattern=PATTERN):
+    """Non-square JPEGs named by `pattern` (COCO's by default) under root (absolute, outside the project)."""
+    coco_style_vqa(root, n_questions=1, ids=ids, pattern=pattern)
     return root / "images"
 
 
@@ -355,7 +355,7 @@ def test_a_vqa_split_cannot_be_an_image_text_import(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from clipdistill.params import load_params
 
-    with pytest.raises(ParamsError, match="vqa_eval: imported from csv; a VQA split is synthetic or vqav2"):
+    with pytest.raises(ParamsError, match="vqa_eval: imported from csv; a VQA split is synthetic or one of vqav2, gqa"):
         load_params(tmp_path / "params.yaml")
 
 
@@ -417,3 +417,25 @@ def test_the_lmms_task_keeps_imported_ids_ints_or_strings(smoke_params, tmp_path
         assert ds[0]["image"].size == (96, 72)
         if dtype == "int64":
             assert ds[0]["question_id"] == 500000000
+
+
+def test_a_gqa_set_imports_as_a_vqa_split_with_its_string_ids(smoke_params, tmp_path):
+    ids = ("n161313", "n235859", "n100552")
+    images = photo_folder(tmp_path / "gqa", ids=ids, pattern="{image_id}.jpg")
+    qs = {f"2013072{k}": {"imageId": image_id, "question": "Which color is the square?", "answer": colour,
+                          "types": {"semantic": "attr", "structural": "query"}}
+          for k, (image_id, colour) in enumerate(zip(ids, COLOURS))}
+    (tmp_path / "gqa.json").write_text(json.dumps(qs))
+    entry = {"format": "gqa", "questions": str(tmp_path / "gqa.json"), "image_root": str(images),
+             "image_pattern": "{image_id}.jpg", "image_size": 32}
+    m = prepare(data_params(smoke_params, vqa_eval=entry), "vqa_eval", tmp_path / "vqa_eval")
+    assert m["counts"] == {"images": 3, "questions": 3, "skipped": 0}
+    records = read_split_vqa(tmp_path / "vqa_eval")
+    assert [r.question_id for r in records] == ["20130720", "20130721", "20130722"]
+    assert records[0].answers == ("red",) * 10 and records[0].question_type == "attr"
+    assert load_split(tmp_path / "vqa_eval").rows(records) == [0, 1, 2]
+    del qs["20130721"]["answer"]
+    (tmp_path / "gqa.json").write_text(json.dumps(qs))
+    with pytest.raises(DataError, match=r"gqa.json: 20130721: missing key 'answer'"):
+        prepare(data_params(smoke_params, vqa_eval=entry), "vqa_eval", tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -73,6 +73,24 @@ class VQAv2SplitParams(Strict):
         return pattern
 
 
+class GQASplitParams(Strict):
+    """A split imported from a GQA-style questions JSON ({question_id: {imageId, question, answer,
+    types}}); the one answer stands for all ten annotators (soft accuracy = exact match)."""
+
+    format: Literal["gqa"]
+    questions: str = Field(description="the questions JSON (absolute, or relative to the project)")
+    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
+                                        "resolve inside it, symlinks included")
+    image_pattern: str = Field("{image_id}.jpg", description="an image's path under image_root from its id "
+                                                             "(GQA's imageId)")
+    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
+                                                            "to this many pixels when loaded")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: the first bad question stops the import; skip: drop it and count it")
+
+    _known_fields = field_validator("image_pattern")(VQAv2SplitParams._known_fields.__func__)
+
+
 class _PairsImport(Strict):
     image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
                                         "resolve inside it, symlinks included")
@@ -101,7 +119,9 @@ class COCOCaptionsSplitParams(_PairsImport):
 
 
 # which keys of an imported split name the files it reads (its DAG deps besides code)
-SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "csv": ("path",), "coco_captions": ("captions",)}
+SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "gqa": ("questions",), "csv": ("path",),
+               "coco_captions": ("captions",)}
+VQA_FORMATS = ("vqav2", "gqa")  # the VQA splits' formats
 PAIR_FORMATS = ("csv", "coco_captions")  # image–text splits (pretrain, features); vqav2 is for the VQA splits
 SPLIT_TAGS = ("synthetic", *SOURCE_KEYS)
 
@@ -113,10 +133,10 @@ def _split_kind(entry) -> str:
 
 
 AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")],
-                           Annotated[CSVSplitParams, Tag("csv")],
+                           Annotated[GQASplitParams, Tag("gqa")], Annotated[CSVSplitParams, Tag("csv")],
                            Annotated[COCOCaptionsSplitParams, Tag("coco_captions")]],
                      Discriminator(_split_kind, custom_error_type="split_format",
-                                   custom_error_message="unknown split format; known: vqav2, csv, coco_captions "
+                                   custom_error_message="unknown split format; known: vqav2, gqa, csv, coco_captions "
                                                         "(or no format: synthetic)")]
 
 
@@ -491,8 +511,9 @@ class Params(Strict):
             raise ValueError(f"eval.split: split {self.eval.split!r} is imported ({kinds[self.eval.split]}); it needs "
                              "a synthetic split (its zero-shot label sets are the report's teacher quality)")
         for split in ("vqa_train", "vqa_eval"):
-            if kinds[split] not in ("synthetic", "vqav2"):
-                raise ValueError(f"{split}: imported from {kinds[split]}; a VQA split is synthetic or vqav2")
+            if kinds[split] not in ("synthetic", *VQA_FORMATS):
+                raise ValueError(f"{split}: imported from {kinds[split]}; a VQA split is synthetic or one of "
+                                 f"{', '.join(VQA_FORMATS)}")
         for harness, splits in self.eval.harnesses:
             if unknown := [s for s in splits if s not in self.data.splits]:
                 raise ValueError(f"eval.harnesses.{harness}: {unknown} not data splits; known: {', '.join(self.data.splits)}")

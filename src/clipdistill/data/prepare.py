@@ -1,6 +1,6 @@
 """`clipdistill data prepare`: one split of params `data.splits`, synthetic or imported, into the
-split-folder contract every later stage reads. Formats: vqav2 (the VQA splits), csv (open_clip)
-and coco_captions (image–text splits: pretrain, the features split).
+split-folder contract every later stage reads. Formats: vqav2 and gqa (the VQA splits), csv
+(open_clip) and coco_captions (image–text splits: pretrain, the features split).
 
 A split folder always has `manifest.json` (what made it, a content hash) and, for VQA,
 `questions.json` + `annotations.json` (VQAv2 layout) keyed by the source's own question and
@@ -17,10 +17,10 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from clipdistill.data.formats import (SPLIT_LAYOUT, read_coco_captions, read_pairs_csv, read_vqa, write_pairs_csv,
-                                      write_vqa)
+from clipdistill.data.formats import (SPLIT_LAYOUT, read_coco_captions, read_gqa, read_pairs_csv, read_vqa,
+                                      write_pairs_csv, write_vqa)
 from clipdistill.io import DataError, atomic_dir, sha256_file, write_json, write_manifest
-from clipdistill.params import SOURCE_KEYS, DataParams, VQAv2SplitParams, is_imported
+from clipdistill.params import SOURCE_KEYS, VQA_FORMATS, DataParams, is_imported
 
 def split_entry(params: DataParams, name: str):
     if name not in params.splits:
@@ -35,8 +35,8 @@ def prepare(params: DataParams, split: str, out: str | Path) -> dict:
         from clipdistill.data.synth import synthesize
 
         return synthesize(params, split, out)
-    if entry.format == "vqav2":
-        return import_vqav2(split, entry, Path(out))
+    if entry.format in VQA_FORMATS:
+        return import_vqa(split, entry, Path(out))
     return import_pairs(split, entry, Path(out))
 
 
@@ -101,13 +101,18 @@ def import_pairs(name: str, entry, out: Path) -> dict:
                                                       "sources": _sha256s(files)}, counts)
 
 
-def import_vqav2(name: str, entry: VQAv2SplitParams, out: Path) -> dict:
-    """VQAv2 questions + annotations → the split folder; every question checked (answers, an
-    image that exists inside `image_root`) before anything is written."""
+def import_vqa(name: str, entry, out: Path) -> dict:
+    """VQAv2 questions + annotations, or GQA questions → the split folder (VQAv2 layout); every
+    question checked (answers, an image that exists inside `image_root`) before anything is
+    written."""
     files = _sources(name, entry)
     root = _image_root(name, entry)
-    records, bad = read_vqa(files["questions"], files["annotations"], root, entry.image_pattern,
-                            on_bad_sample=entry.on_bad_sample)
+    if entry.format == "vqav2":
+        records, bad = read_vqa(files["questions"], files["annotations"], root, entry.image_pattern,
+                                on_bad_sample=entry.on_bad_sample)
+    else:
+        records, bad = read_gqa(files["questions"], root, image_pattern=entry.image_pattern,
+                                on_bad_sample=entry.on_bad_sample)
     if not records:
         raise DataError(f"{files['questions']}: no usable questions"
                         + (f" ({len(bad.dropped)} skipped; first: {bad.dropped[0]})" if bad.dropped else ""))
