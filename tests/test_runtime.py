@@ -366,3 +366,48 @@ def test_several_gpus_relaunch_a_data_parallel_stage_under_torchrun(monkeypatch)
     assert R.torchrun_argv(RuntimeParams(device="cuda", gpus=4), command) is None
     with pytest.raises(ValidationError, match="needs device: cuda"):
         RuntimeParams(device="auto", gpus=2)
+
+
+# ------------------------------------------------------------------ bf16 through both runners
+
+
+@pytest.mark.slow
+def test_bf16_smoke_chain_runs_through_snakemake_and_dvc(tmp_path):
+    """`runtime.precision: bf16` on the CPU through both runners, on one chain of the smoke
+    study to stay cheap: Snakemake trains teacher s, extracts its store, distils the clipkd
+    student and evaluates it; DVC then reproduces the VQA language model. Weights stay fp32."""
+    from conftest import BIN, project_copy
+    from test_runner_state import run
+
+    params = yaml.safe_load(SMOKE.read_text())
+    params["runtime"]["precision"] = "bf16"
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(params))
+    root = project_copy(tmp_path / "project", tmp_path / "bf16.yaml")
+    metrics = "results/student_eval/s/xs/clipkd/0/metrics.json"
+    run([BIN / "snakemake", "-c2", "--workflow-profile", "workflow/profiles/default", metrics], root, tmp_path)
+    assert all(v == v for v in json.loads((root / metrics).read_text())["summary"].values())
+    run([BIN / "dvc", "repro", "-q", "vqa_lm"], root, tmp_path)
+    for weights in ("results/teachers/s", "results/students/s/xs/clipkd/0", "results/vqa/lm"):
+        assert _saved_dtypes(root / weights, "*.safetensors") == {"F32"}, weights
+
+
+def test_loss_backend_param_decides_what_auto_means_in_the_training_stages(smoke_data, monkeypatch):
+    """runtime.loss_backend forces the losses' implementation (auto: Triton for CUDA tensors);
+    an explicit backend argument still wins. Teacher training really computes through it."""
+    from clipdistill.data.splits import load_split
+    from clipdistill.losses import dispatch
+    from clipdistill.params import TeacherParams
+    from clipdistill.teachers.train import train_teacher
+
+    x = torch.randn(3, 4)
+    assert dispatch.resolve_backend("auto", x) == "torch"
+    with dispatch.auto_backend("naive"):
+        assert dispatch.resolve_backend("auto", x) == "naive" and dispatch.resolve_backend("torch", x) == "torch"
+    assert dispatch.resolve_backend("auto", x) == "torch"  # the scope ends
+    resolved = []
+    real = dispatch.resolve_backend
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda b, *t: resolved.append(real(b, *t)) or resolved[-1])
+    spec = TeacherParams(arch="cd-teacher-s", epochs=1, batch_size=20)
+    train_teacher(spec, load_split(smoke_data / "pretrain"), show_progress=False,
+                  runtime=R.Runtime(loss_backend="naive"))
+    assert resolved == ["naive", "naive"]  # two steps, each through the forced backend

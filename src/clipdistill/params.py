@@ -468,6 +468,9 @@ class RuntimeParams(Strict):
     compile: bool = Field(False, description="torch.compile the open_clip towers (in place)")
     grad_checkpointing: bool = Field(False, description="recompute open_clip tower activations in the backward "
                                                         "pass (less memory for big teachers/students)")
+    loss_backend: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="the losses' implementation: auto = the fused Triton kernels for CUDA tensors, chunked "
+                            "torch otherwise; torch forces the PyTorch path (same meaning, same logged terms)")
     gpus: int = Field(1, ge=1, le=64, description="GPUs of one data-parallel stage (distill, vqa run): above 1 the "
                                                   "command relaunches itself under torchrun, one rank per GPU; "
                                                   "the other stages use one GPU (SLURM requests these counts)")

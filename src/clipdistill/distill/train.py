@@ -25,6 +25,7 @@ from clipdistill.data.splits import Split
 from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
 from clipdistill.io import progress
 from clipdistill.losses import LOSSES, make_heads, method_loss, teacher_fields
+from clipdistill.losses.dispatch import auto_backend
 from clipdistill.models import ClipBundle, create_model, preprocess_images
 from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
 from clipdistill.params import FeatureParams, LossOptions, StudentParams, TrainParams
@@ -188,7 +189,8 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         if world > 1:
             batch_in = parallel.gather_batch(batch_in, rank)
         try:
-            loss, terms = method_loss(opts, batch_in, heads)
+            with auto_backend(runtime.loss_backend):
+                loss, terms = method_loss(opts, batch_in, heads)
         except FloatingPointError as exc:
             raise FloatingPointError(f"step {step}: {exc}") from None
         opt.zero_grad(set_to_none=True)

@@ -3,6 +3,9 @@ naive, chunked-torch or Triton implementation of each loss."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from clipdistill.losses import contrastive as _contrastive
@@ -10,6 +13,20 @@ from clipdistill.losses import siglip as _siglip
 from clipdistill.losses import similarity_kd as _kd
 
 BACKENDS = ("auto", "triton", "torch", "naive")
+_AUTO_MEANS = contextvars.ContextVar("auto_backend", default="auto")
+
+
+@contextlib.contextmanager
+def auto_backend(backend: str):
+    """Inside: what `backend="auto"` resolves to (a stage's `runtime.loss_backend`); "auto" keeps
+    the choice by device (Triton for CUDA tensors). An explicit backend argument still wins."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    token = _AUTO_MEANS.set(backend)
+    try:
+        yield
+    finally:
+        _AUTO_MEANS.reset(token)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
@@ -31,6 +48,8 @@ def _check_kd(s_image, s_text, t_image, t_text, temperature, name: str) -> None:
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = _AUTO_MEANS.get()
     if backend != "auto":
         return backend
     from clipdistill.kernels import triton_available

@@ -16,6 +16,7 @@ import torch
 from clipdistill.data.splits import Split
 from clipdistill.io import progress
 from clipdistill.losses import contrastive_loss
+from clipdistill.losses.dispatch import auto_backend
 from clipdistill.models import create_model, load_external, preprocess_images, save_model_dir
 from clipdistill.models.clip import preprocess_cfg, word_tokenizer_for
 from clipdistill.params import TeacherParams
@@ -51,7 +52,8 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             with runtime.autocast():
                 img = model.encode_image(runtime.batch(images[idx]), normalize=True)
                 txt = model.encode_text(runtime.batch(tokens[idx]), normalize=True)
-            loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
+            with auto_backend(runtime.loss_backend):
+                loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)

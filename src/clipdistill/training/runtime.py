@@ -48,6 +48,7 @@ class Runtime:
     precision: str = "fp32"
     compile: bool = False
     grad_checkpointing: bool = False
+    loss_backend: str = "auto"  # the stages that compute losses scope them with losses.dispatch.auto_backend
 
     @property
     def is_cuda(self) -> bool:
@@ -122,4 +123,4 @@ def setup(spec: RuntimeParams) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = spec.tf32
         torch.backends.cudnn.allow_tf32 = spec.tf32
         torch.cuda.set_device(device)
-    return Runtime(device, spec.precision, spec.compile, spec.grad_checkpointing)
+    return Runtime(device, spec.precision, spec.compile, spec.grad_checkpointing, spec.loss_backend)
