@@ -25,7 +25,9 @@ params = yaml.safe_load(open("configs/smoke.yaml"))
 params["runtime"].update(device=sys.argv[2], precision=sys.argv[3])
 open(sys.argv[1], "w").write(yaml.safe_dump(params, sort_keys=False))
 PYEOF
-  (cd "$dir" && git init -q && PATH="$BIN:$PATH" timeout 420 "$BIN/snakemake" -c"$4" \
+  # the copy's own src/ runs (not the checkout the venv was installed from, which may change meanwhile)
+  (cd "$dir" && git init -q && PATH="$BIN:$PATH" PYTHONPATH="$dir/src${PYTHONPATH:+:$PYTHONPATH}" \
+      timeout 420 "$BIN/snakemake" -c"$4" \
       --workflow-profile workflow/profiles/default > snakemake.log 2>&1)
   local rc=$?
   echo "gpu-check: $1 study ($2, $3) rc=$rc, log $dir/snakemake.log"
