@@ -295,6 +295,22 @@ def test_autocast_really_computes_in_16_bit():
             assert w(x).dtype == dtype
 
 
+def test_compile_and_gradient_checkpointing_options_reach_the_towers():
+    """`compile` compiles both open_clip towers in place (the saved weights' names do not change);
+    `grad_checkpointing` is set for training only. (Compiling is not run here: slow on a CPU.)"""
+    from clipdistill.models import create_model
+
+    plain = create_model("cd-student-xs", 0)
+    names = list(plain.state_dict())
+    assert R.CPU.towers(plain, train=True) is plain and plain.visual._compiled_call_impl is None
+    assert not plain.visual.transformer.grad_checkpointing
+    rt = R.Runtime(compile=True, grad_checkpointing=True)
+    model = rt.towers(create_model("cd-student-xs", 0), train=True)
+    assert model.visual._compiled_call_impl is not None and model.transformer._compiled_call_impl is not None
+    assert model.visual.transformer.grad_checkpointing and list(model.state_dict()) == names
+    assert not rt.towers(create_model("cd-student-xs", 0), train=False).visual.transformer.grad_checkpointing
+
+
 # ------------------------------------------------------------------ devices, ranks, bad input
 
 
