@@ -243,17 +243,26 @@ class ForgetsModels(SimulatedRuntime):
         return model  # as a stage that never moves its models
 
 
-@pytest.mark.parametrize("forgetful, violation", [(ForgetsBatches, "input that is not on the device"),
-                                                  (ForgetsModels, "is not on the device")])
-def test_the_device_check_fails_a_stage_that_forgets_a_move(smoke_data, tmp_path, simulated_device,
-                                                            forgetful, violation):
-    """The check itself: CLIP evaluation that leaves its batches (or its models) on the host is caught."""
-    from clipdistill.evaluate.stage import run as eval_clip
+@pytest.fixture(scope="module")
+def smoke_teacher(smoke_data, tmp_path_factory):
     from clipdistill.teachers.stage import run as train_teacher
 
-    train_teacher(load_section(SMOKE, "teachers"), "s", smoke_data, tmp_path / "teacher", runtime=SimulatedRuntime())
+    out = tmp_path_factory.mktemp("runtime") / "teacher"
+    train_teacher(load_section(SMOKE, "teachers"), "s", smoke_data, out)
+    return out
+
+
+@pytest.mark.parametrize("forgetful, violation", [(ForgetsBatches, "input that is not on the device"),
+                                                  (ForgetsModels, "is not on the device")])
+def test_the_device_check_fails_a_stage_that_forgets_a_move(smoke_data, smoke_teacher, tmp_path, simulated_device,
+                                                            forgetful, violation):
+    """The check itself: CLIP evaluation that leaves its batches (or its models) on the host is
+    caught; with the moves it passes."""
+    from clipdistill.evaluate.stage import run as eval_clip
+
+    eval_clip(load_section(SMOKE, "eval"), smoke_teacher, tmp_path / "ok.json", smoke_data, runtime=SimulatedRuntime())
     assert not simulated_device.violations
-    eval_clip(load_section(SMOKE, "eval"), tmp_path / "teacher", tmp_path / "m.json", smoke_data,
+    eval_clip(load_section(SMOKE, "eval"), smoke_teacher, tmp_path / "m.json", smoke_data,
               runtime=forgetful())
     assert any(violation in v for v in simulated_device.violations), simulated_device.violations[:3]
 
