@@ -12,8 +12,17 @@ from clipdistill.report.stats import variance_components
 DELTA, C0 = 3.0, 4.0
 
 
+def _prep(gains, teachers, seeds, n_q):
+    """`_prepare`'s arrays for a study with one VLM seed per run (each run's gain is its VLM's)."""
+    gains = np.asarray(gains, dtype=float)
+    return {"gains": gains, "vlm_gains": gains[:, None, :], "vlm_present": np.ones((len(gains), 1), dtype=bool),
+            "teachers": list(teachers), "methods": ["kd"] * len(gains), "seeds": np.asarray(seeds),
+            "n_questions": n_q}
+
+
 def _hand_prep():
-    """Two seeds with teachers a and b (one method), plus seed 2 with a single run of teacher c.
+    """Seeds 1 and 2 with teachers a and b (one method), plus seed 0 — drawn first — with a single
+    run of teacher c.
     Within each of seeds 0 and 1 the two runs differ by c_s + (±δ per question):
     g_a − g_b = [c_s + δ, c_s − δ, c_s + δ, c_s − δ], with c_0 = 4, c_1 = 0.
     Anything both runs of a seed share (here 10 + 5·question + 7·seed) must drop out."""
@@ -23,12 +32,11 @@ def _hand_prep():
         shared = 10.0 + 5.0 * np.arange(4) + 7.0 * s
         rows += [shared + (c + pattern) / 2, shared - (c + pattern) / 2]
         teachers += ["a", "b"]
-        seeds += [s, s]
-    rows.append(np.array([1.0, 2.0, 3.0, 6.0]))  # seed 2: one run, teacher c — no partner to centre on
+        seeds += [s + 1, s + 1]
+    rows.append(np.array([1.0, 2.0, 3.0, 6.0]))  # seed 0: one run, teacher c — no partner to centre on
     teachers.append("c")
-    seeds.append(2)
-    return {"gains": np.array(rows), "teachers": teachers, "methods": ["kd"] * 5,
-            "seeds": np.array(seeds), "n_questions": 4}
+    seeds.append(0)
+    return _prep(rows, teachers, seeds, 4)
 
 
 def _result(se_teacher, qualities=(1.0, 3.0), runs=(2, 2)):
@@ -41,7 +49,7 @@ def test_components_of_a_study_worked_out_by_hand():
     # seed s, R = 2 runs: run a's part (g_a − mean)·√(R/(R−1)) = (c_s + pattern)/√2, run b's its
     # negative; over the 4 questions: values ±δ/√2 around c_s/√2, sample variance 4·(δ²/2)/3 = 2δ²/3
     question = 2 * DELTA**2 / 3
-    assert c["question"] == pytest.approx(question)  # 6; seed 2's single run adds no question term
+    assert c["question"] == pytest.approx(question)  # 6; seed 0's single run adds no question term
     # run means: a → c_s/√2, b → −c_s/√2 over seeds 0, 1: each cell's sample variance (c_0 − c_1)²/4;
     # pooled over the 2 cells (1 dof each; teacher c's single-run cell has none) = 4
     run_total = (C0 - 0.0) ** 2 / 4
@@ -52,6 +60,7 @@ def test_components_of_a_study_worked_out_by_hand():
     assert c["n_questions"] == 4
     assert c["runs_per_teacher"] == 2.0
     assert c["quality_sd"] == pytest.approx(1.0)  # population SD of (1, 3)
+    assert math.isnan(c["vlm"])  # one VLM seed per run: no VLM-to-VLM spread to estimate
 
 
 def test_components_are_truncated_at_zero():
@@ -59,7 +68,7 @@ def test_components_are_truncated_at_zero():
     # a tiny teacher-level residual: the measurement explains more than all of it
     assert variance_components(prep, _result(se_teacher=0.1))["teacher"] == 0.0
     # runs that differ only question by question: the run part would be negative
-    prep["gains"][[0, 1]] = prep["gains"][[2, 3]]  # seed 0 now repeats seed 1 (c_0 = c_1 = 0)
+    prep = _prep(prep["gains"][[2, 3, 2, 3, 4]], prep["teachers"], prep["seeds"], 4)  # seed 1 repeats seed 2 (c = 0)
     c = variance_components(prep, _result(se_teacher=2.0))
     assert c["question"] == pytest.approx(6.0)
     assert c["run"] == 0.0
@@ -77,9 +86,7 @@ def test_runs_per_teacher_is_the_mean_over_teachers():
 def test_what_cannot_be_estimated_is_nan_not_a_number_made_up():
     prep = _hand_prep()
     # no seed with two runs: no question term; no cell with two runs: no run term
-    one_each = {k: (v[[0, 2, 4]] if isinstance(v, np.ndarray) else [v[i] for i in (0, 2, 4)])
-                for k, v in prep.items() if k != "n_questions"}
-    one_each |= {"teachers": ["a", "b", "c"], "seeds": np.array([0, 1, 2]), "n_questions": 4}
+    one_each = _prep(prep["gains"][[0, 2, 4]], ["a", "b", "c"], [0, 1, 2], 4)
     c = variance_components(one_each, _result(se_teacher=2.0))
     assert math.isnan(c["question"]) and math.isnan(c["run"])
     assert c["teacher"] == pytest.approx(8.0)  # nothing measured to subtract
@@ -99,8 +106,7 @@ def test_components_recover_known_variances_by_simulation():
             rows.append(shared + rng.normal(0, tau) + rng.normal(0, sigma, n_q))
             teachers.append(f"t{t}")
             seeds.append(s)
-    prep = {"gains": np.array(rows), "teachers": teachers, "methods": ["kd"] * len(rows),
-            "seeds": np.array(seeds), "n_questions": n_q}
+    prep = _prep(rows, teachers, seeds, n_q)
     c = variance_components(prep, _result(se_teacher=1.0, qualities=(1.0, 2.0, 3.0), runs=(n_seeds,) * 3))
     assert c["question"] == pytest.approx(sigma**2, rel=0.02)
     # pooled over 3·59 dof, the run variance's SE is about τ²·√(2/177) ≈ 0.43
