@@ -19,9 +19,10 @@ from conftest import BIN, project_copy
 
 SNAKEMAKE = [str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default"]  # = make run
 METHOD_PARAM = "distill.methods.clipkd.weight=2"
-# The clipkd students of both teachers, their evaluations and VLMs, and the report: nothing else.
-EXPECTED_RERUN = {f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval", "vqa_student")
-                  for t in "sm"} | {"report"}
+# The clipkd students of both teachers, their evaluations and VLMs (one per VLM seed of the smoke
+# study, vqa.seeds: [0, 1]), and the report: nothing else.
+EXPECTED_RERUN = ({f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for t in "sm"}
+                  | {f"vqa_student@{t}-xs-clipkd-0-{v}" for t in "sm" for v in (0, 1)} | {"report"})
 
 
 def _env(home: Path) -> dict:
