@@ -285,6 +285,7 @@ def test_one_method_param_reruns_only_that_methods_stages(study, home, tmp_path)
 
     out = dvc("exp", "run", "-S", "distill.methods.clipkd.weight=2", cwd=copy, home=home).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    expected = {f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval", "vqa_student") for t in "sm"}
+    expected = ({f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for t in "sm"}
+                | {f"vqa_student@{t}-xs-clipkd-0-{v}" for t in "sm" for v in (0, 1)})  # one VLM per VLM seed
     assert ran == expected | {"report"}, out[-3000:]
 
