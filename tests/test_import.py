@@ -101,7 +101,8 @@ def test_a_vqav2_set_with_coco_ids_and_no_captions_evaluates_from_params_alone(s
     spec = VQAParams.model_validate({"lm": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2},
                                      "stage1": {"epochs": 1, "batch_size": 8}, "stage2": {"epochs": 1, "batch_size": 8},
                                      "eval_batch_size": 8, "max_new_tokens": 2})
-    summary = run(spec, encoder=str(encoder), out=tmp_path / "vlm", metrics=tmp_path / "metrics.json", data=data)
+    summary = run(spec, encoder=str(encoder), out=tmp_path / "vlm", metrics=tmp_path / "metrics.json",
+                  train=data / "vqa_train", eval=data / "vqa_eval")
     assert summary["count"] == 12
     answers = [json.loads(line) for line in (tmp_path / "vlm" / "answers.jsonl").read_text().splitlines()]
     assert sorted(a["question_id"] for a in answers) == sorted(i * 1000 + k for i in IMAGE_IDS for k in range(4))
@@ -131,11 +132,11 @@ def test_a_vqa_training_split_without_captions_trains(smoke_params, source, tmp_
                                      "lm_pretrain": {"epochs": 1, "batch_size": 4},
                                      "stage1": {"epochs": 1, "batch_size": 4}, "stage2": {"epochs": 1, "batch_size": 4},
                                      "eval_batch_size": 8, "max_new_tokens": 2})
-    language.run(spec, data, tmp_path / "lm")
+    language.run(spec, data / "vqa_train", tmp_path / "lm")
     save_model_dir(tmp_path / "encoder", create_model("cd-student-xs", 0), "cd-student-xs",
                    {"kind": "open_clip", "name": "cd-student-xs"}, {})
     summary = run(spec, encoder=str(tmp_path / "encoder"), out=tmp_path / "vlm", metrics=tmp_path / "metrics.json",
-                  data=data, lm=tmp_path / "lm")
+                  train=data / "vqa_train", eval=data / "vqa_eval", lm=tmp_path / "lm")
     log = (tmp_path / "vlm" / "train_log.csv").read_text()
     assert summary["count"] == 12 and "vqa stage 1" in log and "vqa stage 2" in log
     assert summary["diagnostics"]["probe"]["pooled"]["what color"]["estimable"]  # train rows found by path

@@ -363,7 +363,7 @@ def test_device_cuda_without_cuda_is_one_line_exit_2_before_any_work(tmp_path):
     params["runtime"]["device"] = "cuda"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for args in (["teacher", "train", "--name", "s", "--data", tmp_path / "no-data", "--out", tmp_path / "t"],
-                 ["vqa", "lm", "--data", tmp_path / "no-data", "--out", tmp_path / "lm"]):
+                 ["vqa", "lm", "--train", tmp_path / "no-data", "--out", tmp_path / "lm"]):
         proc = run_cli(*args, "--params", tmp_path / "params.yaml")
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [

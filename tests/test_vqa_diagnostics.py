@@ -148,7 +148,8 @@ def test_vqa_run_writes_the_diagnostics(teacher_dir, smoke_data, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for enc in (teacher_dir, "blind"):
         m = tmp_path / f"{'blind' if enc == 'blind' else 'teacher'}.json"
-        run_cli("vqa", "run", "--encoder", enc, "--out", tmp_path / m.stem, "--metrics", m, "--data", smoke_data,
+        run_cli("vqa", "run", "--encoder", enc, "--out", tmp_path / m.stem, "--metrics", m, "--train", smoke_data / "vqa_train",
+                "--eval", smoke_data / "vqa_eval",
                 "--params", tmp_path / "params.yaml", check=True, timeout=600)
     teacher, blind = read_json(tmp_path / "teacher.json"), read_json(tmp_path / "blind.json")
     d = teacher["diagnostics"]

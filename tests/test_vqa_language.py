@@ -77,7 +77,8 @@ def test_a_local_hf_lm_uses_its_own_tokenizer_with_the_image_token_added(teacher
 
 def test_vqa_lm_and_run_refuse_a_missing_language_model_in_one_line(tmp_path, smoke_data):
     (tmp_path / "empty").mkdir()
-    proc = run_cli("vqa", "run", "--encoder", "blind", "--data", smoke_data, "--lm", tmp_path / "empty",
+    proc = run_cli("vqa", "run", "--encoder", "blind", "--train", smoke_data / "vqa_train",
+                   "--eval", smoke_data / "vqa_eval", "--lm", tmp_path / "empty",
                    "--out", tmp_path / "vlm", "--metrics", tmp_path / "m.json")
     assert proc.returncode == 2 and "no config.json" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "vlm").exists() and not (tmp_path / "m.json").exists()

@@ -129,12 +129,13 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
 
 @vqa_app.command("lm")
 def vqa_lm(out: Annotated[Path, opt("directory for the language model and its tokenizer")],
-           data: DataOpt = RESULTS_DATA, params: ParamsOpt = PARAMS) -> None:
-    """The language model every VLM starts from (`vqa.lm`), instruction-tuned on the VQA
-    training text when `vqa.lm_pretrain` is set."""
+           train: Annotated[Path, opt("the VQA training split's folder (vqa.train_split)")],
+           params: ParamsOpt = PARAMS) -> None:
+    """The language model every VLM starts from (`vqa.lm`), its vocabulary and (with
+    `vqa.lm_pretrain`) its instruction tuning from the training split's text only."""
     from clipdistill.vqa.language import run
 
-    counts = run(load_section(params, "vqa"), data, out, tools.runtime(params))["counts"]
+    counts = run(tools.vqa_section(params), train, out, tools.runtime(params))["counts"]
     loss = counts["final_loss"]
     say(f"language model: {counts['parameters']:,} parameters, vocab {counts['vocab']}"
         + (f", final loss {loss:.3f}" if loss is not None else "") + f" -> {out}")
@@ -143,22 +144,39 @@ def vqa_lm(out: Annotated[Path, opt("directory for the language model and its to
 @vqa_app.command("run")
 def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")],
             out: Annotated[Path, opt("directory for the VLM and its answers")],
-            metrics: Annotated[Path, opt("metrics.json to write")], data: DataOpt = RESULTS_DATA,
+            metrics: Annotated[Path, opt("metrics.json to write")],
+            train: Annotated[Path, opt("the VQA training split's folder (vqa.train_split)")],
+            eval: Annotated[Path, opt("the study's VQA evaluation split's folder (the first of vqa.eval_splits)")],
             lm: Annotated[Path | None, opt("language model from `clipdistill vqa lm` "
                                            "(default: prepared here from params)")] = None,
             vlm_seed: Annotated[int | None, typer.Option(help="VLM seed: projector init and data order "
                                                          "(default: the first of vqa.seeds)", min=0)] = None,
             params: ParamsOpt = PARAMS) -> None:
-    """Two-stage LLaVA training on vqa_train, greedy evaluation on vqa_eval (VQAv2 soft accuracy).
+    """Two-stage LLaVA training on --train, greedy evaluation on --eval (VQAv2 soft accuracy).
     Under `torchrun` the training is data-parallel; rank 0 evaluates and writes."""
     from clipdistill.vqa.stage import run
 
-    summary = run(load_section(params, "vqa"), encoder=encoder, out=out, metrics=metrics, data=data, lm=lm,
+    summary = run(tools.vqa_section(params), encoder=encoder, out=out, metrics=metrics, train=train, eval=eval, lm=lm,
                   vlm_seed=vlm_seed, runtime=tools.dp_runtime(params))
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"
             + (f", COLLAPSED on {', '.join(collapsed)}" if collapsed else "") + f" -> {out}")
+
+
+@vqa_app.command("score")
+def vqa_score(vlm: Annotated[Path, opt("a saved VLM (`vqa run`'s output folder)")],
+              eval: Annotated[Path, opt("a further VQA evaluation split's folder (vqa.eval_splits[1:])")],
+              out: Annotated[Path, opt("directory for the answers and per-type accuracies")],
+              metrics: Annotated[Path, opt("metrics.json to write")],
+              blind: Annotated[bool, typer.Option(help="the VLM is the blind baseline's: show it the grey image")] = False,
+              params: ParamsOpt = PARAMS) -> None:
+    """Greedy evaluation of a trained VLM on one more evaluation set (VQAv2 soft accuracy)."""
+    from clipdistill.vqa.stage import score
+
+    summary = score(tools.vqa_section(params), vlm=vlm, eval=eval, out=out, metrics=metrics, blind=blind,
+                    runtime=tools.runtime(params))
+    say(f"vqa {vlm} on {eval.name}: overall {summary['overall']:.1f} on {summary['count']} questions -> {metrics}")
 
 
 @app.command("report")

@@ -29,6 +29,13 @@ ProjectOpt = Annotated[Path, opt("project root (where dvc.yaml lives)")]
 RESULTS_DATA, PARAMS = Path("results/data"), Path("params.yaml")
 
 
+def vqa_section(params: Path):
+    """`vqa`, its split names known to params `data.splits` (else one line, exit 2)."""
+    from clipdistill.params import load_vqa_section
+
+    return load_vqa_section(params)
+
+
 def runtime(params: Path, data_parallel: bool = False):
     """The stage's device and precision (params `runtime`), resolved before any work: a missing
     device is a one-line error (exit 2). A data-parallel command asked for several GPUs

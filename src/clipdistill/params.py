@@ -18,7 +18,7 @@ from clipdistill.io import ClipdistillError
 
 STYLES = ("plain", "textured", "shifted_palette")
 Style = Literal["plain", "textured", "shifted_palette"]
-REQUIRED_SPLITS = ("pretrain", "distill", "vqa_train", "vqa_eval", "clip_eval")
+REQUIRED_SPLITS = ("pretrain", "distill", "clip_eval")  # the VQA splits are named by vqa.train_split / eval_splits
 
 
 class ParamsError(ClipdistillError):
@@ -401,8 +401,16 @@ class BlindParams(Strict):
     seed: int = Field(0, ge=0, description="the tower's initial weights")
 
 
+def _runners_need_splits(schema: dict) -> None:
+    # the runners render paths from params.yaml alone (no defaults): an older file gets a schema
+    # error naming the keys rather than a KeyError in the middle of the DAG
+    schema["required"] = [*schema.get("required", []), "train_split", "eval_splits"]
+
+
 class VQAParams(Strict):
     """LLaVA-style VQA (`clipdistill vqa run`): identical protocol for every encoder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_runners_need_splits)
 
     lm: LMParams = Field(default_factory=LMParams)
     lm_pretrain: VQAStageParams | None = Field(
@@ -419,6 +427,13 @@ class VQAParams(Strict):
         True, description="standardise each tower feature dimension (mean and std over the training images' "
                           "tokens) before the projector, folded into the projector's first layer when training "
                           "ends: every encoder enters the projector at the same scale")
+    train_split: str = Field("vqa_train", description="data split the VLMs (and the shared LM, its tokenizer) "
+                                                       "train on: synthetic, vqav2 or gqa")
+    eval_splits: list[str] = Field(
+        default_factory=lambda: ["vqa_eval"], min_length=1, json_schema_extra={"uniqueItems": True},
+        description="data splits every VLM is evaluated on, each scored on its own: the first is the study's "
+                    "(results/vqa_metrics/..., the report's verdict), each further one writes under "
+                    "results/vqa_sets/<split>/ (stage vqa_score_*)")
     eval_batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(6, ge=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(
@@ -432,7 +447,17 @@ class VQAParams(Strict):
     def _renamed(cls, raw):
         if isinstance(raw, dict) and "seed" in raw:
             raise ValueError("`seed` was replaced by `seeds`, a list of VLM seeds (e.g. seeds: [0, 1])")
+        if isinstance(raw, dict) and "eval_split" in raw:
+            raise ValueError("`eval_split` is `eval_splits`, a list whose first entry is the study's set "
+                             f"(e.g. eval_splits: [{raw['eval_split']}])")
         return raw
+
+    @field_validator("eval_splits", mode="after")
+    @classmethod
+    def _distinct_sets(cls, splits):
+        if repeated := sorted({s for s in splits if splits.count(s) > 1}):
+            raise ValueError(f"split(s) {repeated} listed twice: each evaluation set is scored once")
+        return splits
 
     @field_validator("seeds", mode="after")
     @classmethod
@@ -513,10 +538,17 @@ class Params(Strict):
         if kinds[self.eval.split] != "synthetic":  # zero-shot top-1 (the report's teacher quality) needs label sets
             raise ValueError(f"eval.split: split {self.eval.split!r} is imported ({kinds[self.eval.split]}); it needs "
                              "a synthetic split (its zero-shot label sets are the report's teacher quality)")
-        for split in ("vqa_train", "vqa_eval"):
-            if kinds[split] not in ("synthetic", *VQA_FORMATS):
-                raise ValueError(f"{split}: imported from {kinds[split]}; a VQA split is synthetic or one of "
-                                 f"{', '.join(VQA_FORMATS)}")
+        vqa_splits = {"vqa.train_split": [self.vqa.train_split], "vqa.eval_splits": self.vqa.eval_splits}
+        for key, splits in vqa_splits.items():
+            if unknown := [s for s in splits if s not in kinds]:
+                raise ValueError(f"{key}: {unknown} not data splits; known: {', '.join(kinds)}")
+            for split in splits:
+                if kinds[split] not in ("synthetic", *VQA_FORMATS):
+                    raise ValueError(f"{key}: split {split!r} is imported from {kinds[split]}; a VQA split is "
+                                     f"synthetic or one of {', '.join(VQA_FORMATS)}")
+        if self.vqa.train_split in self.vqa.eval_splits:
+            raise ValueError(f"vqa.eval_splits: {self.vqa.train_split!r} is vqa.train_split; a VLM is never scored "
+                             "on the questions it trained on")
         for harness, splits in self.eval.harnesses:
             if unknown := [s for s in splits if s not in self.data.splits]:
                 raise ValueError(f"eval.harnesses.{harness}: {unknown} not data splits; known: {', '.join(self.data.splits)}")
@@ -572,6 +604,18 @@ def load_section(path: str | Path, section: str):
         return TypeAdapter(SECTIONS[section]).validate_python(raw)
     except ValidationError as exc:
         raise ParamsError(_one_line(str(path), exc, prefix=(section,))) from None
+
+
+def load_vqa_section(path: str | Path) -> "VQAParams":
+    """The `vqa` section, its split names checked against the file's `data.splits` (names only:
+    the VQA stages read no other data key), so a misspelt set fails before any work."""
+    spec = load_section(path, "vqa")
+    splits = (_read_yaml(path).get("data") or {}).get("splits")
+    if isinstance(splits, dict):
+        for key, names in (("vqa.train_split", [spec.train_split]), ("vqa.eval_splits", spec.eval_splits)):
+            if unknown := [n for n in names if n not in splits]:
+                raise ParamsError(f"{path}: {key}: {unknown} not data splits; known: {', '.join(splits)}")
+    return spec
 
 
 def pick(entries: dict, name: str, section: str):

@@ -55,6 +55,14 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class EachEvalSet:
+    """A path per further VQA evaluation set (`{eval_set}` over vqa.eval_splits[1:]): Snakemake
+    lists each, dvc.yaml each literally (it is regenerated when vqa.eval_splits changes)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Sources:
     """The files an imported split reads (its params entry names them: `data.splits.{split}`),
     none for a synthetic split. Snakemake lists them from the config; dvc.yaml lists them
@@ -104,6 +112,13 @@ RUN = "{teacher}/{student}/{method}/{seed}"
 # Every encoder gets one VLM per VLM seed (`vqa.seeds`), in a folder `vlm<seed>` under the encoder's.
 VLM_AXIS = {"vlm_seed": "vqa.seeds"}
 VLM = "vlm{vlm_seed}"
+# The VQA splits (vqa.train_split, vqa.eval_splits): `vqa run` trains each VLM on TRAIN and scores it
+# on the first evaluation set, the study's (results/vqa_metrics/...); `vqa score` scores the saved
+# VLM on every further set (EVAL_SET, an axis over the list after its first entry), under
+# results/vqa_sets/<set>/ in the same layout. Adding a set reruns only the new scoring jobs (and the report).
+TRAIN, FIRST_EVAL = "results/data/{vqa.train_split}", "results/data/{vqa.eval_splits.0}"
+EVAL_SET_AXIS = {"eval_set": "vqa.eval_splits[1:]"}
+VQA_RUN_PARAMS = ("vqa.*", "-vqa.eval_splits", "runtime")  # not the further sets: they train nothing
 # `eval clip`'s keys: not eval.harnesses, so switching a harness on reruns no CLIP evaluation
 CLIP_EVAL = ("eval.split", "eval.batch_size", "eval.recall_at", "runtime")
 
@@ -134,6 +149,19 @@ def _mieb(name: str, encoders: str, grids: tuple[Grid, ...]) -> Stage:
                  inputs=(f"results/{encoders}", "results/data/{split}"), outputs=(Out(out, metrics=True),),
                  params=("eval.batch_size",), log=f"logs/harness/mieb/{{split}}/{encoders}.log",
                  grids=tuple(_harness("mieb", g) for g in grids))
+
+
+def _score(name: str, vlms: str, grids: tuple[Grid, ...], blind: bool = False) -> Stage:
+    """`vqa score` of a kind of VLM (`vqa run`'s folders results/vqa/VLMS) on each further evaluation set."""
+    out, metrics = f"results/vqa_sets/{{eval_set}}/vqa/{vlms}", f"results/vqa_sets/{{eval_set}}/vqa_metrics/{vlms}.json"
+    return Stage(f"vqa_score_{name}",
+                 (f"vqa score --params params.yaml --vlm results/vqa/{vlms}{' --blind' if blind else ''}"
+                  f" --eval results/data/{{eval_set}} --out {out} --metrics {metrics}",),
+                 inputs=(f"results/vqa/{vlms}", "results/data/{eval_set}"),
+                 outputs=(Out(out, directory=True), Out(metrics, metrics=True)),
+                 params=("vqa.eval_batch_size", "vqa.max_new_tokens", "runtime"),
+                 log=f"logs/vqa_sets/{{eval_set}}/{vlms}.log",
+                 grids=tuple(Grid({**EVAL_SET_AXIS, **g.axes}, g.fixed, g.dvc_name, dvc_matrix=True) for g in grids))
 
 
 STAGES: tuple[Stage, ...] = (
@@ -181,39 +209,46 @@ STAGES: tuple[Stage, ...] = (
           log=f"logs/student_eval/{RUN}.log",
           grids=(Grid(_runs(True), {"kd_teacher": "{teacher}"}),
                  Grid(_runs(False), {"kd_teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
-    Stage("vqa_lm", ("vqa lm --params params.yaml --data results/data --out results/vqa/lm",),
-          inputs=("results/data/vqa_train",), outputs=(Out("results/vqa/lm", directory=True),),
-          params=("vqa.lm", "vqa.lm_pretrain", "runtime"), log="logs/vqa/lm.log"),
+    Stage("vqa_lm", (f"vqa lm --params params.yaml --train {TRAIN} --out results/vqa/lm",),
+          inputs=(TRAIN,), outputs=(Out("results/vqa/lm", directory=True),),
+          params=("vqa.lm", "vqa.lm_pretrain", "vqa.train_split", "runtime"), log="logs/vqa/lm.log"),
     Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --vlm-seed {vlm_seed}"
-                          " --data results/data --lm results/vqa/lm"
+                          f" --train {TRAIN} --eval {FIRST_EVAL} --lm results/vqa/lm"
                           f" --out results/vqa/teachers/{{teacher}}/{VLM}"
                           f" --metrics results/vqa_metrics/teachers/{{teacher}}/{VLM}.json",),
-          inputs=("results/vqa/lm", "results/teachers/{teacher}", "results/data/vqa_train", "results/data/vqa_eval"),
+          inputs=("results/vqa/lm", "results/teachers/{teacher}", TRAIN, FIRST_EVAL),
           outputs=(Out(f"results/vqa/teachers/{{teacher}}/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/teachers/{{teacher}}/{VLM}.json", metrics=True)),
-          params=("vqa", "runtime"), log=f"logs/vqa/teachers/{{teacher}}/{VLM}.log",
+          params=VQA_RUN_PARAMS, log=f"logs/vqa/teachers/{{teacher}}/{VLM}.log",
           grids=(Grid({"teacher": "teachers", **VLM_AXIS}),)),
     Stage("vqa_student", ("vqa run --params params.yaml --encoder results/students/" + RUN + " --vlm-seed {vlm_seed}"
-                          f" --data results/data --lm results/vqa/lm --out results/vqa/students/{RUN}/{VLM}"
+                          f" --train {TRAIN} --eval {FIRST_EVAL} --lm results/vqa/lm --out results/vqa/students/{RUN}/{VLM}"
                           f" --metrics results/vqa_metrics/students/{RUN}/{VLM}.json",),
-          inputs=("results/vqa/lm", f"results/students/{RUN}", "results/data/vqa_train", "results/data/vqa_eval"),
+          inputs=("results/vqa/lm", f"results/students/{RUN}", TRAIN, FIRST_EVAL),
           outputs=(Out(f"results/vqa/students/{RUN}/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/students/{RUN}/{VLM}.json", metrics=True)),
-          params=("vqa", "runtime"), log=f"logs/vqa/students/{RUN}/{VLM}.log",
+          params=VQA_RUN_PARAMS, log=f"logs/vqa/students/{RUN}/{VLM}.log",
           grids=(Grid({**_runs(True), **VLM_AXIS}),
                  Grid({**STUDENT_AXES, **VLM_AXIS}, {"teacher": NO_TEACHER}, dvc_name="vqa_baseline"))),
-    Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --vlm-seed {vlm_seed} --data results/data"
-                        f" --lm results/vqa/lm --out results/vqa/blind/{VLM} --metrics results/vqa_metrics/blind/{VLM}.json",),
-          inputs=("results/vqa/lm", "results/data/vqa_train", "results/data/vqa_eval"),
+    Stage("vqa_blind", ("vqa run --params params.yaml --encoder blind --vlm-seed {vlm_seed} --train " + TRAIN +
+                        f" --eval {FIRST_EVAL} --lm results/vqa/lm --out results/vqa/blind/{VLM} --metrics results/vqa_metrics/blind/{VLM}.json",),
+          inputs=("results/vqa/lm", TRAIN, FIRST_EVAL),
           outputs=(Out(f"results/vqa/blind/{VLM}", directory=True),
                    Out(f"results/vqa_metrics/blind/{VLM}.json", metrics=True)),
-          params=("vqa", "runtime"), log=f"logs/vqa/blind/{VLM}.log", grids=(Grid(VLM_AXIS, dvc_matrix=True),)),
-    Stage("report", ("report --params params.yaml --results results --vqa-eval results/data/vqa_eval"
-                     " --out results/report",),
-          inputs=("results/data/vqa_eval", Upstream("teacher_eval"), Upstream("teacher_train"),
+          params=VQA_RUN_PARAMS, log=f"logs/vqa/blind/{VLM}.log", grids=(Grid(VLM_AXIS, dvc_matrix=True),)),
+    # Every further evaluation set, on every VLM (none by default: vqa.eval_splits has one entry).
+    _score("teacher", f"teachers/{{teacher}}/{VLM}", (Grid({"teacher": "teachers", **VLM_AXIS}),)),
+    _score("student", f"students/{RUN}/{VLM}", (Grid({**_runs(True), **VLM_AXIS}),
+                                                Grid({**STUDENT_AXES, **VLM_AXIS}, {"teacher": NO_TEACHER},
+                                                     dvc_name="{stage}_baseline"))),
+    _score("blind", f"blind/{VLM}", (Grid(VLM_AXIS),), blind=True),
+    Stage("report", (f"report --params params.yaml --results results --vqa-eval {FIRST_EVAL} --out results/report",),
+          inputs=(FIRST_EVAL, Upstream("teacher_eval"), Upstream("teacher_train"),
                   Upstream("student_eval"), Upstream("distill"), Upstream("vqa_teacher"), Upstream("vqa_student"),
-                  Upstream("vqa_blind")),
-          outputs=(Out("results/report", directory=True),), params=("report", "teachers", "distill.grid", "vqa.seeds"),
+                  Upstream("vqa_blind"), EachEvalSet("results/data/{eval_set}"), Upstream("vqa_score_teacher"),
+                  Upstream("vqa_score_student"), Upstream("vqa_score_blind")),
+          outputs=(Out("results/report", directory=True),),
+          params=("report", "teachers", "distill.grid", "vqa.seeds", "vqa.eval_splits"),
           log="logs/report.log"),
     # Optional: the standard harnesses on every model, once per split in eval.harnesses (none by
     # default). The report does not read them.
@@ -297,7 +332,7 @@ def code_deps(stage: Stage) -> list[str]:
     layer (cli.py, cli_*.py: what importing it runs), the command's entry modules, and
     everything they import, transitively. The lazy imports in params.py's section models count
     only for the sections the stage reads."""
-    sections = tuple(sorted({p.split(".")[0] for p in stage.params}))
+    sections = tuple(sorted({p.lstrip("-").split(".")[0] for p in stage.params}))
     files = codedeps.closure(sorted({CLI, *entry_modules(stage)}), shallow=(CLI,),
                              section_scoped=(PARAMS_MODULE, "Params", sections))
     return [p.relative_to(REPO).as_posix() for p in files]
@@ -324,15 +359,29 @@ def _static_prefix(template: str) -> str:
 
 
 def lookup(params: dict, dotted: str):
+    """A params value; a number indexes a list (`vqa.eval_splits.0`)."""
     value = params
     for key in dotted.split("."):
-        value = value[key]
+        value = value[int(key)] if isinstance(value, list) else value[key]
     return value
 
 
+REST = "[1:]"  # an axis over a params list after its first entry (EVAL_SET_AXIS)
+
+
 def axis_values(params: dict, path: str) -> list[str]:
+    if path.endswith(REST):
+        return [str(v) for v in lookup(params, path.removesuffix(REST))[1:]]
     value = lookup(params, path)
     return [str(v) for v in (value.keys() if isinstance(value, dict) else value)]
+
+
+def _star(stage: Stage, key: str) -> tuple[str, set[str]]:
+    """`X.*`: section X and the fields it leaves out, the ones named by another key (read on
+    their own) or by `-X.field` (not read at all)."""
+    section = key[:-2]
+    return section, {k.lstrip("-").split(".")[1] for k in stage.params
+                     if k.lstrip("-").startswith(section + ".") and k != key}
 
 
 def bindings(stage: Stage, params: dict):
@@ -379,9 +428,10 @@ def params_keys(stage: Stage, schema: dict | None = None) -> list[str]:
     """DVC params keys; `X.*` becomes each field of section X's model not named by another key."""
     keys = []
     for key in stage.params:
+        if key.startswith("-"):
+            continue
         if key.endswith(".*"):
-            section = key[:-2]
-            named = {k.split(".")[1] for k in stage.params if k.startswith(section + ".") and k != key}
+            section, named = _star(stage, key)
             schema = schema or json.loads((REPO / "workflow/schemas/params.schema.json").read_text())
             ref = schema["properties"][section]["$ref"].rsplit("/", 1)[1]
             keys += [f"{section}.{f}" for f in schema["$defs"][ref]["properties"] if f not in named]
@@ -449,6 +499,8 @@ def snakemake_inputs(stage: Stage, params: dict, wildcards: dict) -> list[str]:
             paths += targets(BY_NAME[item.stage], params)
         elif isinstance(item, Sources):
             paths += source_files(_split_entry(stage, params, bound))
+        elif isinstance(item, EachEvalSet):
+            paths += [render(item.path, {"eval_set": s}, params) for s in axis_values(params, EVAL_SET_AXIS["eval_set"])]
         else:
             paths.append(render(item, bound, params))
     return list(dict.fromkeys(paths))
@@ -464,9 +516,10 @@ def params_values(stage: Stage, params: dict, wildcards: dict) -> dict:
     _, bound = match(stage, params, wildcards)
     out = {}
     for key in _run_params(stage, params, bound):
+        if key.startswith("-"):
+            continue
         if key.endswith(".*"):
-            section = key[:-2]
-            named = {k.split(".")[1] for k in stage.params if k.startswith(section + ".") and k != key}
+            section, named = _star(stage, key)
             out[key] = {k: v for k, v in params[section].items() if k not in named}
         else:
             try:
@@ -546,14 +599,23 @@ def _imported_groups(stage: Stage, grid: Grid, params: dict, schema: dict | None
 
 def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
     """dvc.yaml's `stages`: one entry per (stage, grid), with foreach (one axis) or matrix.
-    `params` (the study's params.yaml) matters only when it imports splits."""
+    `params` (the study's params.yaml) matters where it imports splits or lists more than one VQA
+    evaluation set: DVC can slice no list, so the further sets are written out literally (none
+    without params)."""
     from clipdistill.params import is_imported
 
     out = {}
     imports = params is not None and any(is_imported(e) for e in params.get("data", {}).get("splits", {}).values())
+    rest = _further_sets(params)
+
+    def runs(grid: Grid) -> bool:
+        return bool(rest) or not any(v.endswith(REST) for v in grid.axes.values())
+
     for stage in STAGES:
         code = code_deps(stage)
         for grid in stage.grids:
+            if not runs(grid):
+                continue  # a scoring stage while vqa.eval_splits has one entry: no runs, no DVC stage
             if imports and any(isinstance(i, Sources) for i in stage.inputs):
                 out.update(_imported_groups(stage, grid, params, schema, code))
                 continue
@@ -567,7 +629,10 @@ def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
                 if isinstance(item, Sources):
                     continue  # none while every split is synthetic
                 if isinstance(item, Upstream):
-                    deps += [_static_prefix(o.path) for o in BY_NAME[item.stage].outputs]
+                    if any(runs(g) for g in BY_NAME[item.stage].grids):  # DVC refuses a dep nothing makes
+                        deps += [_static_prefix(o.path) for o in BY_NAME[item.stage].outputs]
+                elif isinstance(item, EachEvalSet):
+                    deps += [_render(item.path, lambda n, s=s: s if n == "eval_set" else "${" + n + "}") for s in rest]
                 else:
                     deps.append(t(item))
             body = {"cmd": t(command(stage, grid)), "deps": list(dict.fromkeys(deps))}
@@ -585,8 +650,19 @@ def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
             elif foreach:
                 out[name] = {"foreach": "${" + next(iter(grid.axes.values())) + "}", "do": body}
             else:
-                out[name] = {"matrix": {k: "${" + v + "}" for k, v in grid.axes.items()}, **body}
+                out[name] = {"matrix": {k: rest if v.endswith(REST) else "${" + v + "}" for k, v in grid.axes.items()},
+                             **body}
     return out
+
+
+def _further_sets(params: dict | None) -> list[str]:
+    """The VQA evaluation sets after the first (vqa.eval_splits[1:]); none without params."""
+    if params is None:
+        return []
+    try:
+        return axis_values(params, EVAL_SET_AXIS["eval_set"])
+    except (KeyError, IndexError, TypeError):  # an older params file: one set
+        return []
 
 
 def dvc_name(stage: Stage, grid: Grid) -> str:

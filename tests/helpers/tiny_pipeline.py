@@ -42,9 +42,9 @@ def run_stages(root: Path, data: Path, runtime=None, online: bool = True) -> Pat
     eval_clip(load_section(SMOKE, "eval"), root / "student_store", root / "metrics_eval.json", data,
               teacher=root / "teacher", **rt)
     vqa = load_section(SMOKE, "vqa")
-    vqa_lm(vqa, data, root / "lm", **rt)
+    vqa_lm(vqa, data / vqa.train_split, root / "lm", **rt)
     vqa_run(vqa, encoder=str(root / "student_store"), out=root / "vlm", metrics=root / "metrics_vqa.json",
-            data=data, lm=root / "lm", **rt)
+            train=data / vqa.train_split, eval=data / vqa.eval_splits[0], lm=root / "lm", **rt)
     return root
 
 

@@ -92,3 +92,31 @@ rule vqa_blind:
         stage_benchmark("vqa_blind")
     shell:
         "{params.cmd}"
+
+
+# Every VLM on each further evaluation set (vqa.eval_splits after the first): none by default.
+for _stage in [stage.name for stage in ST.STAGES if stage.name.startswith("vqa_score_")]:
+
+    rule:
+        name:
+            _stage
+        input:
+            stage_inputs(_stage),
+        output:
+            *stage_outputs(_stage),
+        wildcard_constraints:
+            **stage_constraints(_stage),
+        params:
+            cmd=stage_command(_stage),
+            values=stage_params(_stage),
+        threads: 1
+        resources:
+            gpu=stage_gpus(_stage),
+        conda:
+            "../envs/clipdistill.yaml"
+        log:
+            stage_log(_stage),
+        benchmark:
+            stage_benchmark(_stage)
+        shell:
+            "{params.cmd}"

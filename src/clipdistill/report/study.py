@@ -49,8 +49,9 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
         if grid is None:
             raise DataError(f"{params}: distill.grid is missing; the report reads the study's runs from it")
         study = {"teachers": dict.fromkeys(load_section(params, "teachers")), "distill": {"grid": grid.model_dump()}}
+        vqa = load_section(params, "vqa")
         return {"teachers": sorted(study["teachers"]), "evaluated": stages.student_runs(study),
-                "trained": stages.trained_students(study), "vlm_seeds": load_section(params, "vqa").seeds}
+                "trained": stages.trained_students(study), "vlm_seeds": vqa.seeds, "eval_sets": vqa.eval_splits[1:]}
     evaluated = []
     for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
         run = dict(zip(("teacher", "student", "method", "seed"), ev.parts[-5:-1], strict=True))
@@ -59,7 +60,8 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
     trained = [dict(zip(("teacher", "student", "method", "seed"), log.parts[-5:-1], strict=True))
                for log in sorted((results / "students").glob("*/*/*/*/train_log.csv"))]
     return {"teachers": [p.parent.name for p in sorted((results / "teacher_eval").glob("*/metrics.json"))],
-            "evaluated": evaluated, "trained": trained, "vlm_seeds": found_vlm_seeds(results)}
+            "evaluated": evaluated, "trained": trained, "vlm_seeds": found_vlm_seeds(results),
+            "eval_sets": sorted(p.name for p in (results / "vqa_sets").glob("*") if p.is_dir())}
 
 
 def found_vlm_seeds(results: Path) -> list[int]:
@@ -69,10 +71,14 @@ def found_vlm_seeds(results: Path) -> list[int]:
     return sorted(int(v) for v in seeds if v.isdigit())
 
 
-def collect(results: Path, vqa_eval: Path, layout: dict | None = None) -> list[dict]:
+def collect(results: Path, vqa_eval: Path, layout: dict | None = None, eval_set: str | None = None) -> list[dict]:
     """One row per VLM (students, teachers, blind; each encoder once per VLM seed, `vlm_seed`),
-    flat and numeric where possible; an encoder without any VQA result gets one row without."""
+    flat and numeric where possible; an encoder without any VQA result gets one row without.
+    `eval_set`: the VLMs' scores on that further evaluation set (`vqa score`, gold answers from
+    its split folder) instead of the study's set `vqa_eval`."""
     layout = layout or study_layout(None, results)
+    if eval_set is not None:
+        vqa_eval = stages.results_path("data_prepare", results, split=eval_set)
     gold = {a["question_id"]: [x["answer"] for x in a["answers"]]
             for a in read_json(vqa_eval / "annotations.json")["annotations"]}
     teachers = {t: read_json(stages.results_path("teacher_eval", results, teacher=t))["summary"]
@@ -93,6 +99,8 @@ def collect(results: Path, vqa_eval: Path, layout: dict | None = None) -> list[d
         """The VQA fields of each VLM seed whose metrics exist ([{}] if none)."""
         found = []
         for v in layout.get("vlm_seeds") or []:
+            if eval_set is not None:  # vqa_teacher -> vqa_score_teacher, ...
+                stage, bound = stage.replace("vqa_", "vqa_score_", 1), {**bound, "eval_set": eval_set}
             fields = vqa_fields(stages.results_path(stage, results, 1, **bound, vlm_seed=v),
                                 stages.results_path(stage, results, 0, **bound, vlm_seed=v) / "answers.jsonl")
             if fields:
@@ -164,9 +172,9 @@ def per_run(rows: list[dict]) -> list[dict]:
             for r in merged.values()]
 
 
-def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1) -> dict:
-    """Group means with CIs, the paired KD gains, the teacher effect and its verdict, and the
-    (descriptive) rank correlations."""
+def student_table(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per (teacher, student, method): VQA mean and 95% bootstrap CI over seeds, each seed's VLM
+    seeds and the questions, with the CLIP-side columns."""
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["kind"] == "student" and "_scores" in r:
@@ -186,6 +194,13 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float =
                       "zeroshot": float(np.mean([r["zeroshot"] for r in runs])),
                       "cka_image": float(np.mean([r["cka_image"] for r in runs])),
                       "vqa": mean, "vqa_ci": [lo, hi]})
+    return table
+
+
+def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1) -> dict:
+    """Group means with CIs, the paired KD gains, the teacher effect and its verdict, and the
+    (descriptive) rank correlations."""
+    table = student_table(rows, n_boot, seed)
     correlations = {}
     # descriptive only: one pair per run (teacher × seed, its VLMs averaged); runs of a teacher are not independent
     students = per_run([r for r in rows if r["kind"] == "student" and "vqa_overall" in r and not r.get("teacher_free")])
@@ -251,6 +266,39 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
     lines += ["", "![KD gain vs teacher quality](teacher_effect.png)",
               "![teacher quality vs student VQA](teacher_vs_student_vqa.png)",
               "![student zero-shot vs VQA](zeroshot_vs_vqa.png)", "![learning curves](learning_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def further_set(rows: list[dict], n_boot: int, seed: int) -> dict:
+    """One further evaluation set: the students' table (as the study's, CIs over seeds, VLM
+    seeds and this set's questions) and the references (teachers, blind; mean over VLM seeds)."""
+    missing = sum(1 for r in rows if r["kind"] != "blind" and "vqa_overall" not in r)
+    refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
+    return {"students": [{k: r[k] for k in ("teacher", "student", "method", "seeds", "vlm_seeds", "vqa", "vqa_ci")}
+                         for r in student_table(rows, n_boot, seed)],
+            "references": [{"encoder": "blind" if r["kind"] == "blind" else f"teacher {r['teacher']}",
+                            "vqa": r["vqa_overall"]} for r in refs],
+            "missing_vlm_results": missing}
+
+
+def _sets_markdown(study_set: str, further: dict) -> str:
+    if not further:
+        return ""
+    lines = ["## Further evaluation sets (descriptive)", "",
+             f"The verdict above is on the study's set, `{study_set}` (the first of vqa.eval_splits), fixed before "
+             "the results: choosing among sets after seeing them would let the choice move the verdict, and the "
+             "sets differ in question mix and difficulty, so their accuracies are not pooled. Each further set "
+             "scores the same VLMs; VQA ± 95% bootstrap CI over seeds, each seed's VLM seeds and that set's "
+             "questions.", ""]
+    for name, res in further.items():
+        lines += [f"### {name}", "", "| teacher | student | method | seeds | VQA overall |", "|---|---|---|---|---|"]
+        lines += [f"| {r['teacher']} | {r['student']} | {r['method']} | {r['seeds']} | "
+                  f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |" for r in res["students"]]
+        if res["references"]:
+            lines += ["", "References: " + ", ".join(f"{r['encoder']} {r['vqa']:.1f}" for r in res["references"]) + "."]
+        if res["missing_vlm_results"]:
+            lines += ["", f"{res['missing_vlm_results']} encoders have no result on this set yet."]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -422,9 +470,13 @@ def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: i
     layout = study_layout(params, results)
     rows = collect(results, Path(vqa_eval), layout)
     analysis = analyse(rows, n_boot, seed, margin)
+    further = {s: further_set(collect(results, Path(vqa_eval), layout, eval_set=s), n_boot, seed)
+               for s in layout.get("eval_sets") or []}
     with atomic_dir(out) as tmp:
         (tmp / "study.csv").write_text(_csv(rows))
-        (tmp / "study.md").write_text(_markdown(rows, analysis))
+        (tmp / "study.md").write_text(_markdown(rows, analysis) + _sets_markdown(Path(vqa_eval).name, further))
+        if further:  # absent with one evaluation set: the default study's report is unchanged
+            write_json(tmp / "eval_sets.json", _finite(rounded(further, 4)))
         write_json(tmp / "correlations.json", rounded(analysis["correlations"], 4))
         write_json(tmp / "effect.json", _finite(rounded({"answer": analysis["answer"], "effect": analysis["effect"],
                                                          "gains": analysis["gains"]}, 4)))

@@ -11,6 +11,11 @@ only has to make the image tokens readable. Without the description in context, 
 learns answer priors, and a VLM on perfect per-object features still could not read colour
 or shape from its image tokens. Built once and shared: every encoder gets the identical LM.
 
+The vocabulary (tiny Llama) comes from the training split's text alone — its captions and
+conversations, whatever the split is called — never from an evaluation set: words only an
+evaluation question or answer uses map to `<unk>`, so no set's answers leak into the model
+through its vocabulary, and adding an evaluation set changes no VLM.
+
 Directory: the LM (`save_pretrained`), its tokenizer, `train_log.csv`, `manifest.json`.
 """
 
@@ -111,7 +116,7 @@ def save_language(out: str | Path, lm, tokenizer, log: list[dict], spec: VQAPara
                                "final_loss": log[-1]["loss"] if log else None})
 
 
-def run(spec: VQAParams, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
-    """`clipdistill vqa lm`: prepare the shared LM from the `vqa_train` split of `data` and save it."""
-    lm, tokenizer, log = prepare_language(spec, data / "vqa_train", runtime=runtime)
+def run(spec: VQAParams, train: Path, out: Path, runtime: Runtime = CPU) -> dict:
+    """`clipdistill vqa lm`: prepare the shared LM from the training split `train` and save it."""
+    lm, tokenizer, log = prepare_language(spec, train, runtime=runtime)
     return save_language(out, lm, tokenizer, log, spec)

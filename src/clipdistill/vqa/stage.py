@@ -1,8 +1,12 @@
-"""`clipdistill vqa run`: one VLM per encoder — the two-stage LLaVA training on vqa_train,
-greedy evaluation on vqa_eval (VQAv2 soft accuracy, diagnostics), the VLM and its answers
-saved. `encoder="blind"` runs the same recipe on a constant grey image through an untrained
-tower whose architecture comes from params (`vqa.blind`). Under `torchrun` the training is
-data-parallel; rank 0 evaluates and writes.
+"""`clipdistill vqa run`: one VLM per encoder — the two-stage LLaVA training on the training
+split, greedy evaluation on the study's evaluation split (VQAv2 soft accuracy, diagnostics),
+the VLM and its answers saved. `encoder="blind"` runs the same recipe on a constant grey image
+through an untrained tower whose architecture comes from params (`vqa.blind`). Under `torchrun`
+the training is data-parallel; rank 0 evaluates and writes.
+
+`clipdistill vqa score`: a saved VLM on a further evaluation split (`vqa.eval_splits[1:]`): the
+same greedy evaluation and scoring, answer health but no probes (they need the training split
+and belong to the encoder, not to the set), nothing retrained.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def blind_tower(spec: BlindParams) -> ClipBundle:
     return ClipBundle(tower, None, spec.arch, preprocess_cfg(tower), {"weights_sha256": None}, {})
 
 
-def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, lm: Path | None = None,
+def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, train: Path, eval: Path, lm: Path | None = None,
         vlm_seed: int | None = None, runtime: Runtime = CPU) -> dict | None:
     """Train, evaluate and save one VLM; returns the metrics summary (None on ranks other than 0).
     `lm` is the shared language model from `vqa lm`; without it the LM is prepared here.
@@ -44,11 +48,11 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
     rank, _ = init_from_env(runtime.device)
     blind = encoder == BLIND
     bundle = blind_tower(spec.blind) if blind else load_model_dir(encoder)
-    train_split, eval_split = load_split(data / "vqa_train"), load_split(data / "vqa_eval")
-    records = read_split_vqa(data / "vqa_eval")
+    train_split, eval_split = load_split(train), load_split(eval)
+    records = read_split_vqa(eval)
     eval_rows = eval_split.rows(records)  # by image path: ids are the source's own (COCO's, ...)
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
-    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), data / "vqa_train", train_split, spec, blind, language,
+    vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), train, train_split, spec, blind, language,
                                        vlm_seed, runtime)
     if rank != 0:
         return None
@@ -57,8 +61,7 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
     rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, pixels_by_image,
                                            spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder),
                                            runtime=runtime)
-    summary["diagnostics"] = vqa_diagnostics(vlm, processor, data / "vqa_train", train_split,
-                                             data / "vqa_eval", eval_split, records,
+    summary["diagnostics"] = vqa_diagnostics(vlm, processor, train, train_split, eval, eval_split, records,
                                              [r["text"] for r in rows], summary, blind, runtime)
     vlm = vlm.cpu()  # saved from the host, fp32 as trained
     with atomic_dir(out) as tmp:
@@ -70,5 +73,35 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, data: Path, 
         (tmp / "per_type.csv").write_text(per_type)
         (tmp / "train_log.csv").write_bytes(log_csv(log))
     summary["vlm_seed"] = vlm_seed
+    write_json(metrics, rounded(summary, 4))
+    return summary
+
+
+def score(spec: VQAParams, *, vlm: Path, eval: Path, out: Path, metrics: Path, blind: bool = False,
+          runtime: Runtime = CPU) -> dict:
+    """Score a saved VLM (`vqa run`'s folder) on the split `eval`: `out` gets answers.jsonl and
+    per_type.csv, `metrics` the summary (with answer health); returns the summary. `blind`: the
+    VLM of the blind baseline, shown the grey image it trained on."""
+    from transformers import CLIPImageProcessor
+
+    from clipdistill.export.hf import vlm_model_dir
+    from clipdistill.vqa.diagnostics import diagnose
+    from clipdistill.vqa.model import load_vlm
+
+    model_dir = vlm_model_dir(vlm)  # before any data is read: a bad path fails at once
+    split, records = load_split(eval), read_split_vqa(eval)
+    model, tokenizer = load_vlm(model_dir)
+    processor = CLIPImageProcessor.from_pretrained(model_dir)
+    runtime.module(model)
+    pixels = pixel_values(split.images, processor, blind)
+    pixels_by_image = {r.image_id: pixels[k] for r, k in zip(records, split.rows(records))}
+    rows, summary, per_type = evaluate_vqa(model, tokenizer, records, pixels_by_image, spec.eval_batch_size,
+                                           spec.max_new_tokens, model_id=str(vlm), runtime=runtime)
+    answers = [{"prediction": r["text"], "answer": rec.answer, "question_type": rec.question_type}
+               for r, rec in zip(rows, records)]
+    summary["diagnostics"] = diagnose(summary, answers)
+    with atomic_dir(out) as tmp:
+        (tmp / "answers.jsonl").write_text(jsonl(rows))
+        (tmp / "per_type.csv").write_text(per_type)
     write_json(metrics, rounded(summary, 4))
     return summary
