@@ -179,3 +179,37 @@ def test_the_singular_eval_split_gets_a_one_line_migration(tmp_path):
     proc = run_cli("vqa", "lm", "--train", tmp_path / "x", "--out", tmp_path / "lm", "--params", tmp_path / "params.yaml")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "`eval_split` is `eval_splits`" in proc.stderr and "eval_splits: [vqa_eval]" in proc.stderr
+
+
+def test_the_report_adds_each_further_set_and_keeps_the_verdict_on_the_first(tmp_path):
+    """A fabricated study scored on a second set (every student: the first 10 of 40 right): the
+    report's table for that set has those numbers with CIs, and the verdict, effect.json and the
+    study's own table are what they were without it."""
+    from test_report import fabricate
+
+    from clipdistill.report.study import report
+
+    res, data = fabricate(tmp_path, lambda rank, seed: [10, 21, 30][rank] + seed, n_q=40)
+    report(res, data, tmp_path / "one", n_boot=200)
+    qids = [f"g{q}" for q in range(40)]  # GQA-style string ids
+    gold = res / "data" / "gqa_like" / "annotations.json"
+    gold.parent.mkdir(parents=True)
+    gold.write_text(json.dumps({"annotations": [{"question_id": q, "answers": [{"answer": "no"}] * 10} for q in qids]}))
+    for metrics in (res / "vqa_metrics" / "students").rglob("vlm0.json"):
+        run = metrics.parent.relative_to(res / "vqa_metrics")
+        answers = res / "vqa_sets" / "gqa_like" / "vqa" / run / "vlm0" / "answers.jsonl"
+        answers.parent.mkdir(parents=True)
+        answers.write_text("".join(json.dumps({"question_id": q, "text": "no" if i < 10 else "yes"}) + "\n"
+                                   for i, q in enumerate(qids)))
+        (res / "vqa_sets" / "gqa_like" / "vqa_metrics" / run).mkdir(parents=True, exist_ok=True)
+        (res / "vqa_sets" / "gqa_like" / "vqa_metrics" / run / "vlm0.json").write_text(
+            json.dumps({"overall": 25.0, "per_question_type": {"exists": 25.0}}))
+    analysis = report(res, data, tmp_path / "two", n_boot=200)
+    for name in ("effect.json", "correlations.json", "study.csv"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    one, two = (tmp_path / "one" / "study.md").read_text(), (tmp_path / "two" / "study.md").read_text()
+    assert two.startswith(one) and "### gqa_like" in two and "The verdict above is on the study's set, `vqa_eval`" in two
+    sets = json.loads((tmp_path / "two" / "eval_sets.json").read_text())
+    rows = sets["gqa_like"]["students"]
+    assert len(rows) == len(analysis["table"]) == 6 and all(r["vqa"] == 25.0 for r in rows)
+    assert not (tmp_path / "one" / "eval_sets.json").exists()
