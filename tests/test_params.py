@@ -153,3 +153,16 @@ def test_the_old_single_vqa_seed_names_its_replacement(tmp_path):
     with pytest.raises(P.ParamsError, match=r"`seed` was replaced by `seeds`, a list of VLM seeds"):
         P.load_section(tmp_path / "p.yaml", "vqa")
     assert P.VQAParams().seeds == [0, 1]  # default: two VLMs per encoder
+
+
+@pytest.mark.parametrize("entry", [
+    {"format": "vqav2", "questions": "q.json", "annotations": "a.json", "image_root": "/img"},
+    {"format": "gqa", "questions": "q.json", "image_root": "/img"}])
+def test_every_vqa_import_refuses_an_image_pattern_with_an_unknown_field(entry):
+    """The pattern check lives in the shared base of the VQA formats: each must still run it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    split = TypeAdapter(P.AnySplit)
+    assert split.validate_python({**entry, "image_pattern": "{image_id}.png"}).format == entry["format"]
+    with pytest.raises(ValidationError, match=r"unknown field\(s\) \['imageId'\]"):
+        split.validate_python({**entry, "image_pattern": "{imageId}.png"})

@@ -39,68 +39,62 @@ class SplitParams(Strict):
 IMAGE_PATTERN_FIELDS = ("image_id",)
 
 
-class VQAv2SplitParams(Strict):
-    """A split imported from VQAv2 files (`questions` + `annotations` JSON); images are read in
-    place under `image_root`, never copied."""
+class _Imported(Strict):
+    """What every imported split shares: images read in place under a declared root, never copied."""
+
+    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
+                                        "resolve inside it, symlinks included")
+    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
+                                                            "to this many pixels when loaded")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: the first bad sample (for VQA formats: question) stops the import; "
+                             "skip: drop it and count it")
+
+
+def _known_pattern_fields(pattern: str) -> str:
+    """An image pattern may name only IMAGE_PATTERN_FIELDS (a typo would fail on the first image)."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"malformed pattern {pattern!r}: {exc}") from None
+    unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in IMAGE_PATTERN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {pattern!r}; known: {', '.join(IMAGE_PATTERN_FIELDS)}")
+    if not fields:
+        raise ValueError(f"{pattern!r} names no field; use {{image_id}}")
+    return pattern
+
+
+class _VQAImport(_Imported):
+    """A VQA split whose images are found from their ids through `image_pattern`."""
+
+    _known_fields = field_validator("image_pattern", check_fields=False)(_known_pattern_fields)
+
+
+class VQAv2SplitParams(_VQAImport):
+    """A split imported from VQAv2 files (`questions` + `annotations` JSON)."""
 
     format: Literal["vqav2"]
     questions: str = Field(description="VQAv2 questions JSON (absolute, or relative to the project)")
     annotations: str = Field(description="VQAv2 annotations JSON: every question needs its `answers` "
                                          "(both training and scoring read them)")
-    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
-                                        "resolve inside it, symlinks included")
     image_pattern: str = Field(description="an image's path under image_root from its id, Python format "
                                            "syntax, e.g. COCO_val2014_{image_id:012d}.jpg")
-    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
-                                                            "to this many pixels when loaded")
-    on_bad_sample: Literal["error", "skip"] = Field(
-        "error", description="error: the first bad question stops the import; skip: drop it and count it")
-
-    @field_validator("image_pattern")
-    @classmethod
-    def _known_fields(cls, pattern: str) -> str:
-        import string
-
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"malformed pattern {pattern!r}: {exc}") from None
-        unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in IMAGE_PATTERN_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown} in {pattern!r}; known: {', '.join(IMAGE_PATTERN_FIELDS)}")
-        if not fields:
-            raise ValueError(f"{pattern!r} names no field; use {{image_id}}")
-        return pattern
 
 
-class GQASplitParams(Strict):
+class GQASplitParams(_VQAImport):
     """A split imported from a GQA-style questions JSON ({question_id: {imageId, question, answer,
     types}}); the one answer stands for all ten annotators (soft accuracy = exact match)."""
 
     format: Literal["gqa"]
     questions: str = Field(description="the questions JSON (absolute, or relative to the project)")
-    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
-                                        "resolve inside it, symlinks included")
     image_pattern: str = Field("{image_id}.jpg", description="an image's path under image_root from its id "
                                                              "(GQA's imageId)")
-    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
-                                                            "to this many pixels when loaded")
-    on_bad_sample: Literal["error", "skip"] = Field(
-        "error", description="error: the first bad question stops the import; skip: drop it and count it")
-
-    _known_fields = field_validator("image_pattern")(VQAv2SplitParams._known_fields.__func__)
 
 
-class _PairsImport(Strict):
-    image_root: str = Field(description="folder holding the images (absolute allowed); every image must "
-                                        "resolve inside it, symlinks included")
-    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
-                                                            "to this many pixels when loaded")
-    on_bad_sample: Literal["error", "skip"] = Field(
-        "error", description="error: the first bad sample stops the import; skip: drop it and count it")
-
-
-class CSVSplitParams(_PairsImport):
+class CSVSplitParams(_Imported):
     """Image–text pairs imported from an open_clip CSV; image paths relative to `image_root`
     (or absolute inside it)."""
 
@@ -111,7 +105,7 @@ class CSVSplitParams(_PairsImport):
     sep: str = Field("\t", min_length=1, max_length=1, description="column separator")
 
 
-class COCOCaptionsSplitParams(_PairsImport):
+class COCOCaptionsSplitParams(_Imported):
     """Image–text pairs imported from a COCO `captions_*.json` (one pair per caption)."""
 
     format: Literal["coco_captions"]
