@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -397,23 +399,49 @@ def test_several_gpus_relaunch_a_data_parallel_stage_under_torchrun(monkeypatch)
 
 
 @pytest.mark.slow
-def test_bf16_smoke_chain_runs_through_snakemake_and_dvc(tmp_path):
-    """`runtime.precision: bf16` on the CPU through both runners, on one chain of the smoke
-    study to stay cheap: Snakemake trains teacher s, extracts its store, distils the clipkd
-    student and evaluates it; DVC then reproduces the VQA language model. Weights stay fp32."""
+def test_bf16_smoke_study_runs_through_snakemake_and_dvc(tmp_path):
+    """The whole smoke study with `runtime.precision: bf16` on the CPU, every stage run once and
+    split between the runners so that each runs real training in bf16: Snakemake trains and
+    evaluates every teacher and student (`clipdistill sync` records them in dvc.lock), then
+    `dvc repro` runs every VQA stage and the report on top. Both end with nothing to do, every
+    saved weight is fp32 and every metric finite."""
     from conftest import BIN, project_copy
-    from test_runner_state import run
+    from test_runner_state import dvc_stale, git_commit, nothing_to_do, run
 
     params = yaml.safe_load(SMOKE.read_text())
     params["runtime"]["precision"] = "bf16"
     (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(params))
     root = project_copy(tmp_path / "project", tmp_path / "bf16.yaml")
-    metrics = "results/student_eval/s/xs/clipkd/0/metrics.json"
-    run([BIN / "snakemake", "-c2", "--workflow-profile", "workflow/profiles/default", metrics], root, tmp_path)
-    assert all(v == v for v in json.loads((root / metrics).read_text())["summary"].values())
-    run([BIN / "dvc", "repro", "-q", "vqa_lm"], root, tmp_path)
-    for weights in ("results/teachers/s", "results/students/s/xs/clipkd/0", "results/vqa/lm"):
+    git_commit(root, tmp_path, "bf16 study")
+    run([BIN / "snakemake", "-c2", "--workflow-profile", "workflow/profiles/default", "--omit-from", "vqa_lm"],
+        root, tmp_path)
+    assert not (root / "results" / "vqa").exists()  # Snakemake left every VQA stage to DVC
+    run([BIN / "clipdistill", "sync"], root, tmp_path)
+    recorded = set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+    repro = run([BIN / "dvc", "repro"], root, tmp_path)
+    ran = set(re.findall(r"^Running stage '([^']+)'", repro.stdout, re.MULTILINE))
+    assert ran and all(name.startswith(("vqa_", "report")) for name in ran), sorted(ran)
+    assert not ran & recorded  # nothing Snakemake made was redone
+    assert dvc_stale(root, tmp_path) == set() and nothing_to_do(root, tmp_path)
+    for weights in ("results/teachers", "results/students", "results/vqa"):
         assert _saved_dtypes(root / weights, "*.safetensors") == {"F32"}, weights
+    metrics = [json.loads(p.read_text()) for p in (root / "results").rglob("metrics.json")]
+    metrics += [json.loads(p.read_text()) for p in (root / "results" / "vqa_metrics").rglob("vlm*.json")]
+    assert len(metrics) >= 10
+    numbers = [v for m in metrics for v in _numbers(m)]
+    assert numbers and all(math.isfinite(v) for v in numbers)
+    assert (root / "results" / "report" / "study.md").is_file()
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _numbers(value)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield float(tree)
 
 
 def test_loss_backend_param_decides_what_auto_means_in_the_training_stages(smoke_data, monkeypatch):
