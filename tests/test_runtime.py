@@ -299,6 +299,44 @@ def test_mixed_precision_teacher_training_reduces_the_loss(smoke_data, precision
         assert set(scales) == {None}  # bf16 needs no loss scale: the scaler is a pass-through
 
 
+def test_the_fp16_loss_scale_is_checkpointed_and_restored(smoke_data, tmp_path, monkeypatch):
+    """fp16's dynamic loss scale is training state: a resumed run must go on with the scale the
+    interrupted one had reached, not restart from the initial one (it would skip or under-scale
+    steps the uninterrupted run took). A disabled scaler (fp32, bf16) adds nothing to the file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from clipdistill.data.splits import load_split
+    from clipdistill.distill import train as D
+    from clipdistill.params import LossOptions, StudentParams, TrainParams
+
+    def distill(checkpoint, precision):
+        D.distill(StudentParams(arch="cd-student-xs"), {"clip": LossOptions()},
+                  TrainParams(epochs=1, batch_size=8, checkpoint_every=1), 0, load_split(smoke_data / "distill"),
+                  D.Teacher(), checkpoint=checkpoint, show_progress=False, runtime=R.Runtime(precision=precision))
+        with safe_open(checkpoint, framework="pt") as fh:
+            return json.loads(fh.metadata()["state"])
+
+    assert "scaler" not in distill(tmp_path / "fp32.safetensors", "fp32")
+    ckpt = tmp_path / "fp16.safetensors"
+    meta = distill(ckpt, "fp16")
+    assert meta["scaler"]["scale"] == 2.0 ** 16  # torch's initial scale: no overflow in 3 steps
+    # the run interrupted one step before its end, at a scale the initial one is not
+    meta.update(step=meta["step"] - 1, log=meta["log"][:-1], scaler={**meta["scaler"], "scale": 1024.0})
+    save_file(load_file(ckpt), ckpt, metadata={"state": json.dumps(meta)})
+    restored = []
+    real = D.load_checkpoint
+
+    def spy(path, modules, opt, sched, scaler=None):
+        out = real(path, modules, opt, sched, scaler)
+        restored.append(scaler.get_scale() if scaler is not None else None)
+        return out
+
+    monkeypatch.setattr(D, "load_checkpoint", spy)
+    distill(ckpt, "fp16")
+    assert restored == [1024.0]
+
+
 def test_autocast_really_computes_in_16_bit():
     x, w = torch.randn(4, 8), torch.nn.Linear(8, 2)
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):

@@ -157,13 +157,12 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total, max(1, int(train.warmup_frac * total))))
-    step, log = 0, []
+    step, log, scaler = 0, [], runtime.grad_scaler()
     if checkpoint is not None and checkpoint.is_file():
-        step, log = load_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched)
+        step, log = load_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched, scaler)
     if info is not None:
         info["resumed_from"] = step  # the resume test needs it: a fresh restart gives the same bytes
     t_scale = runtime.batch(torch.tensor(teacher.logit_scale))
-    scaler = runtime.grad_scaler()
     student.train()
     bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step",
                    disable=not show_progress or rank != 0)
@@ -212,6 +211,6 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if checkpoint is not None and rank == 0 and (step % train.checkpoint_every == 0 or step == total):
-            save_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched, step, log)
+            save_checkpoint(checkpoint, {"student": student, "heads": heads}, opt, sched, step, log, scaler)
     bar.close()
     return student.cpu().eval(), tok_spec, log

@@ -2,7 +2,8 @@
 
 Tensors: each module's state dict under its name (`student.`, `heads.`, ...) and the
 optimizer state under `opt.<param id>.<name>`; the metadata holds the step, the log, the
-optimizer's param groups and the scheduler state as JSON.
+optimizer's param groups and the scheduler state as JSON, and, for fp16, the grad scaler's
+state (its loss scale and growth tracker: a resumed run must scale as the uninterrupted one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from clipdistill.io import DataError, safetensors_header
 
 
-def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched, step: int, log: list[dict]) -> None:
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched, step: int, log: list[dict],
+                    scaler: torch.amp.GradScaler | None = None) -> None:
     # on the host: a run on a GPU saves and resumes like one on the CPU (no-op there)
     tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
                for prefix, module in modules.items() for k, v in module.state_dict().items()}
@@ -30,14 +32,18 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched,
     meta = {"step": step, "log": log, "param_groups": opt_state["param_groups"], "sched": sched.state_dict(),
             "scalar_states": sorted(f"opt.{pid}.{n}" for pid, st in opt_state["state"].items()
                                     for n, v in st.items() if v.ndim == 0)}
+    if scaler is not None and scaler.is_enabled():  # a disabled scaler has no state: fp32 files stay as they were
+        meta["scaler"] = scaler.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, tmp, metadata={"state": json.dumps(meta, default=str)})
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched) -> tuple[int, list[dict]]:
-    """Restore the modules, optimizer and scheduler in place; returns (step, log)."""
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, list[dict]]:
+    """Restore the modules, optimizer, scheduler and (when both sides have one) grad scaler in
+    place; returns (step, log)."""
     from safetensors import safe_open
 
     try:
@@ -56,4 +62,6 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], opt, sched)
             state.setdefault(int(pid), {})[name] = value.reshape(()) if key in meta["scalar_states"] else value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     sched.load_state_dict(meta["sched"])
+    if scaler is not None and scaler.is_enabled() and "scaler" in meta:
+        scaler.load_state_dict(meta["scaler"])
     return meta["step"], meta["log"]
