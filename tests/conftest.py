@@ -94,3 +94,34 @@ def world(tmp_path_factory, smoke_params):
 @pytest.fixture(scope="session")
 def teacher_dir(world, tmp_path_factory):
     return train_small_teacher(world / "pretrain", tmp_path_factory.mktemp("teachers") / "s", epochs=6)
+
+
+# The shared smoke studies (tests/studies.py): each is built once per session, on first use.
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory):
+    """HOME (and DVC's site cache) for the end-to-end tests: one, as the shared studies are."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="session")
+def snakemake_killed(tmp_path_factory, home):
+    from studies import snakemake_killed
+
+    return snakemake_killed(tmp_path_factory.mktemp("snakemake") / "project", home)
+
+
+@pytest.fixture(scope="session")
+def snakemake_study(snakemake_killed, home):
+    """Finished by Snakemake (after the kill), dvc-committed, dvc.lock in git: read it, or copy it."""
+    from studies import snakemake_finished
+
+    return snakemake_finished(snakemake_killed, home)
+
+
+@pytest.fixture(scope="session")
+def dvc_study(tmp_path_factory, home):
+    """Made by `dvc repro` in a fresh clone, dvc.lock in git: read it, or copy it."""
+    from studies import dvc_reproduced
+
+    return dvc_reproduced(tmp_path_factory.mktemp("dvc") / "project", home)

@@ -1,5 +1,6 @@
 """Sharing and reproducibility: the smoke study runs once through Snakemake and is committed
-to DVC; a second copy reproduces it with `dvc repro`; artifacts travel through a local
+to DVC; a second copy reproduces it with `dvc repro` (both are the session's shared studies,
+tests/studies.py; tests that change anything work on a copy); artifacts travel through a local
 directory, S3 (moto's server) and SSH (a real sshd) remotes; bad remotes fail in one line."""
 
 import configparser
@@ -12,11 +13,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clipdistill.io import tree_hash
 
-from conftest import BIN, REPO, project_copy
+from conftest import BIN, REPO
+from studies import lock
 
 pytestmark = pytest.mark.slow
 SECRET_KEYS = {"access_key_id", "secret_access_key", "session_token", "password", "keyfile", "key_file",
@@ -57,25 +58,9 @@ def unanswered_port():
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, home):
+def study(snakemake_study):
     """The smoke study run by Snakemake, recorded with `dvc commit`, committed to git."""
-    root = project_copy(tmp_path_factory.mktemp("origin") / "project")
-    run(["git", "add", "-A"], root, home)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study"], root, home)
-    run([BIN / "snakemake", "-c2", "--workflow-profile", "workflow/profiles/default"], root, home, timeout=900)
-    dvc("commit", "-f", "-q", cwd=root, home=home)
-    run(["git", "add", "dvc.lock"], root, home)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], root, home)
-    return root
-
-
-def lock(root: Path) -> dict:
-    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return snakemake_study["root"]
 
 
 def test_smoke_study_end_to_end_leaves_nothing_to_do(study, home):
@@ -101,11 +86,9 @@ def test_snakemake_report_and_dvc_metrics_and_plots(study, home, tmp_path):
     assert all(name in page for name in ("teacher_vs_student_vqa", "zeroshot_vs_vqa", "learning_curves"))
 
 
-def test_snakemake_then_dvc_commit_equals_dvc_repro(study, tmp_path, home):
+def test_snakemake_then_dvc_commit_equals_dvc_repro(study, dvc_study):
     """Two runs of the smoke study, one per runner: every stage's deps, params and outs hashes agree."""
-    other = project_copy(tmp_path / "repro")
-    dvc("repro", "-q", cwd=other, home=home)
-    ours, theirs = lock(study), lock(other)
+    ours, theirs = lock(study), lock(dvc_study)
     assert ours.keys() == theirs.keys()
     for stage in ours:
         assert ours[stage] == theirs[stage], stage
@@ -268,24 +251,3 @@ def test_missing_local_remote_and_unknown_remote_fail_in_one_line(study, home, t
     line = _one_line_error(cli("pull", "--remote", "typo", cwd=copy, home=home, check=False), "typo")
     assert "configured:" in line
     assert tree_hash(copy / "results") == before
-
-
-# ---------------------------------------------------------------------------- experiments
-
-def test_one_method_param_reruns_only_that_methods_stages(study, home, tmp_path):
-    copy = tmp_path / "exp"
-    shutil.copytree(study, copy, symlinks=True)
-    params = copy / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 1}",
-                                       "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 2}"))
-    status = yaml.safe_load(dvc("status", "--json", cwd=copy, home=home).stdout)
-    assert sorted(status) == ["distill@m-xs-clipkd-0", "distill@s-xs-clipkd-0"]
-    params.write_text(original)
-
-    out = dvc("exp", "run", "-S", "distill.methods.clipkd.weight=2", cwd=copy, home=home).stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    expected = ({f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for t in "sm"}
-                | {f"vqa_student@{t}-xs-clipkd-0-{v}" for t in "sm" for v in (0, 1)})  # one VLM per VLM seed
-    assert ran == expected | {"report"}, out[-3000:]
-

@@ -3,15 +3,13 @@ stale exactly the stages whose command imports that file (transitively), and `sn
 would run exactly those and everything downstream of them — nothing else. (DVC reports a stage
 whose own deps changed; what follows it reruns under `dvc repro` once an input really changes.)
 
-One smoke study runs through `dvc repro`; each edit is made in a copy of it (modification
-times kept, so Snakemake sees only the edited file as new)."""
+The session's smoke study made by `dvc repro` (tests/studies.py) is shared; each edit is made
+in a copy of it (modification times kept, so Snakemake sees only the edited file as new)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import BIN, project_copy
-from test_runner_state import dvc_stale, git_commit, nothing_to_do, run, snakemake_stale_stages
+from studies import copy_study, dvc_stale, nothing_to_do, snakemake_stale_stages
 
 KERNELS = "src/clipdistill/kernels/contrastive.py"
 METRICS = "src/clipdistill/vqa/metrics.py"
@@ -40,24 +38,14 @@ def expected_stale(root: Path, edited: str) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, home):
-    """The smoke study, reproduced by DVC and committed: both runners see nothing to do."""
-    root = project_copy(tmp_path_factory.mktemp("study") / "project")
-    git_commit(root, home, "project")
-    run([BIN / "dvc", "repro", "-q"], root, home)
-    git_commit(root, home, "study", "dvc.lock")
-    assert dvc_stale(root, home) == set() and nothing_to_do(root, home)
-    return root
+def study(dvc_study, home):
+    """The session's smoke study reproduced by DVC and committed: both runners see nothing to do."""
+    assert dvc_stale(dvc_study, home) == set() and nothing_to_do(dvc_study, home)
+    return dvc_study
 
 
 def stale_after_editing(study: Path, tmp_path: Path, home: Path, rel: str) -> dict:
-    root = tmp_path / "project"
-    shutil.copytree(study, root, symlinks=True)
+    root = copy_study(study, tmp_path / "project")
     with open(root / rel, "a", encoding="utf-8") as fh:
         fh.write("# an edit the results must notice\n")
     direct, downstream = expected_stale(root, rel)

@@ -1,0 +1,118 @@
+"""The two finished smoke studies the end-to-end tests share (issue 23: each costs minutes on
+two cores, so the session builds each once): one made by Snakemake (SIGKILLed midway, synced,
+resumed), one by `dvc repro` in a fresh clone. Tests only read them; one that changes anything
+works on `copy_study`, which keeps modification times (Snakemake's rerun trigger) and the
+project's own DVC cache and git history."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+from conftest import BIN, project_copy
+
+SNAKEMAKE = [str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default"]  # = make run
+
+
+def env(home: Path) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(home),
+            "DVC_SITE_CACHE_DIR": str(home / "dvc-site"), "DVC_NO_ANALYTICS": "1"}
+
+
+def run(args, cwd, home, timeout=1800, check=True):
+    t0 = time.monotonic()
+    proc = subprocess.run(["timeout", "-k", "5", str(timeout), *map(str, args)], cwd=cwd, env=env(home),
+                          capture_output=True, text=True, check=False)
+    proc.seconds = time.monotonic() - t0
+    if check:
+        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def git_commit(root: Path, home: Path, msg: str, *paths: str) -> None:
+    run(["git", "add", *(paths or ["-A"])], root, home)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg], root, home)
+
+
+def dvc_stale(root: Path, home: Path) -> set[str]:
+    return set(json.loads(run([BIN / "dvc", "status", "--json"], root, home).stdout or "{}"))
+
+
+def nothing_to_do(root: Path, home: Path) -> bool:
+    """What a user types: plain `snakemake -n` (no profile)."""
+    return "Nothing to be done" in run([BIN / "snakemake", "-n"], root, home).stdout
+
+
+def snakemake_stale_stages(root: Path, home: Path) -> set[str]:
+    """DVC stage names of the jobs `snakemake -n` would run (a stage is stale if any out is)."""
+    from clipdistill.state import _stages
+
+    out = run([BIN / "snakemake", "-n"], root, home).stdout
+    pending = {p for line in re.findall(r"^    output: (.*)$", out, re.MULTILINE) for p in line.split(", ")}
+    return {name for name, (outs, _) in _stages(root).items() if set(outs) & pending}
+
+
+def lock(root: Path) -> dict:
+    path = root / "dvc.lock"
+    return yaml.safe_load(path.read_text())["stages"] if path.exists() else {}
+
+
+def copy_study(study: Path, dest: Path) -> Path:
+    """A private copy to change: mtimes, .dvc/cache, .git and .snakemake come along; the
+    default local remote (../../clipdistill-remote from .dvc) is then dest's parent's."""
+    shutil.copytree(study, dest, symlinks=True)
+    return dest
+
+
+def snakemake_killed(root: Path, home: Path) -> dict:
+    """The smoke study through Snakemake, SIGKILLed (its whole process group) once 8 jobs have
+    finished, then `clipdistill sync`: the states both runners see, right after (read here,
+    because the same project is resumed afterwards)."""
+    project_copy(root)
+    git_commit(root, home, "project")
+    log_path = root.parent / "run.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(SNAKEMAKE, cwd=root, env=env(home), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while log_path.read_text().count("Finished job") < 8:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    locks = root / ".snakemake" / "locks"
+    assert locks.is_dir() and any(locks.iterdir())
+    sync = run([BIN / "clipdistill", "sync"], root, home)
+    recorded = lock(root)
+    outs = [o["path"] for stage in recorded.values() for o in stage["outs"]]
+    return {"root": root, "sync": sync, "lock": recorded, "dvc": dvc_stale(root, home),
+            "snakemake": snakemake_stale_stages(root, home),
+            "missing_outs": [o for o in outs if not (root / o).exists()],
+            "incomplete": list((root / ".snakemake" / "incomplete").iterdir())}
+
+
+def snakemake_finished(killed: dict, home: Path) -> dict:
+    """The killed project after `make run` resumes and finishes it (its onsuccess hook records);
+    then, as a user shares it, `dvc commit -f` (which must change nothing) and dvc.lock into git."""
+    root = killed["root"]
+    proc = run(SNAKEMAKE, root, home)
+    stale = dvc_stale(root, home)
+    recorded = lock(root)
+    run([BIN / "dvc", "commit", "-f", "-q"], root, home)
+    git_commit(root, home, "study", "dvc.lock")  # what the README tells a newcomer to do
+    return {"root": root, "run": proc, "dvc": stale, "recorded": recorded, "committed": lock(root)}
+
+
+def dvc_reproduced(root: Path, home: Path) -> Path:
+    """The smoke study through `dvc repro` in a fresh clone, dvc.lock then committed."""
+    project_copy(root)
+    git_commit(root, home, "project")
+    run([BIN / "dvc", "repro", "-q"], root, home)
+    git_commit(root, home, "study", "dvc.lock")
+    return root
