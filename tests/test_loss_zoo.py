@@ -1,5 +1,7 @@
 """Every loss in the zoo against an independent float64 formula: value and gradients, with
-unequal student/teacher widths."""
+unequal student/teacher widths. The KD terms of CLIP-KD and TinyCLIP are checked through the
+registry (with the heads a method really builds) against their sources' formulas written out
+here: gradients reach the student's embeddings and every learned head."""
 
 import math
 
@@ -25,15 +27,45 @@ def teacher(seed=10, d=DT):
     return unit(B, d, seed), unit(B, d, seed + 1)
 
 
-def assert_same(f_zoo, f_ref, inputs):
-    """Values and input gradients of two float64 computations agree."""
+def assert_same(f_zoo, f_ref, inputs, grad_output=1.0):
+    """Values and input gradients (for a scalar `grad_output`) of two float64 computations agree."""
     a = f_zoo(*inputs)
-    ga = torch.autograd.grad(a, inputs)
+    ga = torch.autograd.grad(a, inputs, torch.tensor(grad_output, dtype=a.dtype))
     b = f_ref(*inputs)
-    gb = torch.autograd.grad(b, inputs)
+    gb = torch.autograd.grad(b, inputs, torch.tensor(grad_output, dtype=b.dtype))
     assert a.item() == pytest.approx(b.item(), rel=1e-10, abs=1e-12)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def random_grad(seed):
+    return float(torch.empty(()).uniform_(0.3, 3.0, generator=torch.Generator().manual_seed(seed)))
+
+
+def heads_for(method, ds, dt, seed=0):
+    torch.manual_seed(seed)
+    return make_heads(method, ds, dt).double()
+
+
+def term(name, batch, heads, opts=None):
+    """One registered loss term, as the training loop computes it."""
+    return LOSSES[name].term(batch, heads, opts or {})
+
+
+def ref_linear(x, lin):
+    """x Wᵀ + b, row by row."""
+    return torch.stack([lin.weight @ row + lin.bias for row in x])
+
+
+def ref_normalise(x):
+    return x / (x**2).sum(1, keepdim=True).sqrt()
+
+
+def ref_fd(s, t, lin):
+    """CLIP-KD FD with its projector, the error summed over dims and divided by 512 (the width
+    its weight of 2000 was tuned at): Σ_k ‖normalise(W s_k + b) − t_k‖² / (B · 512)."""
+    p = ref_normalise(ref_linear(s, lin))
+    return sum(((p[k] - t[k]) ** 2).sum() for k in range(len(s))) / (len(s) * 512)
 
 
 def lse(v):
@@ -51,18 +83,43 @@ def ref_infonce(i, t, s):
     return 0.5 * (sum(ce_row(L[k], k) for k in range(len(i))) + sum(ce_row(L[:, k], k) for k in range(len(i)))) / len(i)
 
 
-def test_fd_with_projection():
-    si, st = students()
-    ti, tt = teacher()
-    pi, pt = (torch.randn(DT, DS, dtype=torch.float64, requires_grad=True) for _ in range(2))
+@pytest.mark.parametrize("ds,dt", [(DS, DT), (DS, DS), (DT, 7)])
+def test_fd_projects_with_bias_and_renormalises_for_every_teacher(ds, dt):
+    """Equal widths included: the student is never pinned to the teacher's embedding directly."""
+    heads = heads_for({"fd": {}}, ds, dt)
+    for name in ("proj_image", "proj_text"):
+        lin = heads[name]
+        assert lin.weight.shape == (dt, ds) and lin.bias is not None and lin.bias.shape == (dt,)
+    si, st = unit(B, ds, 0).requires_grad_(), unit(B, ds, 1).requires_grad_()
+    ti, tt = teacher(d=dt)
+    pi, pt = heads["proj_image"], heads["proj_text"]
+    inputs = [si, st, pi.weight, pi.bias, pt.weight, pt.bias]
 
-    def zoo(si, st, pi, pt):
-        return Z.feature_distillation(si @ pi.T, ti) + Z.feature_distillation(st @ pt.T, tt)
+    def zoo(si, st, *_):
+        return term("fd", {"s_image": si, "s_text": st, "t_image": ti, "t_text": tt}, heads)
 
-    def ref(si, st, pi, pt):
-        return sum(((si[k] @ pi.T - ti[k]) ** 2).sum() + ((st[k] @ pt.T - tt[k]) ** 2).sum() for k in range(B)) / (B * DT)
+    def ref(si, st, *_):
+        return ref_fd(si, ti, pi) + ref_fd(st, tt, pt)
 
-    assert_same(zoo, ref, [si, st, pi, pt])
+    assert_same(zoo, ref, inputs, random_grad(ds + dt))
+
+
+def test_fd_weight_keeps_clipkd_meaning_and_a_width_independent_start():
+    """At D = 512 a weight of 2000 is CLIP-KD's 2000 · MSE (mean over batch and dims) exactly;
+    at initialisation the weighted FD is 2000 · 2 · 2/512 ≈ 15.6 whatever the teacher width
+    (λ·MSE would give 8000/D: 125 at D = 64)."""
+    n = 400
+    starts = {}
+    for d in (8, 64, 512, 1024):
+        heads = heads_for({"fd": {}}, 64, d, seed=d)
+        batch = {"s_image": unit(n, 64, 1), "s_text": unit(n, 64, 2), "t_image": unit(n, d, 3), "t_text": unit(n, d, 4)}
+        starts[d] = 2000 * term("fd", batch, heads).item()
+        if d == 512:
+            mse = sum(((ref_normalise(ref_linear(batch[f"s_{m}"], heads[f"proj_{m}"])) - batch[f"t_{m}"]) ** 2).mean()
+                      for m in ("image", "text"))
+            assert starts[d] == pytest.approx(2000 * mse.item(), rel=1e-12)
+    for d, v in starts.items():
+        assert v == pytest.approx(2000 * 4 / 512, rel=0.1), starts
 
 
 def test_icl():
@@ -97,18 +154,68 @@ def test_gd_matches_autograd_gradients():
     assert_same(lambda si, st: Z.gradient_distillation(si, st, 8.0, ti, tt, 12.0), ref, [si, st])
 
 
-def test_afd():
-    si, st = unit(B, DT, 0).requires_grad_(), unit(B, DT, 1).requires_grad_()
+def test_icl_uses_clipkd_cross_logit_scale_itself():
+    """CLIP-KD's ICL: the projected, normalised student against the teacher, times its learnable
+    cross_logit_scale as it is (starting at log(1/0.07) ≈ 2.66, not exp of it ≈ 14.3)."""
+    heads = heads_for({"icl": {}}, DS, DT)
+    c = heads["icl_scale"].value
+    assert c.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        c.fill_(4.5)  # away from the initial value: value and exp(value) cannot be confused
+    si, st = students()
     ti, tt = teacher()
-    fi, ft = torch.nn.Linear(2 * DT, DT).double(), torch.nn.Linear(2 * DT, DT).double()
+    pi, pt = heads["proj_image"], heads["proj_text"]
 
-    def ref(si, st):
-        def fuse(lin, a, b):
-            x = torch.cat([a, b], 1) @ lin.weight.T + lin.bias
-            return x / (x**2).sum(1, keepdim=True).sqrt()
-        return ref_infonce(fuse(fi, si, ti), fuse(ft, st, tt), 5.0)
+    def zoo(si, st, *_):
+        return term("icl", {"s_image": si, "s_text": st, "t_image": ti, "t_text": tt}, heads)
 
-    assert_same(lambda si, st: Z.augmented_feature_distillation(si, st, ti, tt, fi, ft, 5.0), ref, [si, st])
+    def ref(si, st, *_):
+        qi, qt = ref_normalise(ref_linear(si, pi)), ref_normalise(ref_linear(st, pt))
+        return 0.5 * sum(ce_row(c * qi[k] @ tt.T, k) + ce_row(c * qt[k] @ ti.T, k) for k in range(B)) / B
+
+    assert_same(zoo, ref, [si, st, c, pi.weight, pi.bias, pt.weight, pt.bias], random_grad(1))
+
+
+def test_mfd_distils_the_masked_image_and_the_text():
+    heads = heads_for({"mfd": {}}, DS, DT)
+    assert LOSSES["mfd"].reads >= {"t_image", "t_text", "s_image_masked"}
+    si, st = students()
+    sm = unit(B, DS, 5).requires_grad_()  # the masked view's embedding
+    ti, tt = teacher()
+    pi, pt = heads["proj_image"], heads["proj_text"]
+    batch = {"s_image": si, "s_image_masked": sm, "s_text": st, "t_image": ti, "t_text": tt}
+
+    def zoo(sm, st, *_):
+        return term("mfd", {**batch, "s_image_masked": sm, "s_text": st}, heads)
+
+    def ref(sm, st, *_):
+        return ref_fd(sm, ti, pi) + ref_fd(st, tt, pt)
+
+    assert_same(zoo, ref, [sm, st, pi.weight, pi.bias, pt.weight, pt.bias], random_grad(2))
+    assert torch.autograd.grad(term("mfd", batch, heads), si, allow_unused=True)[0] is None  # the unmasked view
+
+
+def test_afd_fuses_student_and_teacher_to_the_student_width_at_its_own_scale():
+    """CLIP-KD's AFD: f = normalise(W [s ; t] + b), W: D_s + D_t → D_s, InfoNCE of the fused
+    pair at fusion_logit_scale as it is; no projector, and not the student's CLIP scale."""
+    heads = heads_for({"afd": {}}, DS, DT)
+    assert set(heads) == {"afd_image", "afd_text", "afd_scale"}
+    fi, ft, c = heads["afd_image"], heads["afd_text"], heads["afd_scale"].value
+    assert fi.weight.shape == (DS, DS + DT) and fi.bias.shape == (DS,)
+    assert c.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        c.fill_(6.0)
+    si, st = students()
+    ti, tt = teacher()
+
+    def zoo(si, st, *_):
+        return term("afd", {"s_image": si, "s_text": st, "s_scale": 50.0, "t_image": ti, "t_text": tt}, heads)
+
+    def ref(si, st, *_):
+        fuse = [ref_normalise(ref_linear(torch.cat([s, t], 1), lin)) for s, t, lin in ((si, ti, fi), (st, tt, ft))]
+        return ref_infonce(*fuse, c)
+
+    assert_same(zoo, ref, [si, st, c, fi.weight, fi.bias, ft.weight, ft.bias], random_grad(3))
 
 
 def soft_ce_ref(S, P_rows, P_cols):
@@ -118,17 +225,33 @@ def soft_ce_ref(S, P_rows, P_cols):
     return 0.5 * (rows + cols)
 
 
-def test_affinity_is_soft_cross_entropy():
+def test_affinity_uses_each_models_own_logit_scale():
+    """TinyCLIP affinity mimicking: soft-CE of the student's affinities at the student's logit
+    scale against the teacher's at the teacher's (gradient reaches the student's scale too)."""
     si, st = students()
-    ti, tt = teacher(d=DS)
+    ti, tt = teacher()
+    s_scale = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
+    t_scale = torch.tensor(31.0, dtype=torch.float64)
+
+    def softmax_written(T, dim):
+        return torch.exp(T - torch.logsumexp(T, dim, keepdim=True))
+
+    def ref(si, st, s_scale):
+        T = t_scale * ti @ tt.T
+        return soft_ce_ref(s_scale * si @ st.T, softmax_written(T, 1), softmax_written(T, 0))
+
+    def zoo(si, st, s_scale):
+        return term("affinity", {"s_image": si, "s_text": st, "s_scale": s_scale, "t_image": ti, "t_text": tt,
+                                 "t_scale": t_scale}, {})
+
+    assert_same(zoo, ref, [si, st, s_scale], random_grad(4))
+    # old params (`temperature`) keep their fixed τ for both models
     tau = 0.07
-
-    def ref(si, st):
-        T = ti @ tt.T / tau
-        return soft_ce_ref(si @ st.T / tau, torch.exp(T - torch.logsumexp(T, 1, keepdim=True)),
-                           torch.exp(T - torch.logsumexp(T, 0, keepdim=True)))
-
-    assert_same(lambda si, st: Z.affinity_mimicking(si, st, ti, tt, tau), ref, [si, st])
+    old = term("affinity", {"s_image": si, "s_text": st, "s_scale": s_scale, "t_image": ti, "t_text": tt,
+                            "t_scale": t_scale}, {}, {"temperature": tau})
+    T = ti @ tt.T / tau
+    want = soft_ce_ref(si @ st.T / tau, softmax_written(T, 1), softmax_written(T, 0))
+    assert old.item() == pytest.approx(want.item(), rel=1e-10)
 
 
 def test_soft_ce_averages_the_teacher_ensemble_after_softmax():
@@ -150,7 +273,7 @@ def test_kl_and_soft_ce_share_gradients_but_not_values():
     ti, tt = teacher(d=DS)
     tau = 0.1
     kl = similarity_kd_loss(si, st, 1 / tau, ti, tt, 1 / tau, backend="naive")
-    sce = Z.affinity_mimicking(si, st, ti, tt, tau)
+    sce = Z.affinity_mimicking(si, st, 1 / tau, ti, tt, 1 / tau)
     g_kl = torch.autograd.grad(kl, (si, st))
     g_sce = torch.autograd.grad(sce, (si, st))
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_kl, g_sce))
@@ -204,7 +327,8 @@ def test_registry_method_and_heads():
     total, terms = method_loss(method, batch, heads)
     assert set(terms) == set(method)
     assert total.item() == pytest.approx(sum(method[k]["weight"] * v for k, v in terms.items()), rel=1e-9)
-    assert set(make_heads({"clip": {}, "fd": {}}, DT, DT)) == set()  # equal widths: no projection
+    same = make_heads({"clip": {}, "fd": {}}, DT, DT)  # equal widths: a projector all the same
+    assert set(same) == {"proj_image", "proj_text"} and same["proj_image"].bias is not None
     with pytest.raises(ValueError, match=r"unknown loss\(es\) \['kld'\]"):
         make_heads({"kld": {}}, DS, DT)
 

@@ -267,7 +267,8 @@ class LossOptions(Strict):
     """One term of a method. A bare number in params.yaml is shorthand for its weight."""
 
     weight: float = Field(1.0, ge=0)
-    temperature: float | None = Field(None, gt=0, description="crd: KD temperature; affinity: fixed τ")
+    temperature: float | None = Field(None, gt=0, description="crd: KD temperature; affinity: one fixed τ for both "
+                                      "models instead of each one's own logit scale (pre-#18 behaviour)")
     teacher_bias: float | None = Field(None, description="siglip_kd: bias of the teacher's sigmoid")
 
     def options(self) -> dict:

@@ -57,7 +57,14 @@ class Widths:
 
 
 def _projection(w: Widths):
-    return torch.nn.Linear(w.s_dim, w.t_dim, bias=False) if w.s_dim != w.t_dim else None
+    # CLIP-KD's projector is a Linear with bias; built at equal widths too, so that the KD
+    # heads (and what FD pins) do not depend on which teacher it is (issue #18)
+    return torch.nn.Linear(w.s_dim, w.t_dim)
+
+
+# CLIP-KD's extra logit scales (cross_logit_scale for ICL, fusion_logit_scale for AFD):
+# learnable, initialised to log(1/0.07) and used as the multiplier itself (not exponentiated)
+KD_SCALE_INIT = math.log(1 / 0.07)
 
 
 def _patch_projection(w: Widths, users: str):
@@ -71,20 +78,17 @@ def _patch_projection(w: Widths, users: str):
 HEADS: dict[str, Callable[[Widths, str], torch.nn.Module | None]] = {
     "proj_image": lambda w, users: _projection(w),
     "proj_text": lambda w, users: _projection(w),
-    "icl_scale": lambda w, users: Scalar(math.log(1 / 0.07)),
-    "afd_image": lambda w, users: torch.nn.Linear(2 * w.t_dim, w.t_dim),
-    "afd_text": lambda w, users: torch.nn.Linear(2 * w.t_dim, w.t_dim),
+    "icl_scale": lambda w, users: Scalar(KD_SCALE_INIT),
+    "afd_image": lambda w, users: torch.nn.Linear(w.s_dim + w.t_dim, w.s_dim),
+    "afd_text": lambda w, users: torch.nn.Linear(w.s_dim + w.t_dim, w.s_dim),
+    "afd_scale": lambda w, users: Scalar(KD_SCALE_INIT),
     "siglip_bias": lambda w, users: Scalar(-10.0),
     "proj_patch": _patch_projection,
 }
 
 
-def _proj(heads, name, x):
-    return heads[name](x) if name in heads else x
-
-
 def _norm_proj(heads, name, x):
-    return F.normalize(_proj(heads, name, x), dim=1)
+    return F.normalize(heads[name](x), dim=1)
 
 
 # ---------------------------------------------------------------- the losses
@@ -108,20 +112,22 @@ def _crd(b, heads, o):
 
 @loss("fd", reads={"t_image", "t_text"}, heads=("proj_image", "proj_text"))
 def _fd(b, heads, o):
-    return (zoo.feature_distillation(_proj(heads, "proj_image", b["s_image"]), b["t_image"])
-            + zoo.feature_distillation(_proj(heads, "proj_text", b["s_text"]), b["t_text"]))
+    return (zoo.feature_distillation(b["s_image"], b["t_image"], heads["proj_image"])
+            + zoo.feature_distillation(b["s_text"], b["t_text"], heads["proj_text"]))
 
 
-@loss("mfd", reads={"t_image", "s_image_masked"}, heads=("proj_image",))
+@loss("mfd", reads={"t_image", "t_text", "s_image_masked"}, heads=("proj_image", "proj_text"))
 def _mfd(b, heads, o):
-    return zoo.feature_distillation(_proj(heads, "proj_image", b["s_image_masked"]), b["t_image"])
+    # CLIP-KD MFD: FD with the student's image masked, plus the (unmasked) text term
+    return (zoo.feature_distillation(b["s_image_masked"], b["t_image"], heads["proj_image"])
+            + zoo.feature_distillation(b["s_text"], b["t_text"], heads["proj_text"]))
 
 
 @loss("icl", reads={"t_image", "t_text"}, heads=("proj_image", "proj_text", "icl_scale"))
 def _icl(b, heads, o):
     return zoo.interactive_contrastive(_norm_proj(heads, "proj_image", b["s_image"]),
                                        _norm_proj(heads, "proj_text", b["s_text"]),
-                                       b["t_image"], b["t_text"], heads["icl_scale"].value.exp())
+                                       b["t_image"], b["t_text"], heads["icl_scale"].value)
 
 
 @loss("gd", reads={"t_image", "t_text"}, heads=("proj_image", "proj_text"))
@@ -131,16 +137,19 @@ def _gd(b, heads, o):
                                      b["t_image"], b["t_text"], b["t_scale"])
 
 
-@loss("afd", reads={"t_image", "t_text"}, heads=("proj_image", "proj_text", "afd_image", "afd_text"))
+@loss("afd", reads={"t_image", "t_text"}, heads=("afd_image", "afd_text", "afd_scale"))
 def _afd(b, heads, o):
-    return zoo.augmented_feature_distillation(_proj(heads, "proj_image", b["s_image"]),
-                                              _proj(heads, "proj_text", b["s_text"]), b["t_image"], b["t_text"],
-                                              heads["afd_image"], heads["afd_text"], b["s_scale"])
+    return zoo.augmented_feature_distillation(b["s_image"], b["s_text"], b["t_image"], b["t_text"],
+                                              heads["afd_image"], heads["afd_text"], heads["afd_scale"].value)
 
 
 @loss("affinity", reads={"t_image", "t_text"})
 def _affinity(b, heads, o):
-    return zoo.affinity_mimicking(b["s_image"], b["s_text"], b["t_image"], b["t_text"], o.get("temperature", 0.05))
+    if "temperature" in o:  # old params: one fixed τ for both models (not TinyCLIP's)
+        s_scale = t_scale = 1.0 / o["temperature"]
+    else:
+        s_scale, t_scale = b["s_scale"], b["t_scale"]
+    return zoo.affinity_mimicking(b["s_image"], b["s_text"], s_scale, b["t_image"], b["t_text"], t_scale)
 
 
 @loss("soft_ce", reads={"t_image", "t_text"})

@@ -1,9 +1,14 @@
 """The distillation loss zoo: one small pure function per loss, formula in its docstring.
 
 All embeddings are L2-normalised unless said otherwise. s_* is the student, t_* the
-teacher; `proj_*` are learned linear maps from the student width to the teacher width
-(identity when the widths agree). `registry.py` binds each function to the fields of a
-training batch and the heads it learns; a *method* is a weighted dict of loss names.
+teacher; `proj` maps the student width to the teacher width (a learned Linear with bias,
+built for every teacher, equal widths included). `registry.py` binds each function to the
+fields of a training batch and the heads it learns; a *method* is a weighted dict of loss names.
+
+Sources, read side by side with their code: CLIP-KD (Yang et al., CVPR 2024, arXiv
+2307.12732; §3 and `KDClipLoss` in its open_clip fork) for crd, fd, mfd, icl, gd, afd;
+TinyCLIP (Wu et al., ICCV 2023, arXiv 2309.12314; §3.1 affinity mimicking) for affinity.
+Deviations kept on purpose are said in the docstring of the loss that keeps them.
 """
 
 from __future__ import annotations
@@ -16,16 +21,35 @@ import torch.nn.functional as F
 from clipdistill.losses.dispatch import contrastive_loss
 from clipdistill.models.patches import resample_tokens
 
+# CLIP-KD tuned its FD weight (2000) with a ViT-B/16 teacher: D = 512, error averaged over D.
+FD_REFERENCE_DIM = 512
 
-def feature_distillation(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
-    """FD: mean squared error between the (projected) student and the teacher embedding,
-    mean over batch and dimensions: ‖P·s − t‖² / (B·D)."""
-    return F.mse_loss(s_feat, t_feat)
+
+def feature_distillation(s_feat: torch.Tensor, t_feat: torch.Tensor, proj) -> torch.Tensor:
+    """FD (CLIP-KD §3, "Feature Distillation"): the student embedding through the projector
+    P (Linear with bias, student → teacher width), re-normalised, against the teacher's:
+        ‖normalise(P·s + b) − t‖² summed over the D dims, mean over the batch, / 512.
+
+    Weight rule: CLIP-KD computes λ·MSE = λ·‖·‖²/D with λ = 2000 at D = 512. Dividing by 512
+    instead of D keeps a weight of 2000 exactly CLIP-KD's at D = 512 and makes the initial
+    FD/CLIP ratio width-independent: at initialisation normalise(P·s + b) and t are unrelated
+    unit vectors, E‖·‖² = 2 at any D, so each modality's term starts at 2/512 per unit of
+    weight (about 7.8 at 2000), where λ·MSE would start at 2λ/D (8× larger at D = 64).
+
+    Kept on purpose: CLIP-KD builds P only when the widths differ; here every teacher gets
+    one (issue #18: no teacher-dependent heads). P reads the student's normalised embedding
+    (CLIP-KD's, before normalising): the batch carries only normalised embeddings."""
+    s = F.normalize(proj(s_feat), dim=1)
+    return (s - t_feat).square().sum(1).mean() / FD_REFERENCE_DIM
 
 
 def interactive_contrastive(s_image, s_text, t_image, t_text, scale) -> torch.Tensor:
-    """ICL: student queries against teacher keys, row-wise InfoNCE with its own scale:
-    ½ [CE(scale · s_image @ t_textᵀ, diag) + CE(scale · s_text @ t_imageᵀ, diag)]."""
+    """ICL (CLIP-KD §3, "Interactive Contrastive Learning"): the student's projected,
+    normalised embeddings as queries against the teacher's keys, row-wise InfoNCE:
+        ½ [CE(scale · s_image @ t_textᵀ, diag) + CE(scale · s_text @ t_imageᵀ, diag)].
+    `scale` is CLIP-KD's learnable `cross_logit_scale`, which its code uses as the multiplier
+    itself (initialised to log(1/0.07) ≈ 2.66, never exponentiated); the registry passes the
+    parameter, not its exp."""
     target = torch.arange(len(s_image), device=s_image.device)
     return 0.5 * (F.cross_entropy(scale * s_image @ t_text.T, target)
                   + F.cross_entropy(scale * s_text @ t_image.T, target))
@@ -53,21 +77,30 @@ def gradient_distillation(s_image, s_text, s_scale, t_image, t_text, t_scale) ->
 
 
 def augmented_feature_distillation(s_image, s_text, t_image, t_text, fuse_image, fuse_text, scale):
-    """AFD: fuse each student embedding with its teacher counterpart through a learned
-    linear map, f = normalise(W [P·s ; t]), and train the fused pair contrastively:
-    contrastive_loss(f_image, f_text, scale). Gradients reach the student through W."""
+    """AFD (CLIP-KD §3, "Augmented Feature Distillation"): fuse each normalised student
+    embedding with its teacher counterpart through a learned Linear with bias from
+    D_s + D_t to D_s, f = normalise(W [s ; t] + b), and train the fused pair with InfoNCE
+    at AFD's own learnable scale (CLIP-KD's `fusion_logit_scale`, used as the multiplier
+    itself, initialised to log(1/0.07)): contrastive_loss(f_image, f_text, scale).
+    Gradients reach the student through W. (CLIP-KD's code concatenates the *projected*
+    student, which only fits its declared (D_s + D_t) → D_s fusion at equal widths; the
+    student's own embedding is what that shape asks for at any width.)"""
     f_img = F.normalize(fuse_image(torch.cat([s_image, t_image], dim=1)), dim=1)
     f_txt = F.normalize(fuse_text(torch.cat([s_text, t_text], dim=1)), dim=1)
     return contrastive_loss(f_img, f_txt, scale)
 
 
-def affinity_mimicking(s_image, s_text, t_image, t_text, temperature: float) -> torch.Tensor:
-    """TinyCLIP affinity mimicking: soft cross-entropy between teacher and student
-    image→text and text→image affinities at a fixed temperature τ:
-    ½ [−Σ softmax(T/τ) log softmax(S/τ) over rows + the same over columns] / B,
-    S = s_image @ s_textᵀ, T = t_image @ t_textᵀ. (Soft-CE, not KL: it includes the
-    teacher entropy, so its value is never 0; its gradient equals KL's.)"""
-    S, T = s_image @ s_text.T / temperature, t_image @ t_text.T / temperature
+def affinity_mimicking(s_image, s_text, s_scale, t_image, t_text, t_scale) -> torch.Tensor:
+    """TinyCLIP affinity mimicking (§3.1, and `ClipSoftLoss` in its code): soft
+    cross-entropy between the teacher's and the student's image→text and text→image
+    affinities, each model at its own logit scale:
+        ½ [−Σ softmax_rows(T) log softmax_rows(S) − Σ softmax_cols(T) log softmax_cols(S)] / B,
+        S = s_scale · s_image @ s_textᵀ,  T = t_scale · t_image @ t_textᵀ.
+    (Soft-CE, not KL: it includes the teacher entropy, so its value is never 0; its gradient
+    equals KL's.) The registry's `temperature` option, when set, puts both models at 1/τ:
+    the pre-#18 behaviour, kept only so that old params still run."""
+    S = s_scale * s_image @ s_text.T
+    T = (t_scale * t_image @ t_text.T).detach()
     rows = -(T.softmax(1) * S.log_softmax(1)).sum(1).mean()
     cols = -(T.softmax(0) * S.log_softmax(0)).sum(0).mean()
     return 0.5 * (rows + cols)
