@@ -33,26 +33,28 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 import tiny_pipeline  # noqa: E402
 
 # `python tests/helpers/tiny_pipeline.py` on the code before `runtime` existed (commit bf10a2b),
-# torch 2.14.1, one thread. The canary is a small fp32 computation whose bytes depend on the
-# CPU's kernels: where it differs, this machine rounds differently and the golden cannot apply.
+# torch 2.14.1, one thread; the students and what reads them (eval metrics, VLM) re-recorded
+# when the KD losses were made faithful to CLIP-KD (issue #18: the smoke study's clipkd
+# changed). The canary is a small fp32 computation whose bytes depend on the CPU's kernels:
+# where it differs, this machine rounds differently and the golden cannot apply.
 GOLDEN = {
     "features/shard-000000.safetensors": "21710d638a7ec92f",
     "features/shard-000001.safetensors": "5b754d6255b4b548",
     "features/shard-000002.safetensors": "1683912c88ded797",
     "lm/model.safetensors": "d23df020e572fff0",
     "lm/train_log.csv": "ed0444c5a0ddd1e2",
-    "metrics_eval.json": "1e44aac2e3ad6101",
-    "metrics_vqa.json": "d8d9af808c3fae92",
-    "student_online/model.safetensors": "61ad115534887775",
-    "student_online/train_log.csv": "eaba69f6bd48b4a9",
-    "student_store/model.safetensors": "711fd6f9819bb510",
-    "student_store/train_log.csv": "db613f97b7aa9a02",
+    "metrics_eval.json": "fda0c40994c50bd5",
+    "metrics_vqa.json": "0b07693d8fe2ef83",
+    "student_online/model.safetensors": "0d11d0546a915a93",
+    "student_online/train_log.csv": "0bda2fed6f3f3cbe",
+    "student_store/model.safetensors": "5554402dfba191a8",
+    "student_store/train_log.csv": "18656c5ea8000891",
     "teacher/model.safetensors": "0e1d5d4bf22543e7",
     "teacher/train_log.csv": "24687d98d219e4aa",
     "vlm/answers.jsonl": "4920358a1f4e39ee",
-    "vlm/model/model.safetensors": "e0b8bf36cc3072c7",
+    "vlm/model/model.safetensors": "c929454343e9fdfb",
     "vlm/per_type.csv": "df1d0e6c451dcaa8",
-    "vlm/train_log.csv": "6fd771dd5b55c86c",
+    "vlm/train_log.csv": "6125cfca9e121d2d",
 }
 GOLDEN_CANARY = "3b57f30d59b146b1"
 
