@@ -38,7 +38,7 @@ def feature_distillation(s_feat: torch.Tensor, t_feat: torch.Tensor, proj) -> to
 
     Kept on purpose: CLIP-KD builds P only when the widths differ; here every teacher gets
     one (issue #18: no teacher-dependent heads). P reads the student's normalised embedding
-    (CLIP-KD's, before normalising): the batch carries only normalised embeddings."""
+    where CLIP-KD's reads it before normalisation: the batch carries only normalised ones."""
     s = F.normalize(proj(s_feat), dim=1)
     return (s - t_feat).square().sum(1).mean() / FD_REFERENCE_DIM
 
