@@ -446,7 +446,7 @@ def test_bf16_smoke_study_runs_through_snakemake_and_dvc(tmp_path):
     `dvc repro` runs every VQA stage and the report on top. Both end with nothing to do, every
     saved weight is fp32 and every metric finite."""
     from conftest import BIN, project_copy
-    from test_runner_state import dvc_stale, git_commit, nothing_to_do, run
+    from studies import dvc_stale, git_commit, nothing_to_do, run
 
     params = yaml.safe_load(SMOKE.read_text())
     params["runtime"]["precision"] = "bf16"
