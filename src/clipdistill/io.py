@@ -44,6 +44,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _replace(tmp, target)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename `tmp` onto `target`, moving an existing target aside first (a directory cannot be
+    renamed over a non-empty one)."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -54,6 +60,29 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()
+
+
+RESUME_KEY = "resume.json"
+
+
+@contextlib.contextmanager
+def resumable_dir(target: str | os.PathLike, key: dict) -> Iterator[Path]:
+    """Like `atomic_dir`, but the work directory (`.NAME.partial` next to `target`) survives a
+    failure or a kill: a rerun with the same `key` (what the files depend on) gets it back with
+    the files already written, so it can skip them; another key starts from an empty one. The
+    caller writes each file atomically; on success the directory replaces `target`."""
+    target = Path(target)
+    work = target.parent / f".{target.name}.partial"
+    stamp = json.dumps(key, sort_keys=True)
+    if work.is_dir() and not ((work / RESUME_KEY).is_file() and (work / RESUME_KEY).read_text() == stamp):
+        shutil.rmtree(work)
+    if not work.is_dir():
+        work.mkdir(parents=True)
+        with atomic_file(work / RESUME_KEY) as f:
+            f.write(stamp)
+    yield work
+    (work / RESUME_KEY).unlink()
+    _replace(work, target)
 
 
 @contextlib.contextmanager

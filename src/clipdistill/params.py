@@ -112,11 +112,24 @@ class COCOCaptionsSplitParams(_Imported):
     captions: str = Field(description="the captions JSON (absolute, or relative to the project)")
 
 
+class WebdatasetSplitParams(Strict):
+    """Image–text pairs imported from webdataset tar shards (`KEY.jpg|png` + `KEY.txt`, as the
+    synthetic generator writes under `shards/`); read through the `webdataset` library."""
+
+    format: Literal["webdataset"]
+    shards: str = Field(description="folder of the .tar shards, read in name order (absolute, or relative to "
+                                    "the project)")
+    image_size: int = Field(224, ge=16, le=1024, description="images are resized (short side) and centre-cropped "
+                                                            "to this many pixels when loaded")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: the first bad sample stops the import; skip: drop it and count it")
+
+
 # which keys of an imported split name the files it reads (its DAG deps besides code)
 SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "gqa": ("questions",), "csv": ("path",),
-               "coco_captions": ("captions",)}
+               "coco_captions": ("captions",), "webdataset": ("shards",)}
 VQA_FORMATS = ("vqav2", "gqa")  # the VQA splits' formats
-PAIR_FORMATS = ("csv", "coco_captions")  # image–text splits (pretrain, features); vqav2 is for the VQA splits
+PAIR_FORMATS = ("csv", "coco_captions", "webdataset")  # image–text splits (pretrain, features); vqav2 is for the VQA splits
 SPLIT_TAGS = ("synthetic", *SOURCE_KEYS)
 
 
@@ -128,10 +141,11 @@ def _split_kind(entry) -> str:
 
 AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")],
                            Annotated[GQASplitParams, Tag("gqa")], Annotated[CSVSplitParams, Tag("csv")],
-                           Annotated[COCOCaptionsSplitParams, Tag("coco_captions")]],
+                           Annotated[COCOCaptionsSplitParams, Tag("coco_captions")],
+                           Annotated[WebdatasetSplitParams, Tag("webdataset")]],
                      Discriminator(_split_kind, custom_error_type="split_format",
-                                   custom_error_message="unknown split format; known: vqav2, gqa, csv, coco_captions "
-                                                        "(or no format: synthetic)")]
+                                   custom_error_message="unknown split format; known: vqav2, gqa, csv, coco_captions, "
+                                                        "webdataset (or no format: synthetic)")]
 
 
 def is_imported(entry) -> bool:
@@ -292,6 +306,8 @@ class TrainParams(Strict):
     use_views: bool = Field(False, description="train on the store's augmented views (replayed crops)")
     mask_ratio: float = Field(0.75, ge=0, lt=1, description="mfd: fraction of patches dropped")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (the schedule spans them); "
+                                                      "null: `epochs` full passes")
 
 
 class GridParams(Strict):
@@ -494,6 +510,12 @@ class RuntimeParams(Strict):
     gpus: int = Field(1, ge=1, le=64, description="GPUs of one data-parallel stage (distill, vqa run): above 1 the "
                                                   "command relaunches itself under torchrun, one rank per GPU; "
                                                   "the other stages use one GPU (SLURM requests these counts)")
+    in_memory_max_mb: int = Field(
+        4096, ge=0, description="feature extraction and distillation hold a split's decoded uint8 images in RAM "
+                                "when they take at most this many MiB; a bigger split is decoded lazily, by index, "
+                                "with bounded memory (same results, byte for byte)")
+    loader_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes that decode a lazily "
+                                                            "read split (0: decode in the stage's own process)")
 
     @model_validator(mode="after")
     def _check(self) -> "RuntimeParams":

@@ -26,6 +26,7 @@ from clipdistill.io import DataError, atomic_file, read_json, resolve_inside, wr
 
 OnBad = Literal["error", "skip"]
 SPLIT_LAYOUT = "split.json"  # in an imported split folder: its declared image root and image pattern
+SHARD_INDEX = "samples.json"  # in a split imported from webdataset shards: where each sample's image is
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
@@ -214,33 +215,54 @@ def write_shards(out_dir: Path, samples: Iterable[dict[str, bytes]], shard_size:
 def iter_shards(paths: Iterable[str | Path], *, on_bad_sample: OnBad = "error",
                 bad: BadSamples | None = None) -> Iterator[tuple[str, Image.Image, str]]:
     """Yield (key, RGB image, caption) from webdataset tar shards, in order."""
-    bad = bad or BadSamples(on_bad_sample)
-    for path in paths:
+    for _, key, _, image, caption in _shard_samples(paths, bad or BadSamples(on_bad_sample)):
+        yield key, image, caption
+
+
+def index_shards(paths: list[Path], *, on_bad_sample: OnBad = "error",
+                 bad: BadSamples | None = None) -> list[tuple[int, str, int, int, str]]:
+    """(shard number, key, byte offset and size of the image inside the tar, caption) of every
+    good sample: what reading one image by index needs (`read_shard_image`)."""
+    return [(i, key, member.offset_data, member.size, caption)
+            for i, key, member, _, caption in _shard_samples(paths, bad or BadSamples(on_bad_sample))]
+
+
+def read_shard_image(path: Path, offset: int, size: int) -> Image.Image:
+    """One image of an (uncompressed) tar shard, read by its byte range."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        payload = fh.read(size)
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}@{offset}: corrupt image ({exc.__class__.__name__})") from None
+
+
+def _shard_samples(paths: Iterable[str | Path], bad: BadSamples):
+    """(shard number, key, image tar member, RGB image, caption) of each good sample, in order."""
+    for number, path in enumerate(paths):
         path = Path(path)
         try:
             tar = tarfile.open(path, "r")
         except (FileNotFoundError, tarfile.TarError) as exc:
             raise DataError(f"{path}: unreadable shard ({exc.__class__.__name__})") from None
         with tar:
-            groups: dict[str, dict[str, bytes]] = {}
-            order = []
+            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
             for member in tar.getmembers():
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.partition(".")
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext.lower()] = tar.extractfile(member).read()
-            for key in order:
-                where, files = f"{path}:{key}", groups[key]
+                groups.setdefault(key, {})[ext.lower()] = member
+            for key, files in groups.items():  # insertion order: the shard's order
+                where = f"{path}:{key}"
                 img_ext = next((e for e in IMAGE_EXTS if e in files), None)
                 if img_ext is None or "txt" not in files:
                     bad(f"{where}: sample needs an image ({'/'.join(IMAGE_EXTS)}) and a txt; has {sorted(files)}")
                     continue
                 try:
-                    caption = _clean_caption(files["txt"], where)
-                    with Image.open(io.BytesIO(files[img_ext])) as img:
+                    caption = _clean_caption(tar.extractfile(files["txt"]).read(), where)
+                    with Image.open(io.BytesIO(tar.extractfile(files[img_ext]).read())) as img:
                         image = img.convert("RGB")
                 except DataError as exc:
                     bad(str(exc))
@@ -248,7 +270,7 @@ def iter_shards(paths: Iterable[str | Path], *, on_bad_sample: OnBad = "error",
                 except (UnidentifiedImageError, OSError, SyntaxError) as exc:
                     bad(f"{where}: corrupt image ({exc.__class__.__name__})")
                     continue
-                yield key, image, caption
+                yield number, key, files[img_ext], image, caption
 
 
 # ------------------------------------------------------------------ LLaVA conversations

@@ -17,8 +17,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from clipdistill.data.formats import (SPLIT_LAYOUT, read_coco_captions, read_gqa, read_pairs_csv, read_vqa,
-                                      write_pairs_csv, write_vqa)
+from clipdistill.data.formats import (SHARD_INDEX, BadSamples, SPLIT_LAYOUT, index_shards, read_coco_captions, read_gqa,
+                                      read_pairs_csv, read_vqa, write_pairs_csv, write_vqa)
 from clipdistill.io import DataError, atomic_dir, sha256_file, write_json, write_manifest
 from clipdistill.params import SOURCE_KEYS, VQA_FORMATS, DataParams, is_imported
 
@@ -37,6 +37,8 @@ def prepare(params: DataParams, split: str, out: str | Path) -> dict:
         return synthesize(params, split, out)
     if entry.format in VQA_FORMATS:
         return import_vqa(split, entry, Path(out))
+    if entry.format == "webdataset":
+        return import_shards(split, entry, Path(out))
     return import_pairs(split, entry, Path(out))
 
 
@@ -44,7 +46,10 @@ def _sources(name: str, entry) -> dict[str, Path]:
     """The files the split reads, each checked to exist (one line naming the first missing one)."""
     files = {key: Path(getattr(entry, key)) for key in SOURCE_KEYS[entry.format]}
     for key, path in files.items():
-        if not path.is_file():
+        if key == "shards":  # a folder of tars
+            if not path.is_dir():
+                raise DataError(f"data.splits.{name}.{key}: {path}: not a directory")
+        elif not path.is_file():
             raise DataError(f"data.splits.{name}.{key}: {path}: file not found")
     _check_tracked_by_dvc(name, files)
     return files
@@ -99,6 +104,31 @@ def import_pairs(name: str, entry, out: Path) -> dict:
                   "skipped": len(bad.dropped)}
         return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
                                                       "sources": _sha256s(files)}, counts)
+
+
+def import_shards(name: str, entry, out: Path) -> dict:
+    """Webdataset shards → the split folder: `split.json` (the shards' folder, their names),
+    `samples.json` (per sample: shard, key, the image's byte range in the tar, caption), every
+    sample decoded and checked before anything is written. Images stay in the shards."""
+    folder = _sources(name, entry)["shards"].resolve()
+    shards = sorted(folder.glob("*.tar"))
+    if not shards:
+        raise DataError(f"data.splits.{name}.shards: {folder}: no .tar shards")
+    bad = BadSamples(entry.on_bad_sample)
+    samples = index_shards(shards, bad=bad)
+    bad.report(str(folder))
+    if not samples:
+        raise DataError(f"{folder}: no usable samples"
+                        + (f" ({len(bad.dropped)} skipped; first: {bad.dropped[0]})" if bad.dropped else ""))
+    hashes = {p.name: sha256_file(p) for p in shards}  # in split.json: the content hash covers the shards
+    with atomic_dir(out) as tmp:
+        write_json(tmp / SPLIT_LAYOUT, {"format": "webdataset", "image_root": str(folder), "shards": hashes,
+                                        "image_size": entry.image_size})
+        write_json(tmp / SHARD_INDEX, {"samples": [list(s) for s in samples]}, compact=True)
+        counts = {"images": len(samples), "pairs": len(samples), "skipped": len(bad.dropped)}
+        sources = {"shards": {"path": str(folder), "sha256": hashes}}
+        return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
+                                                      "sources": sources}, counts)
 
 
 def import_vqa(name: str, entry, out: Path) -> dict:

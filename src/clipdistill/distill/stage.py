@@ -61,7 +61,7 @@ def run(spec: DistillParams, *, student: str, method: str, seed: int, data: Path
     student_spec = pick(spec.students, student, "distill.students")
     method_spec = pick(spec.methods, method, "distill.methods")
     check_inputs(method, method_spec, teacher_name, teacher, features)
-    split = load_split(data)
+    split = load_split(data, max_mb=runtime.in_memory_max_mb)
     if teacher_name == "none":
         source, teacher_id = Teacher(), None
     else:

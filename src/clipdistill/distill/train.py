@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import PatchDropout
 
-from clipdistill.data.splits import Split
+from clipdistill.data.splits import Split, batches
 from clipdistill.features.store import FeatureStore, replay_views, sample_boxes
 from clipdistill.io import progress
 from clipdistill.losses import LOSSES, make_heads, method_loss, teacher_fields
@@ -117,6 +117,17 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
+def batch_rows(n: int, batch: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
+    """The rows of this rank's batch for each step in [start, total): a permutation per epoch,
+    seeded by (seed, epoch), so a resumed run draws the batches an uninterrupted one would."""
+    steps_per_epoch, order = n // batch, None
+    for step in range(start, total):
+        epoch, b = divmod(step, steps_per_epoch)
+        if b == 0 or order is None:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
+        yield parallel.shard(order[b * batch:(b + 1) * batch], rank, world)
+
+
 # ------------------------------------------------------------------ training
 
 def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: TrainParams, seed: int,
@@ -131,9 +142,10 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
         raise ValueError(f"method uses teacher targets ({', '.join(uses)}) but no teacher was given")
     student = create_model(student_spec.arch, seed)
     tok_spec = default_tokenizer_spec(student_spec.arch)
-    tokens = tokenizer_from_spec(tok_spec)(split.captions)
+    tokenizer = tokenizer_from_spec(tok_spec)
     pre = preprocess_cfg(student)
-    images = preprocess_images(split.images, pre)
+    # a split held in RAM is preprocessed once; a lazily read one batch by batch (bounded memory)
+    images = preprocess_images(split.images, pre) if isinstance(split.images, torch.Tensor) else None
     if teacher.bundle is not None:
         runtime.towers(teacher.bundle.model, train=False)
     store = teacher.store
@@ -147,12 +159,14 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     if "t_patches" in needs and store is not None and store.manifest["patch_tokens"] is None:
         raise ValueError(f"{store.path}: method needs patch tokens but the store has none (features.patch_tokens)")
     use_views = train.use_views and (store is None or store.manifest["views"] > 0)
-    n, batch = len(images), min(train.batch_size, len(images))
+    n, batch = len(split.images), min(train.batch_size, len(split.images))
     rank, world = parallel.rank_and_world()
     if batch % world:
         raise ValueError(f"batch size {batch} does not split evenly over {world} data-parallel ranks")
     steps_per_epoch = n // batch
     total = train.epochs * steps_per_epoch
+    if train.max_steps is not None:
+        total = min(total, train.max_steps)
     params = [*param_groups(student, train.weight_decay), {"params": list(heads.parameters()), "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -166,13 +180,15 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
     student.train()
     bar = progress(total=total, initial=step, desc=f"distill {student_spec.arch}", unit="step",
                    disable=not show_progress or rank != 0)
+    rows = batch_rows(n, batch, seed, step, total, rank, world)
+    pixels = batches(split.images, batch_rows(n, batch, seed, step, total, rank, world), runtime.loader_workers,
+                     runtime.is_cuda)  # uint8 rows, decoded ahead when the split is read lazily
     while step < total:
-        epoch, b = divmod(step, steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(seed, -1 - epoch)))
-        idx = parallel.shard(order[b * batch:(b + 1) * batch], rank, world)
+        epoch = step // steps_per_epoch
+        idx, raw = next(rows), next(pixels)
         torch.manual_seed(_step_seed(seed, step))  # masks and view choices of this step
         view = boxes = None
-        x = images[idx]
+        x = images[idx] if images is not None else preprocess_images(raw, pre)
         if use_views:
             if store is not None:  # replay one of the stored views per sample
                 view = torch.randint(0, store.manifest["views"], (len(idx),))
@@ -180,9 +196,10 @@ def distill(student_spec: StudentParams, method: dict[str, LossOptions], train: 
             else:  # online teacher: fresh crops, seen by both models
                 crop = FeatureParams(views=1, seed=_step_seed(seed, step) % 2**32)
                 boxes = sample_boxes(len(idx), *split.images.shape[-2:], 1, crop)[:, 0]
-            x = preprocess_images(replay_views(split.images[idx], boxes), pre)
+            x = preprocess_images(replay_views(raw, boxes), pre)
+        tokens = tokenizer([split.captions[i] for i in idx])
         with runtime.autocast():
-            s_batch = student_batch(student, runtime.batch(x), runtime.batch(tokens[idx]), needs, train.mask_ratio)
+            s_batch = student_batch(student, runtime.batch(x), runtime.batch(tokens), needs, train.mask_ratio)
         batch_in = {**full_precision(s_batch), **teacher.targets(idx, split, needs, view, boxes, runtime),
                     "t_scale": t_scale}
         if world > 1:

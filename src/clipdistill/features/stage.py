@@ -13,4 +13,5 @@ from clipdistill.training.runtime import CPU, Runtime
 
 def run(spec: FeatureParams, teacher: Path, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
     """Write the feature store of `teacher` on split `spec.split` of `data`; returns its manifest."""
-    return extract(load_model_dir(teacher), load_split(data / spec.split), spec, out, runtime)
+    split = load_split(data / spec.split, max_mb=runtime.in_memory_max_mb)
+    return extract(load_model_dir(teacher), split, spec, out, runtime)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ import torchvision.transforms.v2.functional as TF
 from safetensors.torch import save_file
 
 from clipdistill import __version__
-from clipdistill.data.splits import Split
-from clipdistill.io import (ClipdistillError, atomic_dir, progress, read_json, safetensors_header, sha256_file,
+from clipdistill.data.splits import Split, batches
+from clipdistill.io import (ClipdistillError, progress, read_json, resumable_dir, safetensors_header, sha256_file,
                             write_json)
 from clipdistill.models import ClipBundle, preprocess_images
 from clipdistill.params import FeatureParams
@@ -83,57 +84,80 @@ def teacher_id(bundle: ClipBundle) -> dict:
             "weights_sha256": m["weights_sha256"]}
 
 
+def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """One shard, renamed into place when complete: a file that exists is a whole shard."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
+
+
 @torch.no_grad()
 def extract(bundle: ClipBundle, split: Split, spec: FeatureParams, out: str | Path, runtime: Runtime = CPU) -> dict:
-    """Run the frozen teacher over `split` on `runtime`'s device and write the store atomically."""
+    """Run the frozen teacher over `split` on `runtime`'s device into a store at `out`.
+
+    Streams: each shard is written as soon as it is full, and a rerun of an interrupted (even
+    killed) extraction with the same inputs starts after its last complete shard, ending with
+    the bytes of an uninterrupted run. The manifest is written last and the whole store then
+    renamed into place, so a half-done store is never taken for a finished one."""
     model, dtype = runtime.towers(bundle.model, train=False).eval(), DTYPES[spec.dtype]
-    n, (_, height, width) = len(split.images), split.images.shape[1:]
+    n, (_, height, width) = len(split.images), tuple(split.images.shape[1:])
     layers = len(model.visual.transformer.resblocks)
     patch_layer = max(0, layers - 2) if spec.patch_tokens else None
     boxes = sample_boxes(n, height, width, spec.views, spec) if spec.views else None
-    tokens = bundle.tokenizer(split.captions)
-    shards = []
-    with atomic_dir(out) as tmp:
-        bar = progress(total=n, desc=f"features {teacher_id(bundle)['name'] or bundle.model_name}", unit="img")
-        for s0 in range(0, n, spec.shard_size):
-            s1 = min(n, s0 + spec.shard_size)
+    bounds = [(s0, min(n, s0 + spec.shard_size)) for s0 in range(0, n, spec.shard_size)]
+    names = [f"shard-{k:06d}.safetensors" for k in range(len(bounds))]
+    data = {"split": split.source, "content_sha256": split.content_sha256, "image_size": [height, width]}
+    key = {"code_version": __version__, "teacher": teacher_id(bundle), "spec": spec.model_dump(mode="json"),
+           "data": data, "count": n, "precision": runtime.precision, "device": runtime.device.type}
+    with resumable_dir(out, key) as work:
+        done = 0  # shards of an interrupted run: whole files (written by rename), in order
+        while done < len(names) and (work / names[done]).is_file():
+            done += 1
+        todo = [(b0, min(s1, b0 + spec.batch_size)) for s0, s1 in bounds[done:]
+                for b0 in range(s0, s1, spec.batch_size)]
+        loader = batches(split.images, [slice(b0, b1) for b0, b1 in todo], runtime.loader_workers, runtime.is_cuda)
+        bar = progress(total=n, initial=bounds[done][0] if done < len(bounds) else n, unit="img",
+                       desc=f"features {teacher_id(bundle)['name'] or bundle.model_name}")
+        for k in range(done, len(bounds)):
+            s0, s1 = bounds[k]
             parts: dict[str, list[torch.Tensor]] = {}
             for b0 in range(s0, s1, spec.batch_size):
-                b1 = min(s1, b0 + spec.batch_size)
-                emb, patches = _encode_images(bundle, split.images[b0:b1], patch_layer, runtime)
+                b1, images = min(s1, b0 + spec.batch_size), next(loader)
+                emb, patches = _encode_images(bundle, images, patch_layer, runtime)
                 parts.setdefault("image_emb", []).append(emb)
                 with runtime.autocast():
-                    text = model.encode_text(runtime.batch(tokens[b0:b1]), normalize=True)
+                    text = model.encode_text(runtime.batch(bundle.tokenizer(split.captions[b0:b1])), normalize=True)
                 parts.setdefault("text_emb", []).append(runtime.host(text.float()))
                 if patches is not None:
                     parts.setdefault("patch_tokens", []).append(patches)
                 if boxes is not None:
-                    views = [_encode_images(bundle, replay_views(split.images[b0:b1], boxes[b0:b1, k]), None,
-                                            runtime)[0]
-                             for k in range(spec.views)]
+                    views = [_encode_images(bundle, replay_views(images, boxes[b0:b1, v]), None, runtime)[0]
+                             for v in range(spec.views)]
                     parts.setdefault("view_emb", []).append(torch.stack(views, dim=1))
                 bar.update(b1 - b0)
-            tensors = {k: torch.cat(v).to(dtype).contiguous() for k, v in parts.items()}
+            tensors = {name: torch.cat(v).to(dtype).contiguous() for name, v in parts.items()}
             tensors["index"] = torch.arange(s0, s1, dtype=torch.int64)
             if boxes is not None:
                 tensors["view_boxes"] = boxes[s0:s1].contiguous()
-            name = f"shard-{len(shards):06d}.safetensors"
-            save_file(tensors, tmp / name)
-            shards.append({"file": name, "start": s0, "count": s1 - s0, "sha256": sha256_file(tmp / name)})
+            _save_shard(tensors, work / names[k])
         bar.close()
+        shapes = {name: info["shape"] for name, info in safetensors_header(work / names[0])[0].items()
+                  if name != "__metadata__"}
+        shards = [{"file": name, "start": s0, "count": s1 - s0, "sha256": sha256_file(work / name)}
+                  for name, (s0, s1) in zip(names, bounds)]
         manifest = {
             "kind": "teacher-feature-store", "code_version": __version__,
             "teacher": teacher_id(bundle), "logit_scale": float(model.logit_scale.exp().item()),
-            "embed_dim": int(tensors["image_emb"].shape[-1]),
+            "embed_dim": int(shapes["image_emb"][-1]),
             "preprocess": bundle.preprocess,
             "tokenizer": {"kind": bundle.tokenizer_spec["kind"], "sha256": _json_sha(bundle.tokenizer_spec)},
-            "data": {"split": split.source, "content_sha256": split.content_sha256, "image_size": [height, width]},
-            "dtype": spec.dtype, "count": n, "shards": shards,
-            "patch_tokens": None if patch_layer is None else {"layer": patch_layer, "shape": list(tensors["patch_tokens"].shape[1:])},
+            "data": data, "dtype": spec.dtype, "count": n, "shards": shards,
+            "patch_tokens": None if patch_layer is None else {"layer": patch_layer,
+                                                              "shape": list(shapes["patch_tokens"][1:])},
             "views": spec.views, "augment": spec.augment.model_dump(mode="json") if spec.views else None,
             "seed": spec.seed,
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(work / "manifest.json", manifest)  # last: only a finished store has one
     return manifest
 
 

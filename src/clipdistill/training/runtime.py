@@ -49,6 +49,8 @@ class Runtime:
     compile: bool = False
     grad_checkpointing: bool = False
     loss_backend: str = "auto"  # the stages that compute losses scope them with losses.dispatch.auto_backend
+    in_memory_max_mb: int | None = None  # a bigger split is read lazily (data.splits); None: always in RAM
+    loader_workers: int = 0  # DataLoader workers decoding a lazily read split
 
     @property
     def is_cuda(self) -> bool:
@@ -123,4 +125,5 @@ def setup(spec: RuntimeParams) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = spec.tf32
         torch.backends.cudnn.allow_tf32 = spec.tf32
         torch.cuda.set_device(device)
-    return Runtime(device, spec.precision, spec.compile, spec.grad_checkpointing, spec.loss_backend)
+    return Runtime(device, spec.precision, spec.compile, spec.grad_checkpointing, spec.loss_backend,
+                   spec.in_memory_max_mb, spec.loader_workers)
