@@ -49,8 +49,9 @@ class Runtime:
     compile: bool = False
     grad_checkpointing: bool = False
     loss_backend: str = "auto"  # the stages that compute losses scope them with losses.dispatch.auto_backend
-    in_memory_max_mb: int | None = None  # a bigger split is read lazily (data.splits); None: always in RAM
-    loader_workers: int = 0  # DataLoader workers decoding a lazily read split
+    # a split bigger than this is read lazily (data.splits.LazyImages), decoded by these workers
+    in_memory_max_mb: int = RuntimeParams.model_fields["in_memory_max_mb"].default
+    loader_workers: int = RuntimeParams.model_fields["loader_workers"].default
 
     @property
     def is_cuda(self) -> bool:
