@@ -75,7 +75,8 @@ def batches(images, index_lists, workers: int = 0, pin_memory: bool = False):
         for idx in index_lists:
             yield images[idx]
         return
-    index_lists = [list(map(int, range(len(images))[i] if isinstance(i, slice) else i)) for i in index_lists]
+    rows = range(len(images))  # a generator: a long run's batches are never all in memory at once
+    index_lists = (list(map(int, rows[i] if isinstance(i, slice) else i)) for i in index_lists)
     # its own generator: creating the loader must not draw from the global RNG the caller seeds
     yield from torch.utils.data.DataLoader(_Rows(images), batch_sampler=index_lists, num_workers=workers,
                                            pin_memory=pin_memory, generator=torch.Generator(),
