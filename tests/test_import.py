@@ -356,7 +356,7 @@ def test_a_vqa_split_cannot_be_an_image_text_import(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     from clipdistill.params import load_params
 
-    with pytest.raises(ParamsError, match="vqa_eval: imported from csv; a VQA split is synthetic or one of vqav2, gqa"):
+    with pytest.raises(ParamsError, match="vqa.eval_splits: split 'vqa_eval' is imported from csv; a VQA split is synthetic or one of vqav2, gqa"):
         load_params(tmp_path / "params.yaml")
 
 

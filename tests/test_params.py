@@ -64,10 +64,17 @@ def test_cross_field_rules(tmp_path):
     with pytest.raises(P.ParamsError, match=r"min_objects \(5\) > max_objects \(4\)"):
         P.load_section(tmp_path / "p.yaml", "data")
     raw = yaml.safe_load(SMOKE.read_text())
+    del raw["data"]["splits"]["clip_eval"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(P.ParamsError, match="splits is missing \\['clip_eval'\\]"):
+        P.load_section(tmp_path / "p.yaml", "data")
+    # the VQA splits are whatever vqa.train_split / vqa.eval_splits name: the whole file must have them
+    raw = yaml.safe_load(SMOKE.read_text())
     del raw["data"]["splits"]["vqa_eval"]
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(P.ParamsError, match="splits is missing \\['vqa_eval'\\]"):
-        P.load_section(tmp_path / "p.yaml", "data")
+    assert "vqa_eval" not in P.load_section(tmp_path / "p.yaml", "data").splits
+    with pytest.raises(P.ParamsError, match=r"vqa.eval_splits: \['vqa_eval'\] not data splits"):
+        P.load_params(tmp_path / "p.yaml")
 
 
 def test_file_level_errors(tmp_path):

@@ -164,34 +164,10 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
             + (f", COLLAPSED on {', '.join(collapsed)}" if collapsed else "") + f" -> {out}")
 
 
-@vqa_app.command("score")
-def vqa_score(vlm: Annotated[Path, opt("a saved VLM (`vqa run`'s output folder)")],
-              eval: Annotated[Path, opt("a further VQA evaluation split's folder (vqa.eval_splits[1:])")],
-              out: Annotated[Path, opt("directory for the answers and per-type accuracies")],
-              metrics: Annotated[Path, opt("metrics.json to write")],
-              blind: Annotated[bool, typer.Option(help="the VLM is the blind baseline's: show it the grey image")] = False,
-              params: ParamsOpt = PARAMS) -> None:
-    """Greedy evaluation of a trained VLM on one more evaluation set (VQAv2 soft accuracy)."""
-    from clipdistill.vqa.stage import score
-
-    summary = score(tools.vqa_section(params), vlm=vlm, eval=eval, out=out, metrics=metrics, blind=blind,
-                    runtime=tools.runtime(params))
-    say(f"vqa {vlm} on {eval.name}: overall {summary['overall']:.1f} on {summary['count']} questions -> {metrics}")
-
-
-@app.command("report")
-def report_cmd(results: Annotated[Path, opt("the pipeline's results folder")] = Path("results"),
-               vqa_eval: Annotated[Path, opt("VQA evaluation split")] = Path("results/data/vqa_eval"),
-               out: Annotated[Path, opt("report folder")] = Path("results/report"), params: ParamsOpt = PARAMS) -> None:
-    """The verdict (teacher effect, paired and per teacher), the study table (CSV + Markdown), plots."""
-    from clipdistill.report.study import report
-
-    spec = load_section(params, "report")
-    say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin, params=params)["answer"])
-
-
 data_app.command("synth", help="The same as `data prepare` (its former name).")(data_prepare)
+app.command("report")(tools.report_cmd)
 export_app.command("hf")(tools.export_hf_cmd)
+vqa_app.command("score")(tools.vqa_score)
 eval_app.command("lmms")(tools.eval_lmms)
 eval_app.command("mieb")(tools.eval_mieb)
 app.command("push")(tools.push_cmd)

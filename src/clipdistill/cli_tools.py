@@ -1,4 +1,4 @@
-"""The commands around the pipeline (export, harnesses, sharing, params) and the
+"""The commands around the pipeline (report, further VQA sets, export, harnesses, sharing, params) and the
 option types every command shares; `cli.py` registers them. Each imports its module lazily.
 """
 
@@ -73,6 +73,30 @@ def export_hf_cmd(model: Annotated[Optional[Path], opt("open_clip model director
         raise ClipdistillError("export hf needs --model and --out (or --vlm DIR)")
     manifest = export_hf(load_model_dir(model), out)
     say(f"{model} -> {out} ({manifest['layers']} layers, {manifest['patches']} patches)")
+
+
+def vqa_score(vlm: Annotated[Path, opt("a saved VLM (`vqa run`'s output folder)")],
+              eval: Annotated[Path, opt("a further VQA evaluation split's folder (vqa.eval_splits[1:])")],
+              out: Annotated[Path, opt("directory for the answers and per-type accuracies")],
+              metrics: Annotated[Path, opt("metrics.json to write")],
+              blind: Annotated[bool, typer.Option(help="the VLM is the blind baseline's: show it the grey image")] = False,
+              params: ParamsOpt = PARAMS) -> None:
+    """Greedy evaluation of a trained VLM on one more evaluation set (VQAv2 soft accuracy)."""
+    from clipdistill.vqa.stage import score
+
+    summary = score(vqa_section(params), vlm=vlm, eval=eval, out=out, metrics=metrics, blind=blind,
+                    runtime=runtime(params))
+    say(f"vqa {vlm} on {eval.name}: overall {summary['overall']:.1f} on {summary['count']} questions -> {metrics}")
+
+
+def report_cmd(results: Annotated[Path, opt("the pipeline's results folder")] = Path("results"),
+               vqa_eval: Annotated[Path, opt("VQA evaluation split")] = Path("results/data/vqa_eval"),
+               out: Annotated[Path, opt("report folder")] = Path("results/report"), params: ParamsOpt = PARAMS) -> None:
+    """The verdict (teacher effect, paired and per teacher), the study table (CSV + Markdown), plots."""
+    from clipdistill.report.study import report
+
+    spec = load_section(params, "report")
+    say(report(results, vqa_eval, out, spec.bootstrap, spec.seed, spec.equivalence_margin, params=params)["answer"])
 
 
 def eval_lmms(model: Annotated[Path, opt("VLM directory (`vqa run` output or its model/)")],
