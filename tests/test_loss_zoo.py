@@ -338,3 +338,53 @@ def test_non_finite_term_is_named():
     batch = {"s_image": si * float("nan"), "s_text": st, "s_scale": 10.0}
     with pytest.raises(FloatingPointError, match="loss term 'clip' is nan"):
         method_loss({"clip": {}}, batch, make_heads({"clip": {}}, DS, DS))
+
+
+def test_icl_and_gd_build_their_targets_on_the_embeddings_device():
+    """The InfoNCE targets (ICL's diagonal labels, GD's identity in E = ½(P + Q) − I) are made on
+    the device of the embeddings, not the default one: run on the meta device (shapes only, no
+    data), a target left on the CPU is a device mismatch."""
+    def meta(n, d):
+        return torch.empty(n, d, device="meta", dtype=torch.float64)
+
+    si, st, ti, tt = meta(5, 3), meta(5, 3), meta(5, 3), meta(5, 3)
+    icl = Z.interactive_contrastive(si, st, ti, tt, 2.0)
+    gd = Z.gradient_distillation(si, st, 2.0, ti, tt, 3.0)
+    gi, gt = Z.infonce_feature_gradient(si, st, 2.0)
+    assert icl.device.type == gd.device.type == gi.device.type == gt.device.type == "meta"
+    assert icl.shape == gd.shape == () and gi.shape == gt.shape == (5, 3)
+
+
+def test_infonce_feature_gradient_stays_in_a_low_precision_dtype():
+    """bf16 embeddings (mixed-precision training) give bf16 gradients: the identity of
+    E = ½(P + Q) − I is built in the logits' dtype, not promoted to float32. The values are the
+    float64 formula's on the same (rounded) inputs, within bf16 resolution:
+    L = s·I Tᵀ, P = exp(L − lse_rows), Q = exp(L − lse_cols), ∂ℓ/∂I = s(½(P + Q) − I) T / B."""
+    i = unit(B, DS, 40).to(torch.bfloat16)
+    t = unit(B, DS, 41).to(torch.bfloat16)
+    s = 5.0
+    gi, gt = Z.infonce_feature_gradient(i, t, s)
+    assert gi.dtype == gt.dtype == torch.bfloat16
+    i64, t64 = i.double(), t.double()
+    L = s * i64 @ t64.T
+    P = torch.exp(L - torch.logsumexp(L, 1, keepdim=True))
+    Q = torch.exp(L - torch.logsumexp(L, 0, keepdim=True))
+    E = 0.5 * (P + Q) - torch.eye(B, dtype=torch.float64)
+    assert torch.allclose(gi.double(), s * E @ t64 / B, atol=2e-3)
+    assert torch.allclose(gt.double(), s * E.T @ i64 / B, atol=2e-3)
+
+
+def test_patch_fd_is_computed_in_the_students_dtype():
+    """Teacher tokens stored at another precision are cast to the student's dtype before the
+    MSE, so the loss (and its backward) runs at the student's precision: a float32 student
+    against float64 or float16 teacher tokens gives a float32 loss equal to the mean squared
+    error against the teacher tokens rounded to float32."""
+    g = torch.Generator().manual_seed(7)
+    s_tok = torch.randn(2, 9, 5, generator=g)                     # 3×3 grid, float32
+    proj = torch.nn.Identity()
+    for t_dtype in (torch.float64, torch.float16):
+        t_tok = torch.randn(2, 9, 5, generator=g, dtype=torch.float64).to(t_dtype)
+        got = Z.patch_feature_distillation(s_tok, t_tok, proj)
+        assert got.dtype == torch.float32
+        want = ((s_tok.double() - t_tok.to(torch.float32).double()) ** 2).sum() / (2 * 9 * 5)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
