@@ -388,3 +388,126 @@ def test_patch_fd_is_computed_in_the_students_dtype():
         assert got.dtype == torch.float32
         want = ((s_tok.double() - t_tok.to(torch.float32).double()) ** 2).sum() / (2 * 9 * 5)
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- registry terms, one by one
+
+
+def kl_rows_ref(S, T):
+    """Σ_k Σ_j p_kj (log p_kj − log q_kj) / n, p = softmax_rows(T), q = softmax_rows(S), written out."""
+    n = len(S)
+    total = 0.0
+    for k in range(n):
+        lp = T[k] - torch.logsumexp(T[k], 0)
+        lq = S[k] - torch.logsumexp(S[k], 0)
+        total = total + (torch.exp(lp) * (lp - lq)).sum()
+    return total / n
+
+
+def test_gd_term_projects_normalises_and_uses_each_models_scale():
+    """The registry's GD: the student through its projectors (with bias), re-normalised, at the
+    student's logit scale; the teacher's InfoNCE gradients at the teacher's scale, by autograd here."""
+    heads = heads_for({"gd": {}}, DS, DT)
+    assert set(heads) == {"proj_image", "proj_text"}
+    si, st = students()
+    ti, tt = teacher()
+    pi, pt = heads["proj_image"], heads["proj_text"]
+    batch = {"s_scale": 6.0, "t_image": ti, "t_text": tt, "t_scale": 15.0}
+
+    def zoo(si, st, *_):
+        return term("gd", {**batch, "s_image": si, "s_text": st}, heads)
+
+    def ref(si, st, *_):
+        qi, qt = ref_normalise(ref_linear(si, pi)), ref_normalise(ref_linear(st, pt))
+        gs = torch.autograd.grad(ref_infonce(qi, qt, 6.0), (qi, qt), create_graph=True)
+        ti_, tt_ = ti.clone().requires_grad_(), tt.clone().requires_grad_()
+        gt = torch.autograd.grad(ref_infonce(ti_, tt_, 15.0), (ti_, tt_))
+        return sum(((a - b) ** 2).sum() for a, b in zip(gs, gt)) / DT  # B · mean over B × DT
+
+    assert_same(zoo, ref, [si, st, pi.weight, pi.bias, pt.weight, pt.bias], random_grad(5))
+
+
+def test_crd_term_is_at_temperature_one_unless_told():
+    si, st = students()
+    ti, tt = teacher(d=7)  # CRD compares similarity matrices: any teacher width
+    batch = {"s_image": si, "s_text": st, "s_scale": 4.0, "t_image": ti, "t_text": tt, "t_scale": 9.0}
+    for opts, tau in (({}, 1.0), ({"temperature": 2.5}, 2.5)):
+        S, T = 4.0 * si @ st.T / tau, 9.0 * ti @ tt.T / tau
+        want = tau**2 * 0.5 * (kl_rows_ref(S, T) + kl_rows_ref(S.T, T.T))
+        assert term("crd", batch, {}, opts).item() == pytest.approx(want.item(), rel=1e-10)
+
+
+def test_soft_ce_term_reads_the_ensemble_or_else_the_batch_teacher():
+    si, st = students()
+    ti, tt = teacher()
+    batch = {"s_image": si, "s_text": st, "s_scale": 7.0, "t_image": ti, "t_text": tt, "t_scale": 20.0}
+    S = 7.0 * si @ st.T
+    T = 20.0 * ti @ tt.T
+    single = soft_ce_ref(S, torch.softmax(T, 1), torch.softmax(T, 0))
+    assert term("soft_ce", batch, {}).item() == pytest.approx(single.item(), rel=1e-10)
+    other = (*teacher(50, 9), 3.0)
+    U = 3.0 * other[0] @ other[1].T
+    both = soft_ce_ref(S, (torch.softmax(T, 1) + torch.softmax(U, 1)) / 2, (torch.softmax(T, 0) + torch.softmax(U, 0)) / 2)
+    got = term("soft_ce", {**batch, "t_ensemble": [(ti, tt, 20.0), other]}, {})
+    assert got.item() == pytest.approx(both.item(), rel=1e-10)
+
+
+def sigmoid_bce_ref(x, p):
+    """Σ_ij −[p log σ(x) + (1 − p) log(1 − σ(x))] over the matrix, σ(x) = 1 / (1 + e^(−x))."""
+    sig = 1 / (1 + torch.exp(-x))
+    return -(p * torch.log(sig) + (1 - p) * torch.log(1 - sig)).sum()
+
+
+def test_siglip_terms_learn_a_bias_from_minus_ten_and_kd_targets_a_teacher_bias_of_minus_ten():
+    heads = heads_for({"siglip_kd": {}}, DS, DT)
+    assert set(heads) == {"siglip_bias"} and heads["siglip_bias"].value.item() == -10.0
+    si, st = students()
+    ti, tt = teacher(d=DS)
+    with torch.no_grad():
+        heads["siglip_bias"].value.fill_(-2.0)
+    batch = {"s_image": si, "s_text": st, "s_scale": 5.0, "t_image": ti, "t_text": tt, "t_scale": 12.0}
+    x = 5.0 * si @ st.T - 2.0
+    for opts, t_bias in (({}, -10.0), ({"teacher_bias": 1.5}, 1.5)):
+        p = 1 / (1 + torch.exp(-(12.0 * ti @ tt.T + t_bias)))
+        want = sigmoid_bce_ref(x, p) / B
+        assert term("siglip_kd", batch, heads, opts).item() == pytest.approx(want.item(), rel=1e-10)
+    # the plain SigLIP term: label +1 on the diagonal, 0 elsewhere, with the learned bias
+    want = sigmoid_bce_ref(x, torch.eye(B, dtype=torch.float64)) / B
+    assert term("siglip", batch, heads).item() == pytest.approx(want.item(), rel=1e-10)
+
+
+def test_patch_fd_term_projects_only_between_different_widths():
+    s_tok = torch.randn(2, 4, 3, dtype=torch.float64)
+    t_tok = torch.randn(2, 4, 5, dtype=torch.float64)
+    heads = make_heads({"patch_fd": {}}, DS, DT, s_width=3, t_width=5).double()
+    lin = heads["proj_patch"]
+    assert lin.weight.shape == (5, 3) and lin.bias is None
+    got = term("patch_fd", {"s_patches": s_tok, "t_patches": t_tok}, heads)
+    assert got.item() == pytest.approx(((s_tok @ lin.weight.T - t_tok) ** 2).mean().item(), rel=1e-10)
+    assert "proj_patch" not in make_heads({"patch_fd": {}}, DS, DT, s_width=5, t_width=5)
+    t_same = torch.randn(2, 4, 3, dtype=torch.float64)
+    got = term("patch_fd", {"s_patches": s_tok, "t_patches": t_same}, torch.nn.ModuleDict())
+    assert got.item() == pytest.approx(((s_tok - t_same) ** 2).mean().item(), rel=1e-10)
+    with pytest.raises(ValueError, match=r"^patch_fd needs the student and teacher token widths"):
+        make_heads({"clip": {}, "patch_fd": {}}, DS, DT)
+
+
+def test_teacher_fields_are_the_t_fields_read_sorted():
+    from clipdistill.losses import teacher_fields
+
+    assert teacher_fields(["clip", "siglip"]) == []
+    assert teacher_fields(["patch_fd", "mfd", "kld"]) == ["t_image", "t_patches", "t_text"]
+
+
+def test_method_loss_weights_default_to_one_and_the_log_has_each_terms_value():
+    si, st = students()
+    ti, tt = teacher()
+    method = {"clip": {}, "crd": {"weight": 0.25}}
+    batch = {"s_image": si, "s_text": st, "s_scale": 10.0, "t_image": ti, "t_text": tt, "t_scale": 20.0}
+    total, terms = method_loss(method, batch, make_heads(method, DS, DT))
+    clip = ref_infonce(si, st, 10.0)
+    S, T = 10.0 * si @ st.T, 20.0 * ti @ tt.T
+    crd = 0.5 * (kl_rows_ref(S, T) + kl_rows_ref(S.T, T.T))
+    assert terms["clip"] == pytest.approx(clip.item(), rel=1e-10)
+    assert terms["crd"] == pytest.approx(crd.item(), rel=1e-10)
+    assert total.item() == pytest.approx(clip.item() + 0.25 * crd.item(), rel=1e-10)
