@@ -1,14 +1,18 @@
 """Teachers: pipeline training reaches real quality; checkpoints reload through the
 external path bit-exactly; missing offline weights fail in one line."""
 
+import json
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
+import yaml
 
 from clipdistill.data.splits import load_split
 from clipdistill.evaluate.clip_eval import evaluate_clip, recall_at_k
 from clipdistill.models import load_external, load_model_dir, resolve_pretrained
-from clipdistill.models.clip import ModelError
+from clipdistill.models.clip import ModelError, resolve_external
 from clipdistill.params import EvalParams, TeacherParams
 from clipdistill.teachers import train as T
 
@@ -127,3 +131,94 @@ def test_teacher_params_validation():
         TeacherParams(source="external", arch="ViT-B-32")
     with pytest.raises(ValueError, match="`pretrained` is for source: external"):
         TeacherParams(arch="cd-teacher-s", pretrained="x.pt")
+    with pytest.raises(ValueError, match="brings its own config and weights"):
+        TeacherParams(source="external", arch="hf-hub:acme/tiny", pretrained="laion2b_s34b_b79k")
+    with pytest.raises(ValueError, match="brings its own config and weights"):
+        TeacherParams(arch="local-dir:/models/tiny")  # source defaults to pipeline
+    assert TeacherParams(source="external", arch="local-dir:/models/tiny").pretrained is None
+
+
+# ---------------------------------------------- hf-hub: and local-dir: teachers, offline
+
+# a real open_clip layout (BPE vocabulary, context 77) at a size that builds in a second
+TINY_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                            "patch_size": 16},
+            "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+HUB_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def _hub_snapshot(cache: Path, repo: str, weights: str = "open_clip_model.safetensors") -> tuple[Path, dict]:
+    """A repo laid out as huggingface_hub caches it (refs/main -> snapshots/<rev>/), holding an
+    open_clip_config.json and randomly initialised weights; returns (snapshot, state dict)."""
+    from safetensors.torch import save_file
+
+    from clipdistill.models.clip import _registered
+
+    with _registered("tiny-hub-test", TINY_CFG):
+        torch.manual_seed(7)
+        state = open_clip.create_model("tiny-hub-test").state_dict()
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    snap = repo_dir / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0123abcd")
+    (snap / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": HUB_PREPROCESS}))
+    if weights.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, snap / weights)
+    else:
+        torch.save(state, snap / weights)
+    return snap, state
+
+
+@pytest.mark.parametrize("kind", ["hf-hub", "local-dir"])
+def test_hub_and_folder_teachers_import_offline_and_reload_with_their_config(kind, tmp_path, monkeypatch):
+    """`teacher train` for arch hf-hub:ORG/NAME (found in HF_HUB_CACHE with HF_HUB_OFFLINE=1) or
+    local-dir:PATH: the model directory holds the repo's weights bit for bit and its config, and
+    reloads with the repo's preprocessing and an open_clip tokenizer of the config's context length,
+    with nothing of the repo in open_clip's registry afterwards."""
+    cache = tmp_path / "hub"
+    snap, state = _hub_snapshot(cache, "acme/tiny-clip", "open_clip_pytorch_model.bin" if kind == "local-dir"
+                                else "open_clip_model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arch = "hf-hub:acme/tiny-clip" if kind == "hf-hub" else f"local-dir:{snap}"
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"teachers": {"ext": {"source": "external", "arch": arch}}}))
+    run_cli("teacher", "train", "--params", params, "--name", "ext", "--out", tmp_path / "t", check=True)
+    bundle = load_model_dir(tmp_path / "t")
+    assert bundle.config == TINY_CFG and bundle.model_name not in open_clip.factory._MODEL_CONFIGS
+    loaded = bundle.model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert bundle.preprocess["mean"] == HUB_PREPROCESS["mean"] and bundle.preprocess["std"] == HUB_PREPROCESS["std"]
+    tokens = bundle.tokenizer(["a photo of a cat"])
+    assert tokens.shape == (1, 40) and bundle.model.encode_text(tokens).shape == (1, 32)
+
+
+def test_hub_and_folder_teachers_missing_parts_fail_in_one_line(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    snap, _ = _hub_snapshot(cache, "acme/tiny-clip")
+    with pytest.raises(ModelError) as info:
+        resolve_external("hf-hub:acme/other", cache_dir=str(cache))
+    assert str(info.value) == (f"hf-hub:acme/other: not available offline: looked for open_clip_config.json of "
+                               f"hf://acme/other in {cache}")
+    with pytest.raises(ModelError, match=r"local-dir:.*nowhere: folder not found: "):
+        resolve_external(f"local-dir:{tmp_path / 'nowhere'}")
+    with pytest.raises(ModelError, match="brings its own weights; leave `pretrained` unset"):
+        resolve_external(f"local-dir:{snap}", "laion2b_s34b_b79k")
+    config = (snap / "open_clip_config.json").read_text()
+    (snap / "open_clip_config.json").write_text('{"preprocess_cfg": {}}')
+    with pytest.raises(ModelError, match=r'open_clip_config.json: expected \{"model_cfg"'):
+        resolve_external(f"local-dir:{snap}")
+    (snap / "open_clip_config.json").write_text(config)
+    (snap / "open_clip_model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"looked for open_clip_model.safetensors or open_clip_pytorch_model.bin of "
+                                         r"hf://acme/tiny-clip in "):
+        resolve_external("hf-hub:acme/tiny-clip", cache_dir=str(cache))
+    # through the CLI: exit 2, one line, no model directory
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"teachers": {"ext": {"source": "external", "arch": "hf-hub:acme/gone"}}}))
+    proc = run_cli("teacher", "train", "--params", params, "--name", "ext", "--out", tmp_path / "t")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "hf://acme/gone" in proc.stderr and not (tmp_path / "t").exists()

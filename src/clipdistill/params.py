@@ -201,8 +201,11 @@ class TeacherParams(Strict):
 
     source: Literal["pipeline", "external"] = Field(
         "pipeline", description="pipeline: trained here on the synthetic world; external: open_clip weights")
-    arch: str = Field(description="open_clip model name (cd-teacher-s|m|l, ViT-B-32, ...)")
-    pretrained: str | None = Field(None, description="external only: open_clip pretrained tag or checkpoint path")
+    arch: str = Field(description="open_clip model name (cd-teacher-s|m|l, ViT-B-32, ...); external also "
+                                  "hf-hub:ORG/NAME (from the local HF cache) or local-dir:PATH (a folder with "
+                                  "open_clip_config.json + weights)")
+    pretrained: str | None = Field(None, description="external only: open_clip pretrained tag (from the local HF "
+                                                     "cache) or checkpoint path; unset for hf-hub: and local-dir:")
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0)
@@ -213,8 +216,13 @@ class TeacherParams(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherParams":
-        if self.source == "external" and not self.pretrained:
-            raise ValueError("an external teacher needs `pretrained` (a tag or a checkpoint path)")
+        schema = self.arch.startswith(("hf-hub:", "local-dir:"))
+        if self.source == "external" and not self.pretrained and not schema:
+            raise ValueError("an external teacher needs `pretrained` (a tag or a checkpoint path), or an arch "
+                             "hf-hub:ORG/NAME or local-dir:PATH")
+        if schema and (self.source != "external" or self.pretrained):
+            raise ValueError(f"arch {self.arch!r} brings its own config and weights: it needs source: external "
+                             "and no `pretrained`")
         if self.source == "pipeline" and self.pretrained:
             raise ValueError("a pipeline teacher is trained here; `pretrained` is for source: external")
         return self

@@ -7,15 +7,20 @@ A model directory (teachers and students alike):
     tokenizer.json       {"kind": "word", ...} or {"kind": "open_clip", "name": ...}
     manifest.json        model name, weights sha256, preprocessing, provenance
 
-External weights are resolved offline: a local file, or an open_clip pretrained tag whose
-file is already in the Hugging Face cache. Anything else fails at once with one line.
+External weights are resolved offline: a local file, an open_clip pretrained tag whose file is
+already in the Hugging Face cache, an `hf-hub:ORG/NAME` repo in that cache, or a `local-dir:PATH`
+folder laid out like one (open_clip_config.json + weights). Anything else fails at once with
+one line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +35,9 @@ from clipdistill.io import ClipdistillError, atomic_dir, read_json, safetensors_
 from clipdistill.models.tokenizer import WordTokenizer, world_lexicon
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_CONFIG_FILE = "open_clip_config.json"
+SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own prefixes for a model that brings its config
+PREPROCESS_KEYS = ("mean", "std", "interpolation")
 
 
 class ModelError(ClipdistillError):
@@ -100,12 +108,13 @@ def create_model(model_name: str, seed: int) -> open_clip.CLIP:
 
 
 def save_model_dir(out: str | Path, model, model_name: str, tokenizer_spec: dict,
-                   provenance: dict, extra_files: dict[str, bytes] | None = None) -> dict:
-    """Write a model directory atomically; returns its manifest."""
+                   provenance: dict, extra_files: dict[str, bytes] | None = None, config: dict | None = None) -> dict:
+    """Write a model directory atomically; returns its manifest. `config`: the open_clip config
+    (default: the registry's for `model_name`)."""
     with atomic_dir(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / "model.safetensors")
-        write_json(tmp / "model_config.json", open_clip.get_model_config(model_name))
+        write_json(tmp / "model_config.json", config or open_clip.get_model_config(model_name))
         write_json(tmp / "tokenizer.json", tokenizer_spec)
         for name, payload in (extra_files or {}).items():
             (tmp / name).write_bytes(payload)
@@ -130,22 +139,24 @@ def load_model_dir(path: str | Path) -> ClipBundle:
         raise ModelError(f"{weights}: corrupt weights (their sha256 differs from the one in manifest.json)")
     # The saved config wins over the registry's config of the same name: a directory written
     # before a shipped config changed must load as it was trained (open_clip would otherwise
-    # resize the position embedding to the new image size without a word).
-    registry = open_clip.factory._MODEL_CONFIGS
-    shipped = registry.get(name)
-    config = registry[name] = read_json(path / "model_config.json")
-    try:
-        model = open_clip.create_model(name, pretrained=str(weights))
-    except (RuntimeError, KeyError, ValueError, SafetensorError) as exc:
-        raise ModelError(f"{weights}: cannot load into {name}: {_first_line(exc)}") from None
-    finally:
-        if shipped is None:
-            registry.pop(name)
-        else:
-            registry[name] = shipped
-    model.eval()
+    # resize the position embedding to the new image size without a word). External models
+    # (hf-hub:, local-dir:) are only ever known by their saved config.
+    config = read_json(path / "model_config.json")
     spec = read_json(path / "tokenizer.json")
-    return ClipBundle(model, tokenizer_from_spec(spec), name, preprocess_cfg(model), manifest, spec, config)
+    pre = {k: v for k, v in manifest.get("preprocess", {}).items() if k in PREPROCESS_KEYS}
+    with _registered(name, config):
+        try:
+            model = open_clip.create_model(name, pretrained=str(weights), force_preprocess_cfg=pre)
+        except (RuntimeError, KeyError, ValueError, SafetensorError) as exc:
+            raise ModelError(f"{weights}: cannot load into {name}: {_first_line(exc)}") from None
+        tokenizer = tokenizer_from_spec(spec)  # an open_clip tokenizer reads the config's context length
+    model.eval()
+    return ClipBundle(model, tokenizer, name, preprocess_cfg(model), manifest, spec, config)
+
+
+def _is_path(pretrained: str) -> bool:
+    """A checkpoint path rather than a pretrained tag (tags have neither suffix nor separator)."""
+    return bool(Path(pretrained).suffix) or os.sep in pretrained
 
 
 def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None = None) -> Path:
@@ -153,7 +164,7 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
     if open_clip.get_model_config(model_name) is None:
         raise ModelError(f"unknown open_clip model {model_name!r}")
     candidate = Path(pretrained).expanduser()
-    if candidate.suffix or os.sep in pretrained:  # a file path
+    if _is_path(pretrained):
         if not candidate.is_file():
             raise ModelError(f"{model_name}: checkpoint file not found: {candidate.resolve()}")
         return candidate
@@ -178,17 +189,109 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
     raise ModelError(f"{model_name}/{pretrained}: weights not available offline: looked for {url_file}")
 
 
-def load_external(model_name: str, pretrained: str, cache_dir: str | None = None) -> open_clip.CLIP:
-    """An open_clip model with external weights (safetensors, or .pt/.bin with weights_only)."""
-    weights = resolve_pretrained(model_name, pretrained, cache_dir)
-    if weights.suffix == ".safetensors":
-        safetensors_header(weights)
+@contextmanager
+def _registered(name: str, config: dict):
+    """`config` under `name` in open_clip's registry for the block, whatever was there restored."""
+    registry = open_clip.factory._MODEL_CONFIGS
+    shipped = registry.get(name)
+    registry[name] = config
     try:
-        model = open_clip.create_model(model_name, pretrained=str(weights), weights_only=True)
-    except (RuntimeError, KeyError, ValueError, OSError, AssertionError, EOFError, pickle.UnpicklingError,
-            SafetensorError) as exc:
-        raise ModelError(f"{weights}: cannot load into {model_name}: {_first_line(exc)}") from None
-    return model.eval()
+        yield
+    finally:
+        if shipped is None:
+            registry.pop(name, None)
+        else:
+            registry[name] = shipped
+
+
+@dataclass
+class External:
+    """Where an external model's parts are: its name in model directories (no schema: open_clip
+    would go to the hub for it), open_clip config, weights file, preprocessing overrides."""
+
+    name: str
+    config: dict
+    weights: Path
+    preprocess: dict
+
+
+def _hub_files(repo: str, cache_dir: str | None) -> tuple[Path | None, Path | None, str]:
+    """(config, weights, where) of an hf-hub repo, from the local cache only."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    def cached(filename):
+        hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+        return Path(hit) if isinstance(hit, str) else None
+
+    weights = next((w for w in map(cached, HF_WEIGHT_FILES) if w), None)
+    return cached(HF_CONFIG_FILE), weights, f"hf://{repo} in {cache_dir or HF_HUB_CACHE}"
+
+
+def _folder_files(folder: Path) -> tuple[Path | None, Path | None, str]:
+    weights = next((folder / f for f in HF_WEIGHT_FILES if (folder / f).is_file()), None)
+    config = folder / HF_CONFIG_FILE
+    return (config if config.is_file() else None), weights, str(folder.resolve())
+
+
+def resolve_external(arch: str, pretrained: str | None = None, cache_dir: str | None = None) -> External:
+    """An external open_clip model's parts, never downloading: `hf-hub:ORG/NAME` from the HF
+    cache or `local-dir:PATH` (both bring their open_clip_config.json; `pretrained` must be
+    unset), or a registered architecture with a pretrained tag or checkpoint file."""
+    schema = next((p for p in SCHEMAS if arch.startswith(p)), None)
+    if schema is None:
+        if not pretrained:
+            raise ModelError(f"{arch}: an open_clip architecture needs `pretrained` (a tag or a checkpoint file)")
+        weights = resolve_pretrained(arch, pretrained, cache_dir)
+        tag = {} if _is_path(pretrained) else open_clip.get_pretrained_cfg(arch, pretrained)
+        return External(arch, open_clip.get_model_config(arch), weights,
+                        {k: v for k, v in tag.items() if k in PREPROCESS_KEYS})
+    if pretrained:
+        raise ModelError(f"{arch}: brings its own weights; leave `pretrained` unset (got {pretrained!r})")
+    ident = arch[len(schema):].strip()
+    if not ident:
+        raise ModelError(f"{arch!r}: nothing after {schema!r}")
+    if schema == "hf-hub:":
+        config_file, weights, where = _hub_files(ident.rstrip("/"), cache_dir)
+    else:
+        folder = Path(ident).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"{arch}: folder not found: {folder.resolve()}")
+        config_file, weights, where = _folder_files(folder)
+    if config_file is None or weights is None:
+        missing = HF_CONFIG_FILE if config_file is None else " or ".join(HF_WEIGHT_FILES)
+        raise ModelError(f"{arch}: not available offline: looked for {missing} of {where}")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config_file}: not valid JSON ({_first_line(exc)})") from None
+    config = raw.get("model_cfg") if isinstance(raw, dict) else None
+    if not isinstance(config, dict) or not {"vision_cfg", "text_cfg", "embed_dim"} <= set(config):
+        raise ModelError(f"{config_file}: expected {{\"model_cfg\": {{embed_dim, vision_cfg, text_cfg}}, ...}}")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ident.strip("/").replace("/", "--"))  # a registry key, no schema
+    pre = raw.get("preprocess_cfg") or {}
+    return External(name, config, weights, {k: v for k, v in pre.items() if k in PREPROCESS_KEYS})
+
+
+def open_external(arch: str, pretrained: str | None = None, cache_dir: str | None = None):
+    """(model, External): an open_clip model with external weights (safetensors, or .pt/.bin
+    with weights_only)."""
+    ext = resolve_external(arch, pretrained, cache_dir)
+    if ext.weights.suffix == ".safetensors":
+        safetensors_header(ext.weights)
+    with _registered(ext.name, ext.config):
+        try:
+            model = open_clip.create_model(ext.name, pretrained=str(ext.weights), weights_only=True,
+                                           force_preprocess_cfg=ext.preprocess)
+        except (RuntimeError, KeyError, ValueError, OSError, AssertionError, EOFError, pickle.UnpicklingError,
+                SafetensorError) as exc:
+            raise ModelError(f"{ext.weights}: cannot load into {arch}: {_first_line(exc)}") from None
+    return model.eval(), ext
+
+
+def load_external(arch: str, pretrained: str | None = None, cache_dir: str | None = None) -> open_clip.CLIP:
+    """An open_clip model with external weights (see `resolve_external`)."""
+    return open_external(arch, pretrained, cache_dir)[0]
 
 
 def _first_line(exc: Exception) -> str:

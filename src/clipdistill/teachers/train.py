@@ -17,8 +17,8 @@ from clipdistill.data.splits import Split
 from clipdistill.io import progress
 from clipdistill.losses import contrastive_loss
 from clipdistill.losses.dispatch import auto_backend
-from clipdistill.models import create_model, load_external, preprocess_images, save_model_dir
-from clipdistill.models.clip import preprocess_cfg, word_tokenizer_for
+from clipdistill.models import create_model, preprocess_images, save_model_dir
+from clipdistill.models.clip import open_external, preprocess_cfg, word_tokenizer_for
 from clipdistill.params import TeacherParams
 from clipdistill.training.loop import log_csv, param_groups, warmup_cosine
 from clipdistill.training.runtime import CPU, Runtime
@@ -84,7 +84,9 @@ def save_pipeline_teacher(out: str | Path, name: str, spec: TeacherParams, split
 
 
 def import_external(out: str | Path, name: str, spec: TeacherParams, cache_dir: str | None = None) -> dict:
-    """Copy an external open_clip model into a model directory (weights resolved offline)."""
-    model = load_external(spec.arch, spec.pretrained, cache_dir)
+    """Copy an external open_clip model into a model directory (weights resolved offline, the
+    config saved beside them: an hf-hub or local-dir model reloads without its source)."""
+    model, ext = open_external(spec.arch, spec.pretrained, cache_dir)
     provenance = {"source": "external", "teacher": name, "spec": spec.model_dump(mode="json")}
-    return save_model_dir(out, model, spec.arch, {"kind": "open_clip", "name": spec.arch}, provenance)
+    return save_model_dir(out, model, ext.name, {"kind": "open_clip", "name": ext.name}, provenance,
+                          config=ext.config)
