@@ -67,7 +67,7 @@ def test_the_worked_example_runs_through_snakemake_and_dvc(example_data, tmp_pat
     VQAv2's COCO question ids."""
     import subprocess
 
-    from test_runner_state import _env, dvc_stale, git_commit, nothing_to_do, run
+    from studies import dvc_stale, env, git_commit, nothing_to_do, run
 
     params = example_params(example_data, tmp_path / "example.yaml")
     roots = {}
@@ -77,7 +77,7 @@ def test_the_worked_example_runs_through_snakemake_and_dvc(example_data, tmp_pat
         git_commit(root, tmp_path, "the worked example")
     commands = {"snakemake": [BIN / "snakemake", "-c1", "--workflow-profile", "workflow/profiles/default"],
                 "dvc": [BIN / "dvc", "repro"]}
-    procs = {k: subprocess.Popen(list(map(str, cmd)), cwd=roots[k], env=_env(tmp_path), stdout=subprocess.PIPE,
+    procs = {k: subprocess.Popen(list(map(str, cmd)), cwd=roots[k], env=env(tmp_path), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for k, cmd in commands.items()}
     logs = {k: p.communicate(timeout=1800)[0] for k, p in procs.items()}
     for k, p in procs.items():
