@@ -471,19 +471,14 @@ class VQAParams(Strict):
                              f"(e.g. eval_splits: [{raw['eval_split']}])")
         return raw
 
-    @field_validator("eval_splits", mode="after")
+    @field_validator("seeds", "eval_splits", mode="after")
     @classmethod
-    def _distinct_sets(cls, splits):
-        if repeated := sorted({s for s in splits if splits.count(s) > 1}):
-            raise ValueError(f"split(s) {repeated} listed twice: each evaluation set is scored once")
-        return splits
-
-    @field_validator("seeds", mode="after")
-    @classmethod
-    def _distinct(cls, seeds):
-        if repeated := sorted({s for s in seeds if seeds.count(s) > 1}):
-            raise ValueError(f"repeated VLM seed(s) {repeated}: each seed is one VLM, list it once")
-        return seeds
+    def _listed_once(cls, values, info):
+        if repeated := sorted({v for v in values if values.count(v) > 1}):
+            raise ValueError({"seeds": f"repeated VLM seed(s) {repeated}: each seed is one VLM, list it once",
+                              "eval_splits": f"split(s) {repeated} listed twice: each evaluation set is scored "
+                                             "once"}[info.field_name])
+        return values
 
 
 class ReportParams(Strict):
