@@ -149,7 +149,8 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
     res, data = fabricate(tmp_path, lambda rank, seed: 10 + 5 * rank + seed)
 
     def diagnostics(collapsed):
-        return {"collapsed": collapsed, "answer_health": {"collapsed_types": ["color"] if collapsed else []},
+        return {"collapsed": collapsed, "answer_health": {"collapsed_types": ["color"] if collapsed else [],
+                                                          "constant_types": [] if collapsed else ["exists"]},
                 "reading_efficiency": {"color": {"probe": 0.8, "efficiency": 0.25 if collapsed else 0.9},
                                        "shape": {"probe": None, "efficiency": None}}}
 
@@ -158,11 +159,12 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
         path.write_text(json.dumps(json.loads(path.read_text()) | {"diagnostics": diagnostics(collapsed)}))
     report(res, data, tmp_path / "report", n_boot=100)
     md = (tmp_path / "report" / "study.md").read_text()
-    assert "| m/xs/kd/0 (VLM seed 0) | **yes** (color) | 0.25 | n/e |" in md
-    assert "| l/xs/kd/1 (VLM seed 0) | no | 0.90 | n/e |" in md
-    assert "**1 VLM(s) collapsed**" in md
+    assert "| m/xs/kd/0 (VLM seed 0) | **yes** (color) | – | 0.25 | n/e |" in md
+    assert "| l/xs/kd/1 (VLM seed 0) | no | exists | 0.90 | n/e |" in md
+    assert "**1 VLM(s) collapsed**" in md and "**1 VLM(s) give one answer**" in md
     header = (tmp_path / "report" / "study.csv").read_text().splitlines()[0].split(",")
-    assert {"vqa_collapsed", "vqa_collapsed_types", "vqa_efficiency_color", "vqa_probe_color"} <= set(header)
+    assert {"vqa_collapsed", "vqa_collapsed_types", "vqa_constant_types", "vqa_efficiency_color",
+            "vqa_probe_color"} <= set(header)
 
 
 def test_report_pools_the_vlms_of_each_run(tmp_path):

@@ -54,6 +54,24 @@ def test_collapse_needs_both_twice_the_truth_share_and_half_the_outputs():
     assert h["collapsed"] and h["collapsed_types"] == ["color"]
 
 
+
+def test_one_answer_whatever_the_question_is_flagged_where_the_collapse_rule_cannot_fire():
+    """A yes/no type that is 63 % 'no', answered 'no' every time: not `collapsed` (100 % < 2 x 63 %),
+    but `constant`; a type whose truth is itself one answer is not."""
+    def rec(pred, truth, qtype="relation"):
+        return {"prediction": pred, "answer": truth, "question_type": qtype}
+
+    always_no = [rec("no", "no")] * 63 + [rec("no", "yes")] * 37
+    h = answer_health(always_no + [rec("red", "red", "color")] * 30)
+    assert not h["collapsed"] and h["constant_types"] == ["relation"]
+    assert not h["per_question_type"]["color"]["constant"]  # its truth is one answer too
+    # the thresholds: 95 % of outputs on one answer, ≥ 20 % of the truth on another
+    assert answer_health([rec("no", "no")] * 80 + [rec("no", "yes")] * 20)["constant_types"] == ["relation"]
+    assert answer_health([rec("no", "no")] * 81 + [rec("no", "yes")] * 19)["constant_types"] == []
+    mostly = [rec("no", "no")] * 60 + [rec("no", "yes")] * 34 + [rec("yes", "yes")] * 6
+    assert answer_health(mostly)["constant_types"] == []  # 94 % 'no': it does answer some questions
+    assert answer_health(mostly[:-2])["constant_types"] == ["relation"]  # 94/98 ≥ 95 %
+
 def _records(labels, qtype="color", answers=None):
     return [VQARecord(k, k, f"{k}.png", "q", a, tuple(answers[k] if answers else [a] * 10), qtype, "other")
             for k, a in enumerate(labels)]

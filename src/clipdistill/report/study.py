@@ -321,15 +321,22 @@ def _diagnostics_markdown(rows: list[dict]) -> list[str]:
 
     lines = ["", "## VQA diagnostics: reading efficiency (VLM accuracy / tower probe) and answer collapse", "",
              "n/e: the probe is not estimable there (one class, or no eval question of that type).", "",
-             "| encoder | collapsed | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
+             "| encoder | collapsed | one answer on | " + " | ".join(types) + " |",
+             "|---|---|---|" + "---|" * len(types)]
     collapsed = [r for r in diag if r["vqa_collapsed"]]
+    constant = [r for r in diag if r.get("vqa_constant_types")]
     for r in sorted(diag, key=lambda r: (r["kind"] != "teacher", r["kind"] != "blind", name(r))):
         flag = f"**yes** ({r['vqa_collapsed_types']})" if r["vqa_collapsed"] else "no"
-        lines.append(f"| {name(r)} | {flag} | " + " | ".join(cell(r.get(f"vqa_efficiency_{t}")) for t in types) + " |")
+        lines.append(f"| {name(r)} | {flag} | {r.get('vqa_constant_types') or '–'} | "
+                     + " | ".join(cell(r.get(f"vqa_efficiency_{t}")) for t in types) + " |")
     if collapsed:
         lines += ["", f"**{len(collapsed)} VLM(s) collapsed** onto one answer for some question type (its most "
                   "frequent answer exceeds both twice its true share and half its outputs): their VQA numbers "
                   "measure the recipe's failure, not the encoder."]
+    if constant:
+        lines += ["", f"**{len(constant)} VLM(s) give one answer** to ≥ 95 % of some question type's questions "
+                  "although ≥ 20 % of them want another (\"one answer on\"): on those types the VLM ignores "
+                  "the question, even where its score looks like the answer prior."]
     return lines
 
 

@@ -16,7 +16,10 @@ Three diagnostics land in every VQA `metrics.json` (key `diagnostics`):
 - **Answer health** — per question type, the VLM's most frequent answer, its share of the
   VLM's outputs and its share of the ground truth (canonical answers). A type is `collapsed`
   when that answer exceeds both 2× its ground-truth share and 50 % of the outputs; the VLM is
-  `collapsed` when any type is.
+  `collapsed` when any type is. That rule cannot fire where the true majority is above half
+  (a yes/no type that is 63 % "no" answered "no" every time), so a type is also `constant`
+  when one answer takes ≥ 95 % of the outputs while ≥ 20 % of the questions want another
+  (`constant_types`); a separate flag, so `collapsed` keeps its definition.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from clipdistill.vqa.metrics import normalize_answer, vqa_accuracy
 
 CELL_ATTRIBUTES = ("color", "shape", "size")  # object fields the cell probe predicts (question type of that name)
 COLLAPSE_RATIO, COLLAPSE_SHARE = 2.0, 0.5
+CONSTANT_SHARE, CONSTANT_TRUTH_MAX = 0.95, 0.8  # one answer nearly always; the truth varied
 
 
 def not_estimable(reason: str) -> dict:
@@ -52,11 +56,15 @@ def answer_health(records: list[dict]) -> dict:
         top, n_top = min(preds.items(), key=lambda kv: (-kv[1], kv[0]))  # ties: alphabetical, deterministic
         share = n_top / len(pairs)
         truth = sum(t == top for _, t in pairs) / len(pairs)
+        truth_majority = max(Counter(t for _, t in pairs).values()) / len(pairs)
         per_type[qtype] = {"top_answer": top, "top_share": share, "truth_share": truth,
                            "distinct_answers": len(preds), "count": len(pairs),
-                           "collapsed": share > COLLAPSE_RATIO * truth and share > COLLAPSE_SHARE}
+                           "collapsed": share > COLLAPSE_RATIO * truth and share > COLLAPSE_SHARE,
+                           "constant": share >= CONSTANT_SHARE and truth_majority <= CONSTANT_TRUTH_MAX}
     collapsed = [t for t, h in per_type.items() if h["collapsed"]]
-    return {"per_question_type": per_type, "collapsed": bool(collapsed), "collapsed_types": collapsed}
+    constant = [t for t, h in per_type.items() if h["constant"]]
+    return {"per_question_type": per_type, "collapsed": bool(collapsed), "collapsed_types": collapsed,
+            "constant_types": constant}
 
 
 # ---------------------------------------------------------------- linear probes
@@ -211,13 +219,16 @@ def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split
 
 def report_row(metrics: dict) -> dict:
     """Flat columns for the study table from one VQA metrics.json (missing diagnostics: {}):
-    `vqa_collapsed` (bool), `vqa_collapsed_types` ("color,shape" or ""), and per question type
+    `vqa_collapsed` (bool), `vqa_collapsed_types` ("color,shape" or ""), `vqa_constant_types`
+    (the types answered with one answer whatever the question), and per question type
     `vqa_probe_<type>` (the probe the efficiency uses; None if not estimable) and
     `vqa_efficiency_<type>`."""
     d = metrics.get("diagnostics")
     if not d:
         return {}
-    row = {"vqa_collapsed": d["collapsed"], "vqa_collapsed_types": ",".join(d["answer_health"]["collapsed_types"])}
+    health = d["answer_health"]
+    row = {"vqa_collapsed": d["collapsed"], "vqa_collapsed_types": ",".join(health["collapsed_types"]),
+           "vqa_constant_types": ",".join(health.get("constant_types", []))}  # older metrics lack it
     for qtype, e in d.get("reading_efficiency", {}).items():
         row[f"vqa_probe_{qtype}"] = e["probe"]
         row[f"vqa_efficiency_{qtype}"] = e["efficiency"]
