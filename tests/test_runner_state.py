@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN
-from studies import (SNAKEMAKE, copy_study, dvc_stale, git_commit, nothing_to_do, run,  # noqa: F401 (re-exported)
-                     snakemake_stale_stages)
+from studies import copy_study, dvc_stale, nothing_to_do, run
 
 METHOD_PARAM = "distill.methods.clipkd.weight=2"
 # The clipkd students of both teachers, their evaluations and VLMs (one per VLM seed of the smoke
