@@ -1,8 +1,10 @@
 """The console script: every stage listed, one-line errors, exit codes, nothing half-written."""
 
+import subprocess
+
 import yaml
 
-from conftest import SMOKE, run_cli
+from conftest import BIN, SMOKE, run_cli
 
 STAGES = {"data": ["synth", "preview"], "teacher": ["train"], "features": ["extract"],
           "eval": ["clip", "lmms", "mieb"],
@@ -70,3 +72,41 @@ def test_distill_without_teacher_refuses_kd_methods_in_one_line(tmp_path, smoke_
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "method 'clipkd' needs teacher targets" in proc.stderr
     assert not (tmp_path / "student").exists()
+
+
+def test_preview_shows_the_splits_params_name_in_both_runners(tmp_path, smoke_data):
+    """A study without `vqa_eval` or `distill_shifted`: the preview stage reads its first VQA
+    evaluation set and its distillation split, in the stage table, in dvc.yaml as DVC resolves
+    it, and the rendered command (and the CLI's default, from --params) draws them."""
+    import shutil
+
+    from test_dag import dvc_stages
+
+    from clipdistill import stages
+    from conftest import project_copy
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    splits = raw["data"]["splits"]
+    splits["vqa_test"] = splits.pop("vqa_eval")
+    del splits["distill_shifted"]
+    raw["vqa"]["eval_splits"] = ["vqa_test"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    stage = stages.BY_NAME["data_preview"]
+    wanted = {"results/data/vqa_test", "results/data/distill"}
+    assert wanted == {p for p in stages.snakemake_inputs(stage, raw, {}) if p.startswith("results/")}
+    project = project_copy(tmp_path / "project", params)
+    dvc = next(s for s in dvc_stages(project) if s[0] == "data_preview")
+    assert wanted == {d for d in dvc[2] if d.startswith("results/")} and "--split vqa_test --split distill" in dvc[1]
+
+    data = tmp_path / "results" / "data"
+    shutil.copytree(smoke_data / "vqa_eval", data / "vqa_test")
+    shutil.copytree(smoke_data / "distill", data / "distill")
+    cmd = stages.snakemake_command(stage, raw, {}).split()
+    proc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "results/preview/scenes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_cli("data", "preview", "--data", data, "--params", params, "--n", "2", "--out", tmp_path / "p.png", check=True)
+    assert (tmp_path / "p.png").is_file()
+    proc = run_cli("data", "preview", "--data", data, "--params", SMOKE, "--out", tmp_path / "q.png")
+    assert proc.returncode == 2 and "vqa_eval: no such split" in proc.stderr and not (tmp_path / "q.png").exists()

@@ -64,12 +64,12 @@ def data_prepare(split: Annotated[str, opt("split name from params data.splits")
 @data_app.command("preview")
 def data_preview(data: Annotated[Path, opt("output of `data prepare`")] = RESULTS_DATA,
                  out: Annotated[Path, opt("PNG to write")] = Path("results/preview/scenes.png"),
-                 split: Annotated[Optional[list[str]], opt("split(s) to show")] = None,
-                 n: Annotated[int, opt("scenes per split")] = 6) -> None:
+                 split: Annotated[Optional[list[str]], opt("split(s) to show (default: from --params)")] = None,
+                 n: Annotated[int, opt("scenes per split")] = 6, params: ParamsOpt = PARAMS) -> None:
     """Draw a PNG grid of scenes with their caption and first question."""
-    from clipdistill.data.preview import preview
+    from clipdistill.data.preview import preview, preview_splits
 
-    preview(data, split or ["vqa_eval"], n, out)
+    preview(data, split or preview_splits(params), n, out)
 
 
 @teacher_app.command("train")

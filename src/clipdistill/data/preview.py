@@ -15,8 +15,18 @@ from clipdistill.data.splits import layout, read_split_vqa  # noqa: E402
 from clipdistill.io import DataError, atomic_file  # noqa: E402
 
 
+def preview_splits(params_file: str | Path) -> list[str]:
+    """The splits the study's preview shows: its first VQA evaluation set, then its distillation
+    split (the stage table names the same two)."""
+    from clipdistill.params import load_section, load_vqa_section
+
+    return list(dict.fromkeys([load_vqa_section(params_file).eval_splits[0],
+                               load_section(params_file, "features").split]))
+
+
 def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) -> None:
     data_dir = Path(data_dir)
+    splits = list(dict.fromkeys(splits))  # one synthetic split may be both the evaluation and the distillation split
     if n < 1:
         raise DataError(f"--n must be ≥ 1, got {n}")
     fig, axes = plt.subplots(len(splits), n, figsize=(2.6 * n, 3.4 * len(splits)), squeeze=False)
