@@ -52,9 +52,9 @@ def smoke_data(tmp_path_factory, smoke_params):
     return synth_world(smoke_params, tmp_path_factory.mktemp("world") / "data")
 
 
-def run_cli(*args, cwd=None, check=False, timeout=300):
-    """Run the installed `clipdistill` console script."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def run_cli(*args, cwd=None, check=False, timeout=300, env=None):
+    """Run the installed `clipdistill` console script (`env`: extra environment variables)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     proc = subprocess.run([str(BIN / "clipdistill"), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -239,3 +239,18 @@ class Tee:
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
+
+
+def check_tracked_by_dvc(paths, what: str) -> None:
+    """Under `dvc repro` (DVC sets DVC_ROOT), refuse to read a file outside the project's results
+    that dvc.yaml does not list as a dep: dvc.yaml names such files literally (imported splits'
+    sources, external weights, a local LM), so it must be regenerated when the params naming them
+    change, or DVC would not notice a changed file. `what` says whose file it is."""
+    root = os.environ.get("DVC_ROOT")
+    if not root or not (Path(root) / "dvc.yaml").is_file():
+        return
+    text = (Path(root) / "dvc.yaml").read_text(encoding="utf-8")
+    for path in paths:
+        if str(path) not in text:
+            raise DataError(f"dvc.yaml does not track {path} ({what}); regenerate it: "
+                            "python -m clipdistill.stages dvc-yaml --out dvc.yaml")

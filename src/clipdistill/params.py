@@ -7,6 +7,7 @@ section (`load_section`), which is exactly what dvc.yaml lists as its params.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -157,6 +158,32 @@ def source_files(entry) -> list[str]:
     kind = _split_kind(entry)
     get = entry.get if isinstance(entry, dict) else lambda k: getattr(entry, k)
     return [str(get(k)) for k in SOURCE_KEYS.get(kind, ())]
+
+
+def _is_path(pretrained: str) -> bool:
+    """A checkpoint path rather than an open_clip pretrained tag: models/clip.py's rule (tags have
+    neither suffix nor separator)."""
+    return bool(Path(pretrained).suffix) or os.sep in pretrained
+
+
+def teacher_files(entry) -> list[str]:
+    """The local file or folder an external teacher entry (model or raw params dict) reads its
+    weights from: `pretrained` when it is a checkpoint path, the folder of `local-dir:PATH`;
+    [] for a pipeline teacher, a pretrained tag or hf-hub: (the HF cache is not tracked)."""
+    get = entry.get if isinstance(entry, dict) else lambda k: getattr(entry, k, None)
+    if get("source") != "external":
+        return []
+    arch, pretrained = str(get("arch") or ""), get("pretrained")
+    if arch.startswith("local-dir:"):
+        return [arch.removeprefix("local-dir:").strip()]
+    return [str(pretrained)] if pretrained and _is_path(str(pretrained)) else []
+
+
+def lm_files(vqa) -> list[str]:
+    """The local language-model folder `vqa.lm.path` names (model or raw dict), [] for the tiny Llama."""
+    lm = (vqa or {}).get("lm") if isinstance(vqa, dict) else vqa.lm
+    path = (lm or {}).get("path") if isinstance(lm, dict) or lm is None else lm.path
+    return [str(path)] if path else []
 
 
 class DataParams(Strict):

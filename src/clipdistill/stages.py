@@ -72,6 +72,16 @@ class Sources:
 
 
 @dataclass(frozen=True)
+class ExternalFiles:
+    """Files outside the project's results that params point a run at: an external teacher's
+    local checkpoint or `local-dir:` folder (`teacher`: of the run's teacher), a local language
+    model (`lm`: vqa.lm.path). Snakemake lists them (a folder's files) from the config; dvc.yaml
+    lists them literally, so it is regenerated when those params change."""
+
+    of: str  # "teacher" | "lm"
+
+
+@dataclass(frozen=True)
 class Grid:
     """The runs of a stage: each axis takes the items (or keys) of a params list (or dict);
     `fixed` binds a placeholder to a value or to another axis (`{teacher}`)."""
@@ -177,7 +187,8 @@ STAGES: tuple[Stage, ...] = (
           outputs=(Out("results/preview/scenes.png"),), params=(), log="logs/data_preview.log"),
     Stage("teacher_train", ("teacher train --params params.yaml --name {teacher} --data results/data"
                             " --out results/teachers/{teacher}",),
-          inputs=("results/data/pretrain",), outputs=(Out("results/teachers/{teacher}", directory=True),),
+          inputs=("results/data/pretrain", ExternalFiles("teacher")),
+          outputs=(Out("results/teachers/{teacher}", directory=True),),
           params=("teachers.{teacher}", "runtime"), log="logs/teacher_train/{teacher}.log",
           grids=(Grid({"teacher": "teachers"}),)),
     Stage("teacher_eval", ("eval clip --params params.yaml --model results/teachers/{teacher} --data results/data"
@@ -211,7 +222,7 @@ STAGES: tuple[Stage, ...] = (
           grids=(Grid(_runs(True), {"kd_teacher": "{teacher}"}),
                  Grid(_runs(False), {"kd_teacher": NO_TEACHER}, dvc_name="{stage}_baseline"))),
     Stage("vqa_lm", (f"vqa lm --params params.yaml --train {TRAIN} --out results/vqa/lm",),
-          inputs=(TRAIN,), outputs=(Out("results/vqa/lm", directory=True),),
+          inputs=(TRAIN, ExternalFiles("lm")), outputs=(Out("results/vqa/lm", directory=True),),
           params=("vqa.lm", "vqa.lm_pretrain", "vqa.train_split", "runtime"), log="logs/vqa/lm.log"),
     Stage("vqa_teacher", ("vqa run --params params.yaml --encoder results/teachers/{teacher} --vlm-seed {vlm_seed}"
                           f" --train {TRAIN} --eval {FIRST_EVAL} --lm results/vqa/lm"
@@ -415,6 +426,23 @@ def _split_entry(stage: Stage, params: dict, bound: dict) -> dict | None:
     return None if item is None else params["data"]["splits"][render(item.split, bound, params)]
 
 
+def external_files(item: ExternalFiles, params: dict, bound: dict) -> list[str]:
+    """The paths (files or folders, as params write them) an ExternalFiles input names for one run."""
+    from clipdistill.params import lm_files, teacher_files
+
+    if item.of == "teacher":
+        return teacher_files((params.get("teachers") or {})[bound["teacher"]])
+    return lm_files(params.get("vqa"))
+
+
+def _files_inside(path: str) -> list[str]:
+    """Snakemake compares files, not folders: a folder's files (recursively, sorted), else the path."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    return [str(Path(path) / f.relative_to(folder)) for f in sorted(folder.rglob("*")) if f.is_file()] or [path]
+
+
 def _run_params(stage: Stage, params: dict, bound: dict) -> tuple[str, ...]:
     """The params keys one run reads: an imported split reads only its own entry."""
     from clipdistill.params import is_imported
@@ -500,6 +528,8 @@ def snakemake_inputs(stage: Stage, params: dict, wildcards: dict) -> list[str]:
             paths += targets(BY_NAME[item.stage], params)
         elif isinstance(item, Sources):
             paths += source_files(_split_entry(stage, params, bound))
+        elif isinstance(item, ExternalFiles):
+            paths += [f for p in external_files(item, params, bound) for f in _files_inside(p)]
         elif isinstance(item, EachEvalSet):
             paths += [render(item.path, {"eval_set": s}, params) for s in axis_values(params, EVAL_SET_AXIS["eval_set"])]
         else:
@@ -620,6 +650,7 @@ def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
             if imports and any(isinstance(i, Sources) for i in stage.inputs):
                 out.update(_imported_groups(stage, grid, params, schema, code))
                 continue
+            external = _external_by_run(stage, grid, params)
             foreach = len(grid.axes) == 1 and not grid.dvc_matrix
 
             def t(template: str, grid=grid, foreach=foreach) -> str:
@@ -629,6 +660,12 @@ def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
             for item in data_inputs(stage, grid):
                 if isinstance(item, Sources):
                     continue  # none while every split is synthetic
+                if isinstance(item, ExternalFiles):
+                    if not grid.axes:  # one run (vqa_lm): its files literally
+                        deps += external.get("", [])
+                    elif any(external.values()):  # one axis: the runs with files get ${item.path}
+                        deps.append("${item.path}")
+                    continue
                 if isinstance(item, Upstream):
                     if any(runs(g) for g in BY_NAME[item.stage].grids):  # DVC refuses a dep nothing makes
                         deps += [_static_prefix(o.path) for o in BY_NAME[item.stage].outputs]
@@ -646,13 +683,49 @@ def dvc_stages(schema: dict | None = None, params: dict | None = None) -> dict:
             if metrics:
                 body["metrics"] = metrics
             name = dvc_name(stage, grid)
-            if not grid.axes:
+            if grid.axes and any(external.values()):
+                out.update(_external_groups(name, body, external))
+            elif not grid.axes:
                 out[name] = body
             elif foreach:
                 out[name] = {"foreach": "${" + next(iter(grid.axes.values())) + "}", "do": body}
             else:
                 out[name] = {"matrix": {k: rest if v.endswith(REST) else "${" + v + "}" for k, v in grid.axes.items()},
                              **body}
+    return out
+
+
+EXTERNAL = "_external"  # the DVC group of a stage's runs that read files params name (teacher_train_external@T)
+
+
+def _external_by_run(stage: Stage, grid: Grid, params: dict | None) -> dict[str, list[str]]:
+    """{axis value ('' without axes): external paths} of a stage with ExternalFiles inputs; {} otherwise."""
+    items = [i for i in stage.inputs if isinstance(i, ExternalFiles)]
+    if not items or params is None:
+        return {}
+    if len(grid.axes) > 1:
+        raise NotImplementedError(f"{stage.name}: external files on a multi-axis grid")
+    axis = next(iter(grid.axes), None)
+    runs = [("", {})] if axis is None else [(b[axis], b) for _, b in bindings(stage, params) if axis in b]
+    return {key: [p for i in items for p in external_files(i, params, bound)] for key, bound in runs}
+
+
+def _external_groups(name: str, body: dict, external: dict[str, list[str]]) -> dict:
+    """A one-axis stage some of whose runs read external files: DVC cannot skip a missing key,
+    so the runs without files become a literal list (`${item}`) and those with one a group keyed
+    by the axis value whose dep is its path (`teacher_train_external@T`, `${item.path}`)."""
+    if any(len(v) > 1 for v in external.values()):
+        raise NotImplementedError(f"{name}: more than one external file per run")
+    plain = [k for k, v in external.items() if not v]
+    out = {}
+    if plain:
+        def as_list(value):
+            if isinstance(value, list):
+                return [as_list(v) for v in value if v != "${item.path}"]
+            return value.replace("${key}", "${item}")
+
+        out[name] = {"foreach": plain, "do": {k: as_list(v) for k, v in body.items()}}
+    out[name + EXTERNAL] = {"foreach": {k: {"path": v[0]} for k, v in external.items() if v}, "do": body}
     return out
 
 
@@ -677,8 +750,10 @@ def dvc_stage_of(name: str) -> str:
     base = name.split("@")[0]
     for stage in STAGES:
         imports = any(isinstance(i, Sources) for i in stage.inputs)
+        external = any(isinstance(i, ExternalFiles) for i in stage.inputs)
         for g in stage.grids:
-            if dvc_name(stage, g) == base or (imports and base in {f"{dvc_name(stage, g)}_{f}" for f in SOURCE_KEYS}):
+            if (dvc_name(stage, g) == base or (imports and base in {f"{dvc_name(stage, g)}_{f}" for f in SOURCE_KEYS})
+                    or (external and base == dvc_name(stage, g) + EXTERNAL)):
                 return stage.name
     raise KeyError(name)
 

@@ -13,13 +13,12 @@ not hashed).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 from clipdistill.data.formats import (SHARD_INDEX, BadSamples, SPLIT_LAYOUT, index_shards, read_coco_captions, read_gqa,
                                       read_pairs_csv, read_vqa, write_pairs_csv, write_vqa)
-from clipdistill.io import DataError, atomic_dir, sha256_file, write_json, write_manifest
+from clipdistill.io import DataError, atomic_dir, check_tracked_by_dvc, sha256_file, write_json, write_manifest
 from clipdistill.params import SOURCE_KEYS, VQA_FORMATS, DataParams, is_imported
 
 def split_entry(params: DataParams, name: str):
@@ -51,22 +50,8 @@ def _sources(name: str, entry) -> dict[str, Path]:
                 raise DataError(f"data.splits.{name}.{key}: {path}: not a directory")
         elif not path.is_file():
             raise DataError(f"data.splits.{name}.{key}: {path}: file not found")
-    _check_tracked_by_dvc(name, files)
+    check_tracked_by_dvc(files.values(), f"a source of split {name}")
     return files
-
-
-def _check_tracked_by_dvc(name: str, files: dict[str, Path]) -> None:
-    """Under `dvc repro` (DVC sets DVC_ROOT), refuse to import from a file dvc.yaml does not list
-    as a dep: dvc.yaml names imported sources literally, so it must be regenerated when
-    data.splits changes, or DVC would not notice a changed source."""
-    root = os.environ.get("DVC_ROOT")
-    if not root or not (Path(root) / "dvc.yaml").is_file():
-        return
-    text = (Path(root) / "dvc.yaml").read_text(encoding="utf-8")
-    for path in files.values():
-        if str(path) not in text:
-            raise DataError(f"dvc.yaml does not track {path} (a source of split {name}); regenerate it: "
-                            "python -m clipdistill.stages dvc-yaml --out dvc.yaml")
 
 
 def _image_root(name: str, entry) -> Path:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdistill.data.splits import load_split
-from clipdistill.params import TeacherParams, pick
+from clipdistill.io import check_tracked_by_dvc
+from clipdistill.params import TeacherParams, pick, teacher_files
 from clipdistill.teachers.train import import_external, save_pipeline_teacher, train_teacher
 from clipdistill.training.runtime import CPU, Runtime
 
@@ -15,6 +16,7 @@ def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path, ru
     """Write teacher `name`'s model directory; returns its manifest."""
     spec = pick(teachers, name, "teachers")
     if spec.source == "external":
+        check_tracked_by_dvc(teacher_files(spec), f"the weights of teacher {name}")
         return import_external(out, name, spec)
     split = load_split(data / "pretrain")
     model, tokenizer, log = train_teacher(spec, split, runtime=runtime)

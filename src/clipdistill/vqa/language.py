@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from clipdistill.io import ClipdistillError, atomic_dir, safetensors_header, write_manifest
+from clipdistill.io import ClipdistillError, atomic_dir, check_tracked_by_dvc, safetensors_header, write_manifest
 from clipdistill.params import VQAParams
 from clipdistill.training.loop import log_csv
 from clipdistill.training.runtime import CPU, Runtime
@@ -88,6 +88,8 @@ def reading_examples(captions: list, qa: list) -> list:
 def prepare_language(spec: VQAParams, split_dir: Path, show_progress: bool = True, runtime: Runtime = CPU):
     """(LM on the CPU, tokenizer, log): the configured LM, instruction-tuned on the split's text
     (on `runtime`'s device) when `spec.lm_pretrain` is set."""
+    if spec.lm.path:  # before any data is read: an untracked LM fails at once
+        check_tracked_by_dvc([spec.lm.path], "vqa.lm.path")
     captions, qa = stage_examples(split_dir)
     if spec.lm.path:
         lm, tokenizer = load_language_dir(spec.lm.path)
