@@ -142,7 +142,7 @@ def test_llava_structure_errors(images):
     bad = [{"id": "1", "image": "img/0.jpg", "conversations": [{"from": "human", "value": "no token"},
                                                                {"from": "gpt", "value": "x"}]}]
     (images / "l.json").write_text(json.dumps(bad))
-    with pytest.raises(DataError, match=r"l.json: \[0\]: first human turn lacks the <image> token"):
+    with pytest.raises(DataError, match=r"l.json: \[0\] id '1': first human turn lacks the <image> token"):
         formats.read_llava(images / "l.json", images)
     (images / "l.json").write_text(json.dumps([{"id": "1", "conversations": [{"from": "bot", "value": 1}]}]))
     with pytest.raises(DataError, match="conversations must be"):

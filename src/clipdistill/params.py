@@ -95,6 +95,19 @@ class GQASplitParams(_VQAImport):
                                                              "(GQA's imageId)")
 
 
+class LLaVASplitParams(_Imported):
+    """VLM training conversations imported from LLaVA conversation JSON (LLaVA-Instruct's layout:
+    a list of {id, image, conversations: [{from: human|gpt, value}, ...]}, `<image>` in the first
+    human turn); each human→gpt pair is a question with its answer (question type `conversation`)."""
+
+    format: Literal["llava"]
+    path: str = Field(description="the conversation JSON (absolute, or relative to the project)")
+    captions: Literal["none", "single_turn"] = Field(
+        "none", description="none: no captions (stage 1 aligns on the conversations); single_turn: every "
+                            "one-exchange conversation is also its image's caption for stage 1 and the LM's "
+                            "reading pretraining (LLaVA-Pretrain's layout: a describe prompt, then the caption)")
+
+
 class CSVSplitParams(_Imported):
     """Image–text pairs imported from an open_clip CSV; image paths relative to `image_root`
     (or absolute inside it)."""
@@ -127,9 +140,10 @@ class WebdatasetSplitParams(Strict):
 
 
 # which keys of an imported split name the files it reads (its DAG deps besides code)
-SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "gqa": ("questions",), "csv": ("path",),
+SOURCE_KEYS = {"vqav2": ("questions", "annotations"), "gqa": ("questions",), "llava": ("path",), "csv": ("path",),
                "coco_captions": ("captions",), "webdataset": ("shards",)}
-VQA_FORMATS = ("vqav2", "gqa")  # the VQA splits' formats
+VQA_FORMATS = ("vqav2", "gqa")  # the VQA evaluation splits' formats (short answers to score)
+VQA_TRAIN_FORMATS = (*VQA_FORMATS, "llava")  # what vqa.train_split may be imported from
 PAIR_FORMATS = ("csv", "coco_captions", "webdataset")  # image–text splits (pretrain, features); vqav2 is for the VQA splits
 SPLIT_TAGS = ("synthetic", *SOURCE_KEYS)
 
@@ -141,12 +155,13 @@ def _split_kind(entry) -> str:
 
 
 AnySplit = Annotated[Union[Annotated[SplitParams, Tag("synthetic")], Annotated[VQAv2SplitParams, Tag("vqav2")],
-                           Annotated[GQASplitParams, Tag("gqa")], Annotated[CSVSplitParams, Tag("csv")],
+                           Annotated[GQASplitParams, Tag("gqa")], Annotated[LLaVASplitParams, Tag("llava")],
+                           Annotated[CSVSplitParams, Tag("csv")],
                            Annotated[COCOCaptionsSplitParams, Tag("coco_captions")],
                            Annotated[WebdatasetSplitParams, Tag("webdataset")]],
                      Discriminator(_split_kind, custom_error_type="split_format",
-                                   custom_error_message="unknown split format; known: vqav2, gqa, csv, coco_captions, "
-                                                        "webdataset (or no format: synthetic)")]
+                                   custom_error_message="unknown split format; known: vqav2, gqa, llava, csv, "
+                                                        "coco_captions, webdataset (or no format: synthetic)")]
 
 
 def is_imported(entry) -> bool:
@@ -474,7 +489,7 @@ class VQAParams(Strict):
                           "tokens) before the projector, folded into the projector's first layer when training "
                           "ends: every encoder enters the projector at the same scale")
     train_split: str = Field("vqa_train", description="data split the VLMs (and the shared LM, its tokenizer) "
-                                                       "train on: synthetic, vqav2 or gqa")
+                                                       "train on: synthetic, vqav2, gqa or llava")
     eval_splits: list[str] = Field(
         default_factory=lambda: ["vqa_eval"], min_length=1, json_schema_extra={"uniqueItems": True},
         description="data splits every VLM is evaluated on, each scored on its own: the first is the study's "
@@ -589,10 +604,14 @@ class Params(Strict):
         for key, splits in vqa_splits.items():
             if unknown := [s for s in splits if s not in kinds]:
                 raise ValueError(f"{key}: {unknown} not data splits; known: {', '.join(kinds)}")
+            formats = VQA_TRAIN_FORMATS if key == "vqa.train_split" else VQA_FORMATS
             for split in splits:
-                if kinds[split] not in ("synthetic", *VQA_FORMATS):
+                if kinds[split] == "llava" and key == "vqa.eval_splits":
+                    raise ValueError(f"{key}: split {split!r} is imported from llava (free-form conversations, "
+                                     f"nothing to score); an evaluation set is synthetic or one of {', '.join(formats)}")
+                if kinds[split] not in ("synthetic", *formats):
                     raise ValueError(f"{key}: split {split!r} is imported from {kinds[split]}; a VQA split is "
-                                     f"synthetic or one of {', '.join(VQA_FORMATS)}")
+                                     f"synthetic or one of {', '.join(formats)}")
         if self.vqa.train_split in self.vqa.eval_splits:
             raise ValueError(f"vqa.eval_splits: {self.vqa.train_split!r} is vqa.train_split; a VLM is never scored "
                              "on the questions it trained on")

@@ -279,28 +279,40 @@ def write_llava(path: Path, records: list[dict]) -> None:
     write_json(path, records, compact=True)
 
 
+LLAVA_QUESTION_TYPE = "conversation"  # LLaVA turns carry no question type: each imported turn gets this one
+
+
 def read_llava(path: str | Path, image_root: str | Path, *, on_bad_sample: OnBad = "error",
-               check_images: bool = True) -> tuple[list[dict], BadSamples]:
-    """LLaVA conversation JSON: a list of {"id", "image", "conversations": [{"from", "value"}, ...]}."""
+               check_images: bool = True, imported: bool = False) -> tuple[list[dict], BadSamples]:
+    """LLaVA conversation JSON: a list of {"id", "image", "conversations": [{"from", "value"}, ...]},
+    turns alternating human, gpt. `imported` (a split from `data prepare`): every record needs an
+    `id` and an `image` (the VLM learns from image conversations, questions are keyed by the id)."""
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
     bad = BadSamples(on_bad_sample)
     out = []
     for k, rec in enumerate(data):
-        where = f"{path}: [{k}]"
+        where = f"{path}: [{k}]" + (f" id {rec['id']!r}" if isinstance(rec, dict) and "id" in rec else "")
         if not isinstance(rec, dict) or "conversations" not in rec:
             bad(f"{where}: missing key 'conversations'")
             continue
         turns = rec["conversations"]
-        if (not isinstance(turns, list) or len(turns) < 2 or
-                any(not isinstance(t, dict) or t.get("from") not in ("human", "gpt")
-                    or not isinstance(t.get("value"), str) for t in turns)):
-            bad(f"{where}: conversations must be ≥ 2 turns of {{'from': 'human'|'gpt', 'value': str}}")
+        if (not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2 or
+                any(not isinstance(t, dict) or t.get("from") != ("human", "gpt")[i % 2]
+                    or not isinstance(t.get("value"), str) or not t["value"].strip() for i, t in enumerate(turns))):
+            bad(f"{where}: conversations must be pairs of turns {{'from': 'human', then 'gpt', 'value': non-empty str}}")
+            continue
+        if imported and (missing := [key for key in ("id", "image") if key not in rec]):
+            bad(f"{where}: missing key {missing[0]!r}" + (" (a text-only conversation: the VLM trains on image "
+                                                          "conversations)" if missing[0] == "image" else ""))
+            continue
+        if imported and not isinstance(rec["id"], (str, int)):
+            bad(f"{where}: id must be a string or an integer")
             continue
         if "image" in rec:
             try:
-                image = resolve_inside(image_root, rec["image"], where=where)
+                image = resolve_inside(image_root, str(rec["image"]), where=where)
             except DataError as exc:
                 bad(str(exc))
                 continue
@@ -314,6 +326,13 @@ def read_llava(path: str | Path, image_root: str | Path, *, on_bad_sample: OnBad
         out.append(rec)
     bad.report(str(path))
     return out, bad
+
+
+def llava_exchanges(rec: dict) -> list[tuple[str, str]]:
+    """(question, answer) per human→gpt pair of a conversation, the <image> token taken out."""
+    turns = rec["conversations"]
+    return [(" ".join(h["value"].replace("<image>", " ").split()), g["value"].strip())
+            for h, g in zip(turns[::2], turns[1::2])]
 
 
 # ------------------------------------------------------------------ VQAv2 / GQA

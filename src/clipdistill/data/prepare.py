@@ -1,6 +1,7 @@
 """`clipdistill data prepare`: one split of params `data.splits`, synthetic or imported, into the
-split-folder contract every later stage reads. Formats: vqav2 and gqa (the VQA splits), csv
-(open_clip) and coco_captions (image–text splits: pretrain, the features split).
+split-folder contract every later stage reads. Formats: vqav2 and gqa (the VQA splits), llava
+(VLM training conversations), csv (open_clip), coco_captions and webdataset (image–text splits:
+pretrain, the features split).
 
 A split folder always has `manifest.json` (what made it, a content hash) and, for VQA,
 `questions.json` + `annotations.json` (VQAv2 layout) keyed by the source's own question and
@@ -16,8 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from clipdistill.data.formats import (SHARD_INDEX, BadSamples, SPLIT_LAYOUT, index_shards, read_coco_captions, read_gqa,
-                                      read_pairs_csv, read_vqa, write_pairs_csv, write_vqa)
+from clipdistill.data.formats import (LLAVA_QUESTION_TYPE, SHARD_INDEX, BadSamples, SPLIT_LAYOUT, VQARecord, index_shards,
+                                      llava_exchanges, read_coco_captions, read_gqa, read_llava, read_pairs_csv,
+                                      read_vqa, write_llava, write_pairs_csv, write_vqa)
 from clipdistill.io import DataError, atomic_dir, check_tracked_by_dvc, sha256_file, write_json, write_manifest
 from clipdistill.params import SOURCE_KEYS, VQA_FORMATS, DataParams, is_imported
 
@@ -36,6 +38,8 @@ def prepare(params: DataParams, split: str, out: str | Path) -> dict:
         return synthesize(params, split, out)
     if entry.format in VQA_FORMATS:
         return import_vqa(split, entry, Path(out))
+    if entry.format == "llava":
+        return import_llava(split, entry, Path(out))
     if entry.format == "webdataset":
         return import_shards(split, entry, Path(out))
     return import_pairs(split, entry, Path(out))
@@ -143,3 +147,41 @@ def import_vqa(name: str, entry, out: Path) -> dict:
         counts = {"images": len({r.image for r in records}), "questions": len(records), "skipped": len(bad.dropped)}
         return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
                                                       "sources": sources}, counts)
+
+
+LLAVA_PATTERN = "{image_id}"  # an imported LLaVA split's image id is the image's path under its root
+
+
+def import_llava(name: str, entry, out: Path) -> dict:
+    """LLaVA conversation JSON → the split folder: `llava.json` (the conversations, each image's
+    path relative to the resolved root: stage 2 trains on them verbatim) and the VQAv2 layout
+    with a question per human→gpt pair (`question_id` "ID#k", `image_id` the image's relative
+    path, type LLAVA_QUESTION_TYPE), so everything that reads a VQA training split reads it;
+    every conversation checked (structure, a unique id, its image inside the root) first."""
+    files = _sources(name, entry)
+    root = _image_root(name, entry)
+    convs, bad = read_llava(files["path"], root, on_bad_sample=entry.on_bad_sample, imported=True)
+    if not convs:
+        raise DataError(f"{files['path']}: no usable conversations"
+                        + (f" ({len(bad.dropped)} skipped; first: {bad.dropped[0]})" if bad.dropped else ""))
+    seen = Counter(str(c["id"]) for c in convs)
+    if twice := [(cid, n) for cid, n in seen.items() if n > 1]:  # question ids are made from it
+        raise DataError(f"{files['path']}: id {twice[0][0]!r} appears {twice[0][1]} times")
+    resolved = root.resolve()
+    records, normalised = [], []
+    for c in convs:
+        rel = c["image"].relative_to(resolved).as_posix()
+        normalised.append({"id": c["id"], "image": rel, "conversations": c["conversations"]})
+        records += [VQARecord(f"{c['id']}#{k}", rel, c["image"], q, a, (a,) * 10, LLAVA_QUESTION_TYPE, "other")
+                    for k, (q, a) in enumerate(llava_exchanges(c))]
+    described = sum(len(c["conversations"]) == 2 for c in convs) if entry.captions == "single_turn" else 0
+    with atomic_dir(out) as tmp:
+        write_llava(tmp / "llava.json", normalised)
+        write_vqa(tmp / "questions.json", tmp / "annotations.json", records, subtype=name,
+                  description=f"imported from {files['path']}", data_type="llava")
+        write_json(tmp / SPLIT_LAYOUT, {"format": "llava", "image_root": str(resolved), "image_pattern": LLAVA_PATTERN,
+                                        "image_size": entry.image_size, "captions": entry.captions})
+        counts = {"images": len({c["image"] for c in convs}), "conversations": len(convs), "questions": len(records),
+                  "captions": described, "skipped": len(bad.dropped)}
+        return write_manifest(tmp, "imported-split", {"split": name, **entry.model_dump(mode="json"),
+                                                      "sources": _sha256s(files)}, counts)

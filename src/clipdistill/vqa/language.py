@@ -81,7 +81,9 @@ def reading_examples(captions: list, qa: list) -> list:
     if not captions:  # a split without captions: the conversations alone
         return qa
     text = {i: turns[0][1] for i, turns in captions}
-    with_context = [(i, [(f"{text[i]} . {turns[0][0]}", turns[0][1]), *turns[1:]]) for i, turns in qa]
+    # an image without a caption (an imported LLaVA split describes only some) keeps its bare question
+    with_context = [(i, [(f"{text[i]} . {turns[0][0]}" if i in text else turns[0][0], turns[0][1]), *turns[1:]])
+                    for i, turns in qa]
     return with_context + [(i, [(text[i], text[i])]) for i, _ in captions]
 
 

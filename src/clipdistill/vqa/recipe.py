@@ -40,9 +40,12 @@ Example = tuple[int, list[tuple[str, str]]]  # (image index, [(prompt, answer), 
 
 def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
     """Stage 1 (one caption per image, empty prompt) and stage 2 (each LLaVA conversation). A
-    split imported from a VQA format has no captions ([]) and no LLaVA JSON: each image's
-    questions, with their canonical answers, make its conversation."""
+    split imported from LLaVA JSON: `llava_examples`. One imported from another VQA format has
+    no captions ([]) and no LLaVA JSON: each image's questions, with their canonical answers,
+    make its conversation."""
     if not (split_dir / "pairs.csv").is_file():
+        if (split_dir / "llava.json").is_file():
+            return llava_examples(split_dir)
         return [], vqa_conversations(split_dir)
     pairs, _ = read_pairs_csv(split_dir / "pairs.csv", check_images=False)
     index = {p.image: i for i, p in enumerate(pairs)}
@@ -52,6 +55,22 @@ def stage_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
                                for h, g in zip(c["conversations"][::2], c["conversations"][1::2])])
           for c in convs]
     return captions, qa
+
+
+def llava_examples(split_dir: Path) -> tuple[list[Example], list[Example]]:
+    """A split imported from LLaVA JSON: each conversation verbatim for stage 2 (row: its image's
+    row, `splits.vqa_images` order) and, where split.json says `captions: single_turn`, each
+    one-exchange conversation's answer as its image's stage-1 caption."""
+    from clipdistill.data.formats import llava_exchanges
+    from clipdistill.data.splits import layout, read_split_vqa, vqa_images
+
+    where = layout(split_dir)
+    row = {p: i for i, p in enumerate(vqa_images(read_split_vqa(split_dir)))}
+    convs, _ = read_llava(split_dir / "llava.json", where["image_root"], check_images=False)
+    qa = [(row[c["image"]], llava_exchanges(c)) for c in convs]
+    if where.get("captions") != "single_turn":
+        return [], qa
+    return [(i, [("", turns[0][1])]) for i, turns in qa if len(turns) == 1], qa
 
 
 def vqa_conversations(split_dir: Path) -> list[Example]:
