@@ -56,7 +56,7 @@ def params_file(root: Path, csv: Path, steps: int, workers: int, threshold_mb: i
     p = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     p["data"]["splits"]["distill"] = {"format": "csv", "path": str(csv), "image_root": str(csv.parent),
                                       "image_size": 64}
-    p["features"] = {"split": "distill", "dtype": "float16", "patch_tokens": False, "batch_size": 256,
+    p["features"] = {"dtype": "float16", "patch_tokens": False, "batch_size": 256,
                      "shard_size": 4096}
     p["distill"]["methods"]["kd"] = {"clip": 1, "crd": 1}  # the smoke grid's own names stay valid
     p["distill"]["train"] = {**p["distill"].get("train", {}), "epochs": 1, "batch_size": 128, "max_steps": steps,
@@ -135,7 +135,7 @@ def run_size(n: int, steps: int, workers: int, threshold_mb: int, keep: Path | N
         data = root / "data"
         prep = measure([*CLI, "data", "prepare", "--split", "distill", "--out", str(data / "distill"),
                         "--params", str(params)], root / "prepare.log")
-        feats = measure([*CLI, "features", "extract", "--teacher", str(teacher), "--data", str(data),
+        feats = measure([*CLI, "features", "extract", "--teacher", str(teacher), "--data", str(data / "distill"),
                          "--out", str(root / "features"), "--params", str(params)], root / "features.log")
         dist = measure([*CLI, "distill", "--student", "xs", "--method", "kd", "--seed", "0",
                         "--data", str(data / "distill"), "--out", str(root / "student"), "--teacher-name", "s",

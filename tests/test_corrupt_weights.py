@@ -105,7 +105,7 @@ def test_truncated_feature_store_shard(model_dir, tmp_path):
     split = Split(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=gen),
                   ["a red circle"] * 12, content_sha256="x", source="test")
     store = tmp_path / "store"
-    extract(load_model_dir(model_dir), split, FeatureParams(split="distill", shard_size=5, batch_size=4), store)
+    extract(load_model_dir(model_dir), split, FeatureParams(shard_size=5, batch_size=4), store)
     assert len(FeatureStore(store)) == 12
     shard = store / "shard-000001.safetensors"
     good = shard.read_bytes()

@@ -147,7 +147,8 @@ def test_harness_stages_switched_on_run_every_model_the_same_way_in_both_runners
         elif name.startswith("harness_mieb"):
             assert keys == ["eval.batch_size"], name
     # DVC names: the split first, then the model's own axes
-    assert {"harness_lmms_blind@vqa_eval-1", "harness_mieb_student_baseline@clip_eval-xs-baseline-0"} <= set(params)
+    assert {"harness_lmms_blind@vqa_eval-1",
+            "harness_mieb_student_baseline@clip_eval-distill-1-xs-baseline-0"} <= set(params)
     assert ("clipdistill --log logs/harness/lmms/vqa_eval/teachers/s/vlm1.log eval lmms --params params.yaml --model"
             " results/vqa/teachers/s/vlm1 --data results/data/vqa_eval --out results/harness/lmms/vqa_eval/teachers/s/vlm1"
             ) in {job[1] for job in snakemake}
@@ -163,29 +164,34 @@ def test_each_stage_tracks_exactly_the_params_it_reads(project):
     shared = {f"data.{k}" for k in DataParams.model_fields if k != "splits"}
     for split in load_section(REPO / "params.yaml", "data").splits:
         assert set(params.pop(f"data_prepare@{split}")) == shared | {f"data.splits.{split}"}
+    grid = load_section(REPO / "params.yaml", "distill").grid
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         assert params.pop(f"teacher_train@{teacher}") == ["runtime", f"teachers.{teacher}"]
         assert params.pop(f"teacher_eval@{teacher}") == CLIP_EVAL
-        assert params.pop(f"features_extract@{teacher}") == ["features", "runtime"]
-    grid = load_section(REPO / "params.yaml", "distill").grid
+        for data in grid.data:
+            assert params.pop(f"features_extract@{data}-{teacher}") == ["features", "runtime"]
     vlm_seeds = load_section(REPO / "params.yaml", "vqa").seeds
     # `vqa run`: every vqa key but the further evaluation sets (adding one retrains no VLM)
     vqa_run = sorted(["runtime", *(f"vqa.{k}" for k in VQAParams.model_fields if k != "eval_splits")])
     assert len(vlm_seeds) >= 2  # issue 16: the default study measures the VLM-to-VLM spread
-    runs = [(t, s, m, seed) for t in grid.teachers for s in grid.students for m in grid.methods for seed in grid.seeds]
-    for t, s, m, seed in runs:
-        assert set(params.pop(f"distill@{t}-{s}-{m}-{seed}")) == {
+    # DVC names: the regime (data split, duration) first, as in the results paths
+    regimes = [f"{d}-{n}" for d in grid.data for n in grid.durations]
+    runs = [(r, t, s, m, seed) for r in regimes for t in grid.teachers for s in grid.students for m in grid.methods
+            for seed in grid.seeds]
+    for r, t, s, m, seed in runs:
+        assert set(params.pop(f"distill@{r}-{t}-{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}", "runtime"}
-        assert params.pop(f"student_eval@{t}-{s}-{m}-{seed}") == CLIP_EVAL
+        assert params.pop(f"student_eval@{r}-{t}-{s}-{m}-{seed}") == CLIP_EVAL
         for v in vlm_seeds:
-            assert params.pop(f"vqa_student@{t}-{s}-{m}-{seed}-{v}") == vqa_run
-    for s, m, seed in [(s, m, seed) for s in grid.students for m in grid.baselines for seed in grid.seeds]:
-        assert set(params.pop(f"distill_baseline@{s}-{m}-{seed}")) == {
+            assert params.pop(f"vqa_student@{r}-{t}-{s}-{m}-{seed}-{v}") == vqa_run
+    for r, s, m, seed in [(r, s, m, seed) for r in regimes for s in grid.students for m in grid.baselines
+                          for seed in grid.seeds]:
+        assert set(params.pop(f"distill_baseline@{r}-{s}-{m}-{seed}")) == {
             "distill.train", f"distill.students.{s}", f"distill.methods.{m}", "runtime"}
         for v in vlm_seeds:
-            assert params.pop(f"vqa_baseline@{s}-{m}-{seed}-{v}") == vqa_run
+            assert params.pop(f"vqa_baseline@{r}-{s}-{m}-{seed}-{v}") == vqa_run
         for t in grid.teachers:
-            assert params.pop(f"student_eval_baseline@{t}-{s}-{m}-{seed}") == CLIP_EVAL
+            assert params.pop(f"student_eval_baseline@{r}-{t}-{s}-{m}-{seed}") == CLIP_EVAL
     for teacher in load_section(REPO / "params.yaml", "teachers"):
         for v in vlm_seeds:
             assert params.pop(f"vqa_teacher@{teacher}-{v}") == vqa_run
@@ -215,7 +221,7 @@ def test_teacher_free_runs_are_the_same_stages_without_the_teacher():
     assert "results/teachers/${item.teacher}" in kd["deps"]
     assert not any(d.startswith("results/teachers") for d in baseline["deps"])
     assert "--teacher-name none" in baseline["cmd"] and "--features" not in baseline["cmd"]
-    assert "--model results/students/none/" in dvc["student_eval_baseline"]["cmd"]
+    assert "--model results/students/${item.data}-x${item.duration}/none/" in dvc["student_eval_baseline"]["cmd"]
     assert "--teacher results/teachers/${item.teacher}" in dvc["student_eval_baseline"]["cmd"]
     assert dvc["vqa_baseline"]["matrix"]["method"] == "${distill.grid.baselines}"
 

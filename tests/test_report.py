@@ -1,6 +1,7 @@
 """Report statistics on inputs with known answers, and the report on fabricated results trees
 — one per verdict, so that every wording is asserted."""
 
+import itertools
 import json
 
 import numpy as np
@@ -54,10 +55,12 @@ def _write(path, obj):
 
 
 def fabricate(tmp_path, right, n_q=40, teachers=("s", "m", "l"), baseline_right=lambda seed: 15 + seed,
-              vlm_seeds=(0,), vlm_shift=lambda rank, seed, vlm_seed: 0):
+              vlm_seeds=(0,), vlm_shift=lambda rank, seed, vlm_seed: 0, regimes=(("distill", 1),),
+              regime_shift=lambda data, duration, rank, seed: 0, seeds=(0, 1)):
     """A results tree where KD student (teacher rank r, seed s) answers `right(r, s)` of the
     `n_q` questions right (the first ones), the no-KD student `baseline_right(s)`; its VLM of
-    VLM seed v answers `vlm_shift(r, s, v)` more (rank None: the baseline)."""
+    VLM seed v answers `vlm_shift(r, s, v)` more (rank None: the baseline); in regime (data,
+    duration) every student answers `regime_shift(data, duration, r, s)` more."""
     res, data = tmp_path / "results", tmp_path / "vqa_eval"
     qids = [1000 + 7 * q for q in range(n_q)]  # real ids, not row indices
     _write(data / "annotations.json", {"annotations": [{"question_id": q, "answers": [{"answer": "yes"}] * 10}
@@ -66,26 +69,26 @@ def fabricate(tmp_path, right, n_q=40, teachers=("s", "m", "l"), baseline_right=
         _write(res / "teacher_eval" / t / "metrics.json", {"summary": {"zeroshot_mean_top1": 0.3 + 0.1 * rank,
                                                                        "retrieval_mean_R@1": 0.1 * rank}})
         _write(res / "teachers" / t / "manifest.json", {"params": {"total": 10 ** (rank + 4), "visual": 10}})
-        for method in ("baseline", "kd"):
-            for seed in (0, 1):
-                run = f"{t}/xs/{method}/{seed}"
-                _write(res / "student_eval" / run / "metrics.json",
-                       {"summary": {"zeroshot_mean_top1": 0.2 + 0.05 * rank, "cka_image": 0.9}})
-                # the teacher-free baseline lives under none/, once per seed
-                run = f"{t}/xs/kd/{seed}" if method == "kd" else f"none/xs/baseline/{seed}"
-                _write(res / "students" / run / "manifest.json",
-                       {"params": {"total": 1000, "visual": 500}, "data": {"split": "results/data/distill"},
-                        "train": {"epochs": 8}})
-                (res / "students" / run / "train_log.csv").write_text("step,loss\n0,5.0\n1,4.0\n")
-                for v in vlm_seeds:
-                    n_right = (right(rank, seed) if method == "kd" else baseline_right(seed)) \
-                        + vlm_shift(rank if method == "kd" else None, seed, v)
-                    answers = res / "vqa" / "students" / run / f"vlm{v}" / "answers.jsonl"
-                    answers.parent.mkdir(parents=True, exist_ok=True)
-                    answers.write_text("".join(json.dumps({"question_id": q, "text": "yes" if i < n_right else "no"})
-                                               + "\n" for i, q in enumerate(qids)))
-                    _write(res / "vqa_metrics" / "students" / run / f"vlm{v}.json",
-                           {"overall": 100 * n_right / n_q, "per_question_type": {"exists": 100 * n_right / n_q}})
+        for (d, n), method, seed in itertools.product(regimes, ("baseline", "kd"), seeds):
+            run = f"{d}-x{n}/{t}/xs/{method}/{seed}"
+            _write(res / "student_eval" / run / "metrics.json",
+                   {"summary": {"zeroshot_mean_top1": 0.2 + 0.05 * rank, "cka_image": 0.9}})
+            # the teacher-free baseline lives under none/, once per seed
+            run = f"{d}-x{n}/{t}/xs/kd/{seed}" if method == "kd" else f"{d}-x{n}/none/xs/baseline/{seed}"
+            _write(res / "students" / run / "manifest.json",
+                   {"params": {"total": 1000, "visual": 500}, "data": {"split": "results/data/distill"},
+                    "train": {"epochs": 8}})
+            (res / "students" / run / "train_log.csv").write_text("step,loss\n0,5.0\n1,4.0\n")
+            for v in vlm_seeds:
+                kd_rank = rank if method == "kd" else None
+                n_right = (right(rank, seed) if method == "kd" else baseline_right(seed)) \
+                    + vlm_shift(kd_rank, seed, v) + regime_shift(d, n, kd_rank, seed)
+                answers = res / "vqa" / "students" / run / f"vlm{v}" / "answers.jsonl"
+                answers.parent.mkdir(parents=True, exist_ok=True)
+                answers.write_text("".join(json.dumps({"question_id": q, "text": "yes" if i < n_right else "no"})
+                                           + "\n" for i, q in enumerate(qids)))
+                _write(res / "vqa_metrics" / "students" / run / f"vlm{v}.json",
+                       {"overall": 100 * n_right / n_q, "per_question_type": {"exists": 100 * n_right / n_q}})
     for v in vlm_seeds:
         _write(res / "vqa_metrics" / "blind" / f"vlm{v}.json", {"overall": 12.0 + v, "per_question_type": {"exists": 12.0}})
     return res, data
@@ -154,7 +157,7 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
                 "reading_efficiency": {"color": {"probe": 0.8, "efficiency": 0.25 if collapsed else 0.9},
                                        "shape": {"probe": None, "efficiency": None}}}
 
-    for run, collapsed in [("students/m/xs/kd/0", True), ("students/l/xs/kd/1", False)]:
+    for run, collapsed in [("students/distill-x1/m/xs/kd/0", True), ("students/distill-x1/l/xs/kd/1", False)]:
         path = res / "vqa_metrics" / run / "vlm0.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | {"diagnostics": diagnostics(collapsed)}))
     report(res, data, tmp_path / "report", n_boot=100)

@@ -85,9 +85,10 @@ def teacher_train(name: Annotated[str, opt("teacher name from params `teachers`"
 
 @features_app.command("extract")
 def features_extract(teacher: Annotated[Path, opt("teacher model directory")],
-                     out: Annotated[Path, opt("feature store directory")], data: DataOpt = RESULTS_DATA,
+                     data: Annotated[Path, opt("the distillation split directory (results/data/SPLIT)")],
+                     out: Annotated[Path, opt("feature store directory")],
                      params: ParamsOpt = PARAMS) -> None:
-    """Run the frozen teacher once over the distillation split into a feature store."""
+    """Run the frozen teacher once over a distillation split into a feature store."""
     from clipdistill.features.stage import run
 
     m = run(load_section(params, "features"), teacher, data, out, tools.runtime(params))
@@ -116,6 +117,7 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
                 teacher_name: Annotated[str, opt("teacher name, or 'none'", "--teacher-name")] = "none",
                 teacher: Annotated[Optional[Path], opt("teacher model directory")] = None,
                 features: Annotated[Optional[Path], opt("teacher feature store")] = None,
+                duration: Annotated[int, opt("train for this many times distill.train.epochs (and max_steps)")] = 1,
                 params: ParamsOpt = PARAMS) -> None:
     """Distil a teacher into a student with a method (or train a teacher-free baseline with
     --teacher-name none); resumes from its last checkpoint. Under `torchrun` it trains
@@ -123,7 +125,8 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
     from clipdistill.distill.stage import run
 
     if run(load_section(params, "distill"), student=student, method=method, seed=seed, data=data, out=out,
-           teacher_name=teacher_name, teacher=teacher, features=features, runtime=tools.dp_runtime(params)) is not None:
+           teacher_name=teacher_name, teacher=teacher, features=features, duration=duration,
+           runtime=tools.dp_runtime(params)) is not None:
         say(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}")
 
 

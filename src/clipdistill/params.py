@@ -286,9 +286,9 @@ class AugmentParams(Strict):
 
 
 class FeatureParams(Strict):
-    """The teacher feature store (`clipdistill features extract`)."""
+    """The teacher feature store (`clipdistill features extract`), one per teacher and
+    distillation split (distill.grid.data)."""
 
-    split: str = Field("distill", description="data split the teacher runs over")
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     patch_tokens: bool = Field(True, description="store penultimate-layer patch tokens (LLaVA's layer -2)")
     views: int = Field(0, ge=0, le=64, description="K augmented views per image")
@@ -296,6 +296,14 @@ class FeatureParams(Strict):
     batch_size: int = Field(256, ge=1)
     shard_size: int = Field(4096, ge=1, description="samples per safetensors shard")
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw):
+        if isinstance(raw, dict) and "split" in raw:
+            raise ValueError(f"`split` moved to distill.grid.data, the list of splits students distil on "
+                             f"(e.g. data: [{raw['split']}])")
+        return raw
 
 
 class HarnessParams(Strict):
@@ -360,15 +368,39 @@ class TrainParams(Strict):
                                                       "null: `epochs` full passes")
 
 
+def _runners_need_levels(schema: dict) -> None:
+    # the runners render paths from params.yaml alone (no defaults): an older file gets a schema
+    # error naming the keys rather than a KeyError in the middle of the DAG
+    schema["required"] = [*schema.get("required", []), "data", "durations"]
+
+
 class GridParams(Strict):
-    """The study grid: one KD run per (teacher, student, method, seed), and one teacher-free
-    baseline run per (student, baseline, seed) — it does not depend on the teacher."""
+    """The study grid: one KD run per (data, duration, teacher, student, method, seed), and one
+    teacher-free baseline run per (data, duration, student, baseline, seed) — it does not depend
+    on the teacher."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_runners_need_levels)
 
     teachers: list[str] = Field(min_length=1)
     students: list[str] = Field(min_length=1)
     methods: list[str] = Field(min_length=1, description="KD methods (use teacher targets)")
     baselines: list[str] = Field(min_length=1, description="methods without teacher terms, trained once")
     seeds: list[int] = Field(min_length=1)
+    data: list[str] = Field(["distill"], min_length=1,
+                            description="data splits students distil on (the teacher feature store is per teacher "
+                                        "and split); the first is the reference level of the report's data effect")
+    durations: list[int] = Field([1], min_length=1,
+                                 description="training durations as multiples of distill.train.epochs (and "
+                                             "max_steps); the first is the reference level")
+
+    @field_validator("data", "durations", mode="after")
+    @classmethod
+    def _levels_once(cls, values, info):
+        if repeated := sorted({v for v in values if values.count(v) > 1}):
+            raise ValueError(f"level(s) {repeated} listed twice: each is one set of runs")
+        if info.field_name == "durations" and (bad := [d for d in values if d < 1]):
+            raise ValueError(f"durations {bad} must be ≥ 1 (multiples of distill.train.epochs)")
+        return values
 
 
 class DistillParams(Strict):
@@ -589,11 +621,13 @@ class Params(Strict):
             missing = [t for t in self.distill.grid.teachers if t not in self.teachers]
             if missing:
                 raise ValueError(f"distill.grid.teachers names undefined teachers {missing}")
-        for section in (self.features, self.eval):
-            if section.split not in self.data.splits:
-                raise ValueError(f"split {section.split!r} is not a data split")
+            if unknown := [s for s in self.distill.grid.data if s not in self.data.splits]:
+                raise ValueError(f"distill.grid.data: {unknown} not data splits; known: {', '.join(self.data.splits)}")
+        if self.eval.split not in self.data.splits:
+            raise ValueError(f"split {self.eval.split!r} is not a data split")
         kinds = {name: _split_kind(e) for name, e in self.data.splits.items()}
-        for key, split in (("teacher training", "pretrain"), ("features.split", self.features.split)):
+        distilled = self.distill.grid.data if self.distill.grid else []
+        for key, split in (("teacher training", "pretrain"), *(("distill.grid.data", s) for s in distilled)):
             if kinds[split] not in ("synthetic", *PAIR_FORMATS):
                 raise ValueError(f"{key}: split {split!r} is imported from {kinds[split]} (questions, no image–text "
                                  f"pairs); it needs a synthetic split or one of {', '.join(PAIR_FORMATS)}")

@@ -5,8 +5,8 @@ dvc-yaml --out dvc.yaml`; tests/test_dag.py fails when the committed file differ
 report's readers of results/ all come from here.
 
 Paths are templates. `{teacher}`-style placeholders are grid axes (Snakemake wildcards, DVC
-`${item.teacher}` / `${key}`); dotted ones such as `{features.split}` are params values
-(DVC `${features.split}`). A stage runs over one or more grids: the teacher-free baselines are
+`${item.teacher}` / `${key}`); dotted ones such as `{eval.split}` are params values
+(DVC `${eval.split}`). A stage runs over one or more grids: the teacher-free baselines are
 the same stage on a grid whose teacher is `none`, where the parts marked `Teacher(...)` are
 left out of the command and the inputs.
 
@@ -110,17 +110,26 @@ class Stage:
         return {p for grid in self.grids for p in (*grid.axes, *grid.fixed)}
 
 
+# The distillation regime: the split students distil on and the duration (× distill.train.epochs).
+# Every trained student and what is made from it lives under results/<stage>/<data>-x<duration>/,
+# and its DVC stage name starts with the two (`distill@distill-1-s-xs-crd-0`).
+REGIME_AXES = {"data": "distill.grid.data", "duration": "distill.grid.durations"}
+REGIME = "{data}-x{duration}"
+
+
 def _runs(kd_methods: bool, teacher: str = "distill.grid.teachers") -> dict[str, str]:
-    return {"teacher": teacher, "student": "distill.grid.students",
+    return {**REGIME_AXES, "teacher": teacher, "student": "distill.grid.students",
             "method": "distill.grid.methods" if kd_methods else "distill.grid.baselines", "seed": "distill.grid.seeds"}
 
 
 STUDENT_AXES = {k: v for k, v in _runs(False).items() if k != "teacher"}
 KD = Grid(_runs(True))
 BASELINE = Grid(STUDENT_AXES, {"teacher": NO_TEACHER}, dvc_name="{stage}_baseline")
-RUN = "{teacher}/{student}/{method}/{seed}"
+RUN = REGIME + "/{teacher}/{student}/{method}/{seed}"
+RUN_KEYS = ("data", "duration", "teacher", "student", "method", "seed")  # a run's placeholders, in folder order
 # Every encoder gets one VLM per VLM seed (`vqa.seeds`), in a folder `vlm<seed>` under the encoder's.
 VLM_AXIS = {"vlm_seed": "vqa.seeds"}
+TRAINED = REGIME + "/{kd_teacher}/{student}/{method}/{seed}"  # the student a student_eval run scores
 VLM = "vlm{vlm_seed}"
 # The VQA splits (vqa.train_split, vqa.eval_splits): `vqa run` trains each VLM on TRAIN and scores it
 # on the first evaluation set, the study's (results/vqa_metrics/...); `vqa score` scores the saved
@@ -196,26 +205,28 @@ STAGES: tuple[Stage, ...] = (
           inputs=("results/teachers/{teacher}", "results/data/{eval.split}"),
           outputs=(Out("results/teacher_eval/{teacher}/metrics.json", metrics=True),), params=CLIP_EVAL,
           log="logs/teacher_eval/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
+    # One feature store per teacher and distillation split (not per duration: longer runs replay it).
     Stage("features_extract", ("features extract --params params.yaml --teacher results/teachers/{teacher}"
-                               " --data results/data --out results/features/{teacher}",),
-          inputs=("results/teachers/{teacher}", "results/data/{features.split}"),
-          outputs=(Out("results/features/{teacher}", directory=True),), params=("features", "runtime"),
-          log="logs/features_extract/{teacher}.log", grids=(Grid({"teacher": "teachers"}),)),
+                               " --data results/data/{data} --out results/features/{data}/{teacher}",),
+          inputs=("results/teachers/{teacher}", "results/data/{data}"),
+          outputs=(Out("results/features/{data}/{teacher}", directory=True),), params=("features", "runtime"),
+          log="logs/features_extract/{data}/{teacher}.log",
+          grids=(Grid({"data": "distill.grid.data", "teacher": "teachers"}),)),
     Stage("distill", ("distill --params params.yaml --teacher-name {teacher} --student {student} --method {method}"
-                      " --seed {seed}",
-                      Teacher("--teacher results/teachers/{teacher} --features results/features/{teacher}"),
-                      f"--data results/data/{{features.split}} --out results/students/{RUN}"),
-          inputs=(Teacher("results/teachers/{teacher}"), Teacher("results/features/{teacher}"),
-                  "results/data/{features.split}"),
+                      " --seed {seed} --duration {duration}",
+                      Teacher("--teacher results/teachers/{teacher} --features results/features/{data}/{teacher}"),
+                      f"--data results/data/{{data}} --out results/students/{RUN}"),
+          inputs=(Teacher("results/teachers/{teacher}"), Teacher("results/features/{data}/{teacher}"),
+                  "results/data/{data}"),
           outputs=(Out(f"results/students/{RUN}", directory=True),),
           params=("distill.train", "distill.students.{student}", "distill.methods.{method}", "runtime"),
           log=f"logs/distill/{RUN}.log", grids=(KD, BASELINE)),
     # Every student against every teacher it is compared with (CKA): a KD run against its own
     # teacher, a teacher-free baseline (trained once, under none/) against each teacher.
-    Stage("student_eval", ("eval clip --params params.yaml --model results/students/{kd_teacher}/{student}/{method}"
-                           "/{seed} --teacher results/teachers/{teacher} --data results/data"
+    Stage("student_eval", (f"eval clip --params params.yaml --model results/students/{TRAINED}"
+                           " --teacher results/teachers/{teacher} --data results/data"
                            f" --out results/student_eval/{RUN}/metrics.json",),
-          inputs=("results/students/{kd_teacher}/{student}/{method}/{seed}", "results/teachers/{teacher}",
+          inputs=(f"results/students/{TRAINED}", "results/teachers/{teacher}",
                   "results/data/{eval.split}"),
           outputs=(Out(f"results/student_eval/{RUN}/metrics.json", metrics=True),), params=CLIP_EVAL,
           log=f"logs/student_eval/{RUN}.log",
@@ -482,10 +493,10 @@ def results_path(stage: str, results: Path, index: int = 0, **bound) -> Path:
 
 def student_runs(params: dict) -> list[dict]:
     """Every evaluated student as the study grid defines it, sorted as its folders would be:
-    teacher (the one it is compared with), student, method, seed, and kd_teacher (the teacher
-    it was trained with, `none` for a teacher-free baseline)."""
+    data, duration, teacher (the one it is compared with), student, method, seed, and kd_teacher
+    (the teacher it was trained with, `none` for a teacher-free baseline)."""
     runs = [bound for _, bound in bindings(BY_NAME["student_eval"], params)]
-    return sorted(runs, key=lambda r: (r["teacher"], r["student"], r["method"], r["seed"]))
+    return sorted(runs, key=lambda r: tuple(r[k] for k in RUN_KEYS))
 
 
 # ---------------------------------------------------------------- Snakemake (workflow/rules/*.smk)
@@ -581,7 +592,7 @@ def benchmark(stage: Stage) -> str:
 def trained_students(params: dict) -> list[dict]:
     """Every trained student (KD runs and teacher-free baselines), sorted as their folders."""
     runs = [bound for _, bound in bindings(BY_NAME["distill"], params)]
-    return sorted(runs, key=lambda r: (r["teacher"], r["student"], r["method"], r["seed"]))
+    return sorted(runs, key=lambda r: tuple(r[k] for k in RUN_KEYS))
 
 
 # ---------------------------------------------------------------- dvc.yaml

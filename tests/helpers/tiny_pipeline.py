@@ -31,7 +31,7 @@ def run_stages(root: Path, data: Path, runtime=None, online: bool = True) -> Pat
     rt = {} if runtime is None else {"runtime": runtime}
     distill_spec = load_section(SMOKE, "distill")
     train_teacher(load_section(SMOKE, "teachers"), "s", data, root / "teacher", **rt)
-    extract(load_section(SMOKE, "features"), root / "teacher", data, root / "features", **rt)
+    extract(load_section(SMOKE, "features"), root / "teacher", data / "distill", root / "features", **rt)
     runs = [("store", distill_spec)]
     if online:
         online_train = distill_spec.train.model_copy(update={"teacher_mode": "online", "use_views": True})

@@ -55,8 +55,16 @@ def teacher_source(spec: DistillParams, split, teacher: Path, features: Path) ->
 
 def run(spec: DistillParams, *, student: str, method: str, seed: int, data: Path, out: Path,
         teacher_name: str = "none", teacher: Path | None = None, features: Path | None = None,
-        runtime: Runtime = CPU) -> dict | None:
-    """Train and save one student on `runtime`'s device; returns its manifest (None on ranks other than 0)."""
+        duration: int = 1, runtime: Runtime = CPU) -> dict | None:
+    """Train and save one student on `runtime`'s device for `duration` × the epochs (and
+    max_steps) of spec.train; returns its manifest (None on ranks other than 0)."""
+    if duration < 1:
+        raise ClipdistillError(f"--duration {duration}: a duration is a multiple (≥ 1) of distill.train.epochs")
+    if duration != 1:
+        train = spec.train
+        longer = {"epochs": train.epochs * duration,
+                  "max_steps": None if train.max_steps is None else train.max_steps * duration}
+        spec = spec.model_copy(update={"train": train.model_copy(update=longer)})
     rank, _ = init_from_env(runtime.device)
     student_spec = pick(spec.students, student, "distill.students")
     method_spec = pick(spec.methods, method, "distill.methods")

@@ -1,4 +1,4 @@
-"""`clipdistill features extract`: the frozen teacher, once over the distillation split."""
+"""`clipdistill features extract`: the frozen teacher, once over a distillation split."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from clipdistill.params import FeatureParams
 from clipdistill.training.runtime import CPU, Runtime
 
 
-def run(spec: FeatureParams, teacher: Path, data: Path, out: Path, runtime: Runtime = CPU) -> dict:
-    """Write the feature store of `teacher` on split `spec.split` of `data`; returns its manifest."""
-    split = load_split(data / spec.split, max_mb=runtime.in_memory_max_mb)
+def run(spec: FeatureParams, teacher: Path, split_dir: Path, out: Path, runtime: Runtime = CPU) -> dict:
+    """Write the feature store of `teacher` on the split in `split_dir`; returns its manifest."""
+    split = load_split(split_dir, max_mb=runtime.in_memory_max_mb)
     return extract(load_model_dir(teacher), split, spec, out, runtime)

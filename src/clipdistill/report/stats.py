@@ -70,7 +70,7 @@ class StudyInputError(ValueError):
 
 # ----------------------------------------------------------------------------- input
 
-def _prepare(scores):
+def _prepare(scores, min_teachers: int = 2):
     """Validate the long table and turn it into arrays: the per-question paired gains of every
     VLM (runs × VLM seeds × questions, in points, zero where a run has fewer VLM seeds), their
     mean over each run's VLM seeds (runs × questions), and each run's teacher, quality, method
@@ -112,7 +112,7 @@ def _prepare(scores):
     if (per_teacher > 1).any():
         raise StudyInputError(f"teacher {per_teacher[per_teacher > 1].index[0]!r} has more than one teacher_quality")
     teachers = sorted(kd["teacher"].unique(), key=str)
-    if len(teachers) < 2:
+    if len(teachers) < min_teachers:
         raise StudyInputError(f"only one teacher ({teachers[0]!r}): a relation to teacher quality needs at least two")
 
     # one dense (VLMs × questions) matrix; a VLM is (student, teacher, method, seed, vlm_seed)
@@ -485,14 +485,17 @@ def verdict_sentence(effect: dict, quality: str = "teacher quality") -> str:
             f"of ±{m:g} it would need {needs}).")
 
 
-def paired_effects(scores, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
+def paired_effects(scores, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                   min_teachers: int = 2) -> list[dict]:
     """The KD gain of every (teacher, method) cell over the seed-matched no-KD student, in
     points: the mean per-question paired difference, a percentile CI from a bootstrap that
     redraws seeds, each seed's VLM seeds (nested, see the module docstring) and one question
     draw shared by every run, and a two-sided bootstrap
     p-value, Holm-adjusted across all cells (so an effect picked after looking is tested as
-    one of all the cells it was picked from)."""
-    prep = _prepare(scores)
+    one of all the cells it was picked from). Any paired comparison fits this shape (the
+    report's regime axes: a level's run against its twin at the reference level, which plays
+    the baseline); `min_teachers` = 1 allows a single compared cell."""
+    prep = _prepare(scores, min_teachers)
     rng = np.random.default_rng(seed)
     q, s = prep["n_questions"], len(prep["seed_names"])
     boot_q = rng.multinomial(q, np.full(q, 1 / q), size=n_boot) / q

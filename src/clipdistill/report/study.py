@@ -19,8 +19,8 @@ import numpy as np
 
 from clipdistill import stages
 from clipdistill.io import DataError, atomic_dir, read_json, rounded, write_json
-from clipdistill.report.stats import (StudyInputError, bootstrap_mean_ci, paired_effects, rank_correlations,
-                                      teacher_effect, verdict_sentence)
+from clipdistill.report.stats import (BASELINE, StudyInputError, bootstrap_mean_ci, paired_effects,
+                                      rank_correlations, teacher_effect, verdict_sentence)
 from clipdistill.vqa.diagnostics import report_row
 from clipdistill.vqa.metrics import vqa_accuracy
 
@@ -37,11 +37,15 @@ def _question_scores(answers_file: Path, gold: dict) -> dict:
     return {r["question_id"]: vqa_accuracy(r["text"], gold[r["question_id"]]) for r in rows}
 
 
+AXES = ("data", "duration")  # the distillation regime's axes (distill.grid.data, .durations)
+
+
 def study_layout(params: str | Path | None, results: Path) -> dict:
     """The runs the report reads, from the stage table: with the study's params, every student
-    its grid defines (and whether it is a teacher-free baseline), every teacher and the VLM
-    seeds; without (a hand-made results tree), the runs and VLM seeds found where the table's
-    paths point."""
+    its grid defines (and whether it is a teacher-free baseline), every teacher, the VLM seeds
+    and the levels of each regime axis (the first the reference); without (a hand-made results
+    tree), the runs, VLM seeds and levels found where the table's paths point (reference: the
+    smallest duration, split `distill` if present)."""
     if params is not None:
         from clipdistill.params import load_section
 
@@ -51,17 +55,34 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
         study = {"teachers": dict.fromkeys(load_section(params, "teachers")), "distill": {"grid": grid.model_dump()}}
         vqa = load_section(params, "vqa")
         return {"teachers": sorted(study["teachers"]), "evaluated": stages.student_runs(study),
-                "trained": stages.trained_students(study), "vlm_seeds": vqa.seeds, "eval_sets": vqa.eval_splits[1:]}
+                "trained": stages.trained_students(study), "vlm_seeds": vqa.seeds, "eval_sets": vqa.eval_splits[1:],
+                "levels": {"data": list(grid.data), "duration": [str(d) for d in grid.durations]}}
+    segments = len(stages.RUN.split("/"))
+    depth = "/".join("*" * segments)
+
+    def run_of(parts) -> dict:
+        regime, *rest = parts
+        data, _, duration = regime.rpartition("-x")
+        return dict(zip(stages.RUN_KEYS, (data, duration, *rest), strict=True))
+
     evaluated = []
-    for ev in sorted((results / "student_eval").glob("*/*/*/*/metrics.json")):
-        run = dict(zip(("teacher", "student", "method", "seed"), ev.parts[-5:-1], strict=True))
+    for ev in sorted((results / "student_eval").glob(f"{depth}/metrics.json")):
+        run = run_of(ev.parts[-segments - 1:-1])
         kd = stages.results_path("distill", results, **run).is_dir()
         evaluated.append({**run, "kd_teacher": run["teacher"] if kd else stages.NO_TEACHER})
-    trained = [dict(zip(("teacher", "student", "method", "seed"), log.parts[-5:-1], strict=True))
-               for log in sorted((results / "students").glob("*/*/*/*/train_log.csv"))]
+    trained = [run_of(log.parts[-segments - 1:-1]) for log in sorted((results / "students").glob(f"{depth}/train_log.csv"))]
+    found = {axis: sorted({r[axis] for r in evaluated}) for axis in AXES}
+    found["duration"].sort(key=int)
+    if "distill" in found["data"]:
+        found["data"].insert(0, found["data"].pop(found["data"].index("distill")))
     return {"teachers": [p.parent.name for p in sorted((results / "teacher_eval").glob("*/metrics.json"))],
             "evaluated": evaluated, "trained": trained, "vlm_seeds": found_vlm_seeds(results),
-            "eval_sets": sorted(p.name for p in (results / "vqa_sets").glob("*") if p.is_dir())}
+            "eval_sets": sorted(p.name for p in (results / "vqa_sets").glob("*") if p.is_dir()), "levels": found}
+
+
+def varied_axes(layout: dict) -> dict[str, list[str]]:
+    """The regime axes with at least two levels (the others are not reported on)."""
+    return {axis: levels for axis, levels in (layout.get("levels") or {}).items() if len(levels) >= 2}
 
 
 def found_vlm_seeds(results: Path) -> list[int]:
@@ -107,9 +128,11 @@ def collect(results: Path, vqa_eval: Path, layout: dict | None = None, eval_set:
                 found.append({"vlm_seed": int(v), **fields})
         return found or [{}]
 
+    varied = varied_axes(layout)
     for run in layout["evaluated"]:
         t, s, m, seed, owner = run["teacher"], run["student"], run["method"], run["seed"], run["kd_teacher"]
-        trained = {"teacher": owner, "student": s, "method": m, "seed": seed}
+        trained = {"data": run["data"], "duration": run["duration"], "teacher": owner, "student": s, "method": m,
+                   "seed": seed}
         manifest = read_json(stages.results_path("distill", results, **trained) / "manifest.json")
         summary = read_json(stages.results_path("student_eval", results, **run))["summary"]
         student = {"kind": "student", "teacher": t, "student": s, "method": m, "seed": int(seed),
@@ -119,7 +142,8 @@ def collect(results: Path, vqa_eval: Path, layout: dict | None = None, eval_set:
                    "teacher_zeroshot": teachers.get(t, {}).get(QUALITY),
                    "teacher_retrieval": teachers.get(t, {}).get("retrieval_mean_R@1"),
                    "zeroshot": summary.get(QUALITY), "retrieval": summary.get("retrieval_mean_R@1"),
-                   "cka_image": summary.get("cka_image")}
+                   "cka_image": summary.get("cka_image"),
+                   **{axis: run[axis] for axis in varied}}  # a regime axis is a column where it varies
         rows += [{**student, **vlm} for vlm in vlms("vqa_student", **trained)]
     for t, summary in teachers.items():
         manifest = read_json(stages.results_path("teacher_train", results, teacher=t) / "manifest.json")
@@ -130,13 +154,20 @@ def collect(results: Path, vqa_eval: Path, layout: dict | None = None, eval_set:
         rows += [{**teacher, **vlm} for vlm in vlms("vqa_teacher", teacher=t)]
     rows += [{"kind": "blind", **vlm} for vlm in vlms("vqa_blind") if vlm]
     if not any(r["kind"] == "student" for r in rows):
-        raise DataError(f"{results}: no evaluated students found (results/student_eval/*/*/*/*/metrics.json)")
+        raise DataError(f"{results}: no evaluated students found (results/student_eval/{stages.RUN}/metrics.json)")
     return rows
+
+
+def _regime(r: dict) -> str:
+    """A row's regime levels where they vary (`distill_shifted x4`); empty in a one-regime study."""
+    return " ".join(f"x{r[a]}" if a == "duration" else str(r[a]) for a in AXES if a in r)
 
 
 def score_table(rows: list[dict]):
     """The long (VLM × question) table `teacher_effect` reads: KD students with their
-    teacher's zero-shot in %, and each no-KD baseline once per (student, seed, VLM seed)."""
+    teacher's zero-shot in %, and each no-KD baseline once per (regime, student, seed, VLM
+    seed). A run is paired with the baseline of its own regime (data split, duration): the
+    regime is part of `student`, the pairing key."""
     import pandas as pd
 
     frames, seen = [], set()
@@ -144,7 +175,7 @@ def score_table(rows: list[dict]):
         if r["kind"] != "student" or "_scores" not in r:
             continue
         if r.get("teacher_free"):
-            key = (r["student"], r["seed"], r.get("vlm_seed", 0))
+            key = (_regime(r), r["student"], r["seed"], r.get("vlm_seed", 0))
             if key in seen:  # evaluated against every teacher, trained and asked once
                 continue
             seen.add(key)
@@ -152,18 +183,59 @@ def score_table(rows: list[dict]):
         else:
             teacher, quality, method = r["teacher"], 100 * r["teacher_zeroshot"], r["method"]
         qids, scores = zip(*r["_scores"].items())
-        frames.append(pd.DataFrame({"student": r["student"], "teacher": teacher, "teacher_quality": quality,
+        student = f"{r['student']} {_regime(r)}".strip()
+        frames.append(pd.DataFrame({"student": student, "teacher": teacher, "teacher_quality": quality,
                                     "method": method, "seed": r["seed"], "vlm_seed": r.get("vlm_seed", 0),
                                     "question_id": list(qids),
                                     "score": list(scores)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def axis_effects(rows: list[dict], axes: dict[str, list[str]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Per regime axis (name → its levels, the first the reference): the effect on student VQA
+    (points) of each other level, every trained student (KD and no-KD) paired with its twin at
+    the reference level — same teacher, student, method, seed, other axis's level and VLM seed —
+    question by question. The teacher axis's machinery (`paired_effects`): bootstrap CI over
+    seeds, VLM seeds and questions; p Holm-adjusted over the axis's levels."""
+    import pandas as pd
+
+    out = {}
+    for axis, levels in axes.items():
+        frames, seen = [], set()
+        for r in rows:
+            if r["kind"] != "student" or "_scores" not in r:
+                continue
+            owner = None if r.get("teacher_free") else r["teacher"]
+            twin = (owner or stages.NO_TEACHER, r["student"], r["method"], *(r[a] for a in AXES if a in r and a != axis))
+            key = (twin, r[axis], r["seed"], r.get("vlm_seed", 0))
+            if key in seen:  # a no-KD student is evaluated against every teacher, trained and asked once
+                continue
+            seen.add(key)
+            reference = r[axis] == levels[0]
+            qids, scores = zip(*r["_scores"].items())
+            frames.append(pd.DataFrame({"student": "/".join(map(str, twin)), "teacher": None if reference else r[axis],
+                                        "teacher_quality": np.nan if reference else float(levels.index(r[axis])),
+                                        "method": BASELINE if reference else axis, "seed": r["seed"],
+                                        "vlm_seed": r.get("vlm_seed", 0), "question_id": list(qids),
+                                        "score": list(scores)}))
+        try:
+            cells = paired_effects(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+                                   n_boot=n_boot, seed=seed, min_teachers=1)
+        except StudyInputError as e:
+            out[axis] = {"reference": levels[0], "error": str(e)}
+            continue
+        cells.sort(key=lambda c: levels.index(c["teacher"]))
+        out[axis] = {"reference": levels[0],
+                     "levels": [{"level": c["teacher"], "runs": c["seeds"], "effect": c["gain"], "ci": c["ci"],
+                                 "p": c["p"], "p_holm": c["p_holm"]} for c in cells]}
+    return out
+
+
 def per_run(rows: list[dict]) -> list[dict]:
     """One row per encoder run: its VLMs' rows merged (no `vlm_seed`), `vqa_overall` their mean."""
     merged: dict = {}
     for r in rows:
-        key = (r["kind"], r.get("teacher"), r.get("student"), r.get("method"), r.get("seed"))
+        key = (r["kind"], r.get("teacher"), r.get("student"), r.get("method"), r.get("seed"), _regime(r))
         if key in merged:
             merged[key]["_vqa"].append(r["vqa_overall"])
         else:
@@ -178,16 +250,17 @@ def student_table(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[d
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["kind"] == "student" and "_scores" in r:
-            groups[(r["teacher"], r["student"], r["method"])][r["seed"]].append(r)
+            groups[(tuple(r[a] for a in AXES if a in r), r["teacher"], r["student"], r["method"])][r["seed"]].append(r)
     table = []
-    for (t, s, m), by_seed in sorted(groups.items()):
+    for (levels, t, s, m), by_seed in sorted(groups.items()):
         runs = [vlm for _, vlms in sorted(by_seed.items()) for vlm in vlms]
         qids = sorted(runs[0]["_scores"], key=str)
         per_seed = [100 * np.array([[vlm["_scores"][q] for q in qids] for vlm in vlms]) for _, vlms in sorted(by_seed.items())]
         # seeds × VLM seeds × questions when every seed has as many VLMs; else each seed's VLM mean
         matrix = np.stack(per_seed) if len({len(v) for v in per_seed}) == 1 else np.stack([v.mean(0) for v in per_seed])
         mean, lo, hi = bootstrap_mean_ci(matrix, n_boot, seed)
-        table.append({"teacher": t, "student": s, "method": m, "seeds": len(by_seed),
+        table.append({**{a: r for a, r in zip([a for a in AXES if a in runs[0]], levels)},
+                      "teacher": t, "student": s, "method": m, "seeds": len(by_seed),
                       "vlm_seeds": max(len(v) for v in per_seed),
                       "teacher_free": runs[0].get("teacher_free", False),
                       "teacher_zeroshot": runs[0]["teacher_zeroshot"],
@@ -197,9 +270,11 @@ def student_table(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[d
     return table
 
 
-def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1) -> dict:
-    """Group means with CIs, the paired KD gains, the teacher effect and its verdict, and the
-    (descriptive) rank correlations."""
+def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float = 0.1,
+            axes: dict[str, list[str]] | None = None) -> dict:
+    """Group means with CIs, the paired KD gains, the teacher effect and its verdict, the
+    (descriptive) rank correlations, and the effect of each regime axis in `axes` (those with
+    two or more levels, see `axis_effects`)."""
     table = student_table(rows, n_boot, seed)
     correlations = {}
     # descriptive only: one pair per run (teacher × seed, its VLMs averaged); runs of a teacher are not independent
@@ -222,7 +297,8 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0, margin: float =
         answer = verdict_sentence(effect, QUALITY_NAME)
     except StudyInputError as e:  # e.g. no baseline in the grid: say what is missing, not a traceback
         answer = f"Inconclusive: the study cannot be analysed ({e})."
-    return {"table": table, "correlations": correlations, "effect": effect, "gains": gains, "answer": answer}
+    return {"table": table, "correlations": correlations, "effect": effect, "gains": gains, "answer": answer,
+            "axes": axis_effects(rows, axes, n_boot, seed) if axes else {}}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -237,14 +313,16 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _markdown(rows: list[dict], analysis: dict) -> str:
+    regimes = any(_regime(r) for r in analysis["table"])  # a column only where a regime axis varies
     lines = ["# Study report", "", f"**Answer:** {analysis['answer']}", "",
              "## Students (mean over seeds and VLM seeds; VQA ± 95% bootstrap CI over seeds, each seed's VLM seeds "
              "and questions)", "",
+             ("| regime " if regimes else "") +
              "| teacher | teacher zero-shot | student | method | seeds | VLMs per seed | student zero-shot | "
              "CKA to teacher | VQA overall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             ("|---" if regimes else "") + "|---|---|---|---|---|---|---|---|---|"]
     for r in analysis["table"]:
-        lines.append(f"| {r['teacher']} | {r['teacher_zeroshot']:.3f} | {r['student']} | {r['method']} | {r['seeds']} | "
+        lines.append((f"| {_regime(r)} " if regimes else "") + f"| {r['teacher']} | {r['teacher_zeroshot']:.3f} | {r['student']} | {r['method']} | {r['seeds']} | "
                      f"{r['vlm_seeds']} | {r['zeroshot']:.3f} | {r['cka_image']:.3f} | "
                      f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |")
     refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
@@ -257,6 +335,7 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
             lines.append(f"| {name} | {zs} | {r['vqa_overall']:.1f} |")
     lines += _diagnostics_markdown(rows)
     lines += _effect_markdown(analysis)
+    lines += _axes_markdown(analysis["axes"])
     lines += ["", "## Teacher zero-shot vs student VQA: rank correlations (descriptive)", "",
               "Runs of one teacher are not independent; the verdict above comes from the teacher effect.", "",
               "| methods | n | Spearman ρ [95% CI] | Kendall τ [95% CI] |", "|---|---|---|---|"]
@@ -274,7 +353,8 @@ def further_set(rows: list[dict], n_boot: int, seed: int) -> dict:
     seeds and this set's questions) and the references (teachers, blind; mean over VLM seeds)."""
     missing = sum(1 for r in rows if r["kind"] != "blind" and "vqa_overall" not in r)
     refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
-    return {"students": [{k: r[k] for k in ("teacher", "student", "method", "seeds", "vlm_seeds", "vqa", "vqa_ci")}
+    return {"students": [{k: r[k] for k in (*AXES, "teacher", "student", "method", "seeds", "vlm_seeds", "vqa", "vqa_ci")
+                          if k in r}
                          for r in student_table(rows, n_boot, seed)],
             "references": [{"encoder": "blind" if r["kind"] == "blind" else f"teacher {r['teacher']}",
                             "vqa": r["vqa_overall"]} for r in refs],
@@ -292,7 +372,7 @@ def _sets_markdown(study_set: str, further: dict) -> str:
              "questions.", ""]
     for name, res in further.items():
         lines += [f"### {name}", "", "| teacher | student | method | seeds | VQA overall |", "|---|---|---|---|---|"]
-        lines += [f"| {r['teacher']} | {r['student']} | {r['method']} | {r['seeds']} | "
+        lines += [f"| {(_regime(r) + ' ') if _regime(r) else ''}{r['teacher']} | {r['student']} | {r['method']} | {r['seeds']} | "
                   f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |" for r in res["students"]]
         if res["references"]:
             lines += ["", "References: " + ", ".join(f"{r['encoder']} {r['vqa']:.1f}" for r in res["references"]) + "."]
@@ -313,7 +393,8 @@ def _diagnostics_markdown(rows: list[dict]) -> list[str]:
     def name(r):
         vlm = f" (VLM seed {r['vlm_seed']})" if "vlm_seed" in r else ""
         if r["kind"] == "student":
-            return f"{r['teacher']}/{r['student']}/{r['method']}/{r['seed']}{vlm}"
+            regime = _regime(r).replace(" ", "-")
+            return (f"{regime}/" if regime else "") + f"{r['teacher']}/{r['student']}/{r['method']}/{r['seed']}{vlm}"
         return ("blind" if r["kind"] == "blind" else f"teacher {r['teacher']}") + vlm
 
     def cell(v):
@@ -375,6 +456,30 @@ def _effect_markdown(analysis: dict) -> list[str]:
     for g in analysis["gains"]:
         lines.append(f"| {g['teacher']} | {g['method']} | {g['seeds']} | {g['gain']:+.1f} "
                      f"[{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}] | {g['p_holm']:.3f} |")
+    return lines
+
+
+def _level(axis: str, level: str) -> str:
+    return f"×{level}" if axis == "duration" else level
+
+
+def _axes_markdown(axes: dict) -> list[str]:
+    """Each regime axis with two or more levels: every level against the reference level."""
+    if not axes:
+        return []
+    lines = ["", "## Distillation regime: each level against the reference level (VQA points)", "",
+             "Every trained student (KD and no-KD) against its twin at the axis's reference level (the first listed): "
+             "the same teacher, student, method, seed, level of the other axis and VLM seed, question by question. "
+             "95% bootstrap CI over seeds, VLM seeds and questions; p Holm-adjusted over the axis's levels "
+             "(the teacher effect's machinery).", "",
+             "| axis | level | reference | runs | effect [95% CI] | p (Holm) |", "|---|---|---|---|---|---|"]
+    for axis, res in axes.items():
+        ref = _level(axis, res["reference"])
+        if "error" in res:
+            lines.append(f"| {axis} | – | {ref} | – | not analysable: {res['error']} | – |")
+            continue
+        lines += [f"| {axis} | {_level(axis, c['level'])} | {ref} | {c['runs']} | {c['effect']:+.1f} "
+                  f"[{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}] | {c['p_holm']:.3f} |" for c in res["levels"]]
     return lines
 
 
@@ -476,7 +581,7 @@ def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: i
     results, out = Path(results), Path(out)
     layout = study_layout(params, results)
     rows = collect(results, Path(vqa_eval), layout)
-    analysis = analyse(rows, n_boot, seed, margin)
+    analysis = analyse(rows, n_boot, seed, margin, varied_axes(layout))
     further = {s: further_set(collect(results, Path(vqa_eval), layout, eval_set=s), n_boot, seed)
                for s in layout.get("eval_sets") or []}
     with atomic_dir(out) as tmp:
@@ -485,7 +590,8 @@ def report(results: str | Path, vqa_eval: str | Path, out: str | Path, n_boot: i
         if further:  # absent with one evaluation set: the default study's report is unchanged
             write_json(tmp / "eval_sets.json", _finite(rounded(further, 4)))
         write_json(tmp / "correlations.json", rounded(analysis["correlations"], 4))
+        axes = {"axes": analysis["axes"]} if analysis["axes"] else {}  # only an axis with two or more levels
         write_json(tmp / "effect.json", _finite(rounded({"answer": analysis["answer"], "effect": analysis["effect"],
-                                                         "gains": analysis["gains"]}, 4)))
+                                                         "gains": analysis["gains"], **axes}, 4)))
         _plots(rows, analysis, results, tmp, layout["trained"])
     return analysis
