@@ -361,10 +361,10 @@ def test_the_report_reads_the_runs_the_grid_defines(tmp_path):
     report(res, data, tmp_path / "grid", n_boot=50, params=params)
     for name in ("study.md", "study.csv", "effect.json", "correlations.json"):
         assert (tmp_path / "grid" / name).read_bytes() == (tmp_path / "found" / name).read_bytes(), name
-    (res / "student_eval/m/xs/baseline/1/metrics.json").unlink()
+    (res / "student_eval/distill-x1/m/xs/baseline/1/metrics.json").unlink()
     from clipdistill.io import DataError
 
-    with pytest.raises(DataError, match="student_eval/m/xs/baseline/1/metrics.json: file not found"):
+    with pytest.raises(DataError, match="student_eval/distill-x1/m/xs/baseline/1/metrics.json: file not found"):
         report(res, data, tmp_path / "short", n_boot=50, params=params)
 
 

@@ -93,7 +93,8 @@ def test_the_worked_example_runs_through_snakemake_and_dvc(example_data, tmp_pat
     teacher = json.loads((root / "results/teachers/vits32/manifest.json").read_text())
     assert teacher["model_name"] == "ViT-S-32-alt" and teacher["source"] == "external"
     questions = json.loads((example_data / "vqa_eval_questions.json").read_text())["questions"]
-    for vlm in ("teachers/vits32", "students/vits32/xs/clipkd/0", "students/none/xs/baseline/0", "blind"):
+    for vlm in ("teachers/vits32", "students/distill-x1/vits32/xs/clipkd/0", "students/distill-x1/none/xs/baseline/0",
+                "blind"):
         answers = [json.loads(line) for line in (root / f"results/vqa/{vlm}/vlm0/answers.jsonl").open()]
         assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in questions), vlm
         metrics = json.loads((root / f"results/vqa_metrics/{vlm}/vlm0.json").read_text())

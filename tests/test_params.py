@@ -173,3 +173,40 @@ def test_every_vqa_import_refuses_an_image_pattern_with_an_unknown_field(entry):
     assert split.validate_python({**entry, "image_pattern": "{image_id}.png"}).format == entry["format"]
     with pytest.raises(ValidationError, match=r"unknown field\(s\) \['imageId'\]"):
         split.validate_python({**entry, "image_pattern": "{imageId}.png"})
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("distill", "grid", "data"), ["distill", "distill_typo"],
+     "distill.grid.data: ['distill_typo'] not data splits; known: clip_eval, distill, distill_shifted,"),
+    (("distill", "grid", "data"), ["distill", "distill"],
+     "distill.grid.data = ['distill', 'distill']: level(s) ['distill'] listed twice: each is one set of runs"),
+    (("distill", "grid", "data"), [], "distill.grid.data = []: List should have at least 1 item"),
+    (("distill", "grid", "durations"), [1, 0], "distill.grid.durations = [1, 0]: durations [0] must be ≥ 1"),
+    (("distill", "grid", "durations"), [2, 2], "level(s) [2] listed twice"),
+    (("features", "split"), "distill", "features: `split` moved to distill.grid.data, the list of splits students "
+                                       "distil on (e.g. data: [distill])"),
+])
+def test_a_bad_regime_level_is_one_line_and_exit_2(tmp_path, keys, value, message):
+    """distill.grid.data names data splits, distill.grid.durations multiples ≥ 1, each level once;
+    `clipdistill params check` prints the problem in one line and exits 2."""
+    import subprocess
+
+    from conftest import BIN
+
+    _with(tmp_path / "params.yaml", keys, value)
+    with pytest.raises(P.ParamsError) as info:
+        P.load_params(tmp_path / "params.yaml")
+    assert "\n" not in str(info.value) and message in str(info.value), str(info.value)
+    proc = subprocess.run([BIN / "clipdistill", "params", "check", "--params", tmp_path / "params.yaml"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_imported_question_split_cannot_be_distilled_on(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"]["splits"]["vqa_real"] = {"format": "vqav2", "questions": "q.json", "annotations": "a.json",
+                                         "image_root": "/img", "image_pattern": "{image_id}.png"}
+    raw["distill"]["grid"]["data"] = ["distill", "vqa_real"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(P.ParamsError, match=r"distill.grid.data: split 'vqa_real' is imported from vqav2"):
+        P.load_params(tmp_path / "p.yaml")

@@ -14,10 +14,13 @@ from conftest import BIN
 from studies import copy_study, dvc_stale, nothing_to_do, run
 
 METHOD_PARAM = "distill.methods.clipkd.weight=2"
-# The clipkd students of both teachers, their evaluations and VLMs (one per VLM seed of the smoke
-# study, vqa.seeds: [0, 1]), and the report: nothing else.
-EXPECTED_RERUN = ({f"{stage}@{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for t in "sm"}
-                  | {f"vqa_student@{t}-xs-clipkd-0-{v}" for t in "sm" for v in (0, 1)} | {"report"})
+# The clipkd students of both teachers in every regime of the smoke study (distill.grid.data ×
+# durations: 2 × 2), their evaluations and VLMs (one per VLM seed, vqa.seeds: [0, 1]), and the
+# report: nothing else.
+REGIMES = [f"{data}-{duration}" for data in ("distill", "distill_shifted") for duration in (1, 2)]
+CLIPKD_RUNS = {f"distill@{r}-{t}-xs-clipkd-0" for r in REGIMES for t in "sm"}
+EXPECTED_RERUN = ({f"{stage}@{r}-{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for r in REGIMES for t in "sm"}
+                  | {f"vqa_student@{r}-{t}-xs-clipkd-0-{v}" for r in REGIMES for t in "sm" for v in (0, 1)} | {"report"})
 
 
 def test_sync_outside_a_project_fails_in_one_line(tmp_path):
@@ -60,7 +63,7 @@ def test_one_param_experiment_after_make_run_reruns_only_that_method(snakemake_s
                               "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 2}")
     assert edited != original
     params.write_text(edited)  # DVC calls only the two stages that read the param stale
-    assert dvc_stale(root, home) == {"distill@m-xs-clipkd-0", "distill@s-xs-clipkd-0"}
+    assert dvc_stale(root, home) == CLIPKD_RUNS
     params.write_text(original)
     assert exp_run_stages(root, home) == EXPECTED_RERUN
     assert dvc_stale(root, home) == set()

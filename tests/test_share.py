@@ -65,8 +65,8 @@ def study(snakemake_study):
 
 def test_smoke_study_end_to_end_leaves_nothing_to_do(study, home):
     for expected in ("results/preview/scenes.png", "results/vqa_metrics/blind/vlm0.json", "results/report/study.md",
-                     "results/vqa_metrics/students/m/xs/clipkd/0/vlm1.json",
-                     "results/student_eval/m/xs/baseline/0/metrics.json"):
+                     "results/vqa_metrics/students/distill_shifted-x2/m/xs/clipkd/0/vlm1.json",
+                     "results/student_eval/distill-x2/m/xs/baseline/0/metrics.json"):
         assert (study / expected).is_file(), expected
     assert "Nothing to be done" in run([BIN / "snakemake", "-n"], study, home).stdout
     assert dvc("status", "--json", cwd=study, home=home).stdout.strip() == "{}"
@@ -204,7 +204,8 @@ def test_push_clone_pull_leaves_both_runners_with_nothing_to_do(kind, study, hom
     credentials(kind, clone, home, request)
     cli("pull", "--remote", name, cwd=clone, home=home)
     assert dvc("status", "--json", cwd=clone, home=home).stdout.strip() == "{}"
-    for out in ("results/students/m/xs/clipkd/0", "results/vqa/blind", "results/report", "results/features/s"):
+    for out in ("results/students/distill-x1/m/xs/clipkd/0", "results/vqa/blind", "results/report",
+                "results/features/distill_shifted/s"):
         assert tree_hash(clone / out) == tree_hash(origin / out), out
     dry = run([BIN / "snakemake", "-n", "--workflow-profile", "workflow/profiles/default"], clone, home)
     assert "Nothing to be done" in dry.stdout, dry.stdout[-2000:]
