@@ -120,6 +120,50 @@ def test_snakemake_and_dvc_define_the_same_stages(dags):
 HARNESS_STAGES = {s.name for s in stages.STAGES if s.name.startswith("harness_")}
 
 
+@pytest.fixture(scope="module")
+def regime_dags(tmp_path_factory):
+    """The smoke study, whose regime is 2 × 2 (distill.grid.data [distill, distill_shifted] ×
+    durations [1, 2]): Snakemake's jobs, DVC's stages and DVC's stage names."""
+    project = project_copy(tmp_path_factory.mktemp("dag_regimes") / "project", SMOKE)
+    return snakemake_jobs(project), dvc_stages(project), set(dvc_params(project))
+
+
+def test_a_two_by_two_regime_gives_every_run_its_split_store_and_duration_in_both_runners(regime_dags):
+    """One feature store per (split, teacher); every KD run and no-KD baseline once per regime,
+    reading that regime's split and store and training for its duration; every student's
+    evaluations and VLMs under its regime's folder; the same jobs for Snakemake and DVC."""
+    snakemake, dvc, names = regime_dags
+    assert_same_stages(snakemake, dvc)
+    splits, durations, teachers = ("distill", "distill_shifted"), (1, 2), "sm"
+    regimes = [(d, n) for d in splits for n in durations]
+
+    def outs(stage):
+        return {o for job in snakemake if job[0] == stage for o in job[3]}
+
+    assert outs("features_extract") == {f"results/features/{d}/{t}" for d in splits for t in teachers}
+    trained = [(d, n, t, m) for d, n in regimes for t, m in (("s", "clipkd"), ("m", "clipkd"), ("none", "baseline"))]
+    assert outs("distill") == {f"results/students/{d}-x{n}/{t}/xs/{m}/0" for d, n, t, m in trained}
+    commands = {job[1] for job in snakemake if job[0] == "distill"}
+    for d, n, t, m in trained:
+        reads = (f" --teacher results/teachers/{t} --features results/features/{d}/{t}" if t != "none" else "")
+        assert any(f"--teacher-name {t} --student xs --method {m} --seed 0 --duration {n}{reads} --data "
+                   f"results/data/{d} --out results/students/{d}-x{n}/{t}/xs/{m}/0" in c for c in commands), (d, n, t)
+    # a baseline is scored against each teacher, from its own regime's folder
+    evals = {(o, frozenset(i for i in job[2] if i.startswith("results/students/")))
+             for job in snakemake if job[0] == "student_eval" for o in job[3]}
+    assert evals == {(f"results/student_eval/{d}-x{n}/{t}/xs/{m}/0/metrics.json",
+                      frozenset({f"results/students/{d}-x{n}/{t if m == 'clipkd' else 'none'}/xs/{m}/0"}))
+                     for d, n in regimes for t in teachers for m in ("clipkd", "baseline")}
+    assert outs("vqa_student") >= {f"results/vqa_metrics/students/{d}-x{n}/{t}/xs/{m}/0/vlm{v}.json"
+                                   for d, n, t, m in trained for v in (0, 1)}
+    assert len(outs("vqa_student")) == 2 * len(trained) * 2  # a folder and a metrics file per VLM
+    # DVC stage names read as the paths: regime (split, duration) first
+    assert {"features_extract@distill_shifted-m", "distill@distill_shifted-2-m-xs-clipkd-0",
+            "distill_baseline@distill-1-xs-baseline-0", "student_eval_baseline@distill_shifted-1-s-xs-baseline-0",
+            "vqa_student@distill-2-s-xs-clipkd-0-1", "vqa_baseline@distill_shifted-2-xs-baseline-0-0"} <= names
+    assert sum(n.startswith(("distill@", "distill_baseline@")) for n in names) == len(trained)
+
+
 def test_harness_stages_are_off_by_default_in_both_runners(dags):
     """Empty eval.harnesses: no harness job in Snakemake's DAG (so none in `all`), no harness
     stage in DVC's (an empty matrix axis makes none), whatever else the study runs."""
