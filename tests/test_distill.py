@@ -214,3 +214,30 @@ def test_store_of_other_preprocessing_is_refused(tmp_path, world, teacher_dir, s
     (store / "manifest.json").write_text(json.dumps(manifest))
     cmd = _cli(params, tmp_path / "out", world, teacher_dir, store)
     _refused(cmd, tmp_path / "out", "preprocessing differs in ['mean']")
+
+
+def test_a_duration_multiplies_the_epochs_and_the_step_cap(tmp_path, smoke_data):
+    """`distill --duration N` (the grid's durations axis) trains N × distill.train.epochs, and
+    N × max_steps where one is set; the manifest records the epochs it trained. N < 1 is one line."""
+    from clipdistill.distill.stage import run
+    from clipdistill.io import ClipdistillError
+    from clipdistill.params import load_section
+
+    from conftest import SMOKE
+
+    spec = load_section(SMOKE, "distill")
+
+    def steps(name, spec, duration) -> int:
+        """Training steps of the run (one train_log row each)."""
+        run(spec, student="xs", method="baseline", seed=0, data=smoke_data / "distill", out=tmp_path / name,
+            duration=duration)
+        return len((tmp_path / name / "train_log.csv").read_text().splitlines()) - 1
+
+    assert steps("x2", spec, 2) == 2 * steps("x1", spec, 1) > 0
+    capped = spec.model_copy(update={"train": spec.train.model_copy(update={"max_steps": 2})})
+    assert steps("cap_x1", capped, 1) == 2 and steps("cap_x3", capped, 3) == 6
+    saved = json.loads((tmp_path / "x2" / "manifest.json").read_text())
+    assert json.dumps(saved).count(f'"epochs": {2 * spec.train.epochs}') == 1
+    with pytest.raises(ClipdistillError, match="--duration 0: a duration is a multiple"):
+        run(spec, student="xs", method="baseline", seed=0, data=smoke_data / "distill", out=tmp_path / "x0",
+            duration=0)
