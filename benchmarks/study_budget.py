@@ -1,10 +1,13 @@
 """Per-stage wall-time breakdown of a study run, from Snakemake's `benchmark:` files.
 
     .venv/bin/python benchmarks/study_budget.py [results/benchmarks] [--wall SECONDS]
+    .venv/bin/python benchmarks/study_budget.py --estimate configs/full.yaml
 
 Prints a Markdown table: jobs, summed job seconds, mean and max per job, per rule. Jobs run
 side by side (`-c2`), so the sum over rules exceeds the wall time; `--wall` adds the
-measured wall clock and the achieved parallelism.
+measured wall clock and the achieved parallelism. `--estimate PARAMS` prices a study before
+running it: its jobs per stage (from the stage table) at the default study's measured seconds
+per job (README), a distill job scaled by its duration.
 """
 
 from __future__ import annotations
@@ -42,12 +45,43 @@ def table(per_rule: dict[str, list[float]], wall: float | None) -> str:
     return "\n".join(lines)
 
 
+# Seconds per job of the default study on the 2-core machine (README: the ccbb98d table; a VQA
+# job at the measured 67 CPU-seconds), and the parallelism `make run` reached there.
+SECONDS_PER_JOB = {"data_prepare": 2.2, "data_preview": 2.3, "teacher_train": 106.7, "teacher_eval": 5.8,
+                   "features_extract": 11.8, "distill": 16.7, "student_eval": 7.2, "vqa_lm": 136.0,
+                   "vqa_teacher": 67.0, "vqa_student": 67.0, "vqa_blind": 67.0, "report": 7.1}
+PARALLELISM = 1.97
+
+
+def estimate(params_file: Path) -> str:
+    """The study's jobs per stage and their estimated seconds; the wall time at PARALLELISM."""
+    import yaml
+
+    from clipdistill import stages
+
+    params = yaml.safe_load(params_file.read_text())
+    lines = ["| stage | jobs | est. job s |", "|---|---:|---:|"]
+    jobs = total = 0.0
+    for stage in stages.STAGES:
+        runs = [bound for _, bound in stages.bindings(stage, params)]
+        if not runs or stage.name not in SECONDS_PER_JOB:
+            continue
+        secs = sum(SECONDS_PER_JOB[stage.name] * (int(b["duration"]) if stage.name == "distill" else 1) for b in runs)
+        jobs, total = jobs + len(runs), total + secs
+        lines.append(f"| {stage.name} | {len(runs)} | {secs:.0f} |")
+    wall = total / PARALLELISM
+    lines.append(f"| **all** | {jobs:.0f} | {total:.0f} |")
+    lines.append(f"\nestimated wall clock {wall:.0f} s ({wall / 60:.0f} min) at parallelism {PARALLELISM}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results/benchmarks", type=Path)
     ap.add_argument("--wall", type=float, help="measured wall-clock seconds of the run")
+    ap.add_argument("--estimate", type=Path, metavar="PARAMS", help="estimate this study's time instead")
     args = ap.parse_args()
-    print(table(job_seconds(args.root), args.wall))
+    print(estimate(args.estimate) if args.estimate else table(job_seconds(args.root), args.wall))
 
 
 if __name__ == "__main__":
