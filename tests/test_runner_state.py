@@ -19,8 +19,10 @@ METHOD_PARAM = "distill.methods.clipkd.weight=2"
 # report: nothing else.
 REGIMES = [f"{data}-{duration}" for data in ("distill", "distill_shifted") for duration in (1, 2)]
 CLIPKD_RUNS = {f"distill@{r}-{t}-xs-clipkd-0" for r in REGIMES for t in "sm"}
-EXPECTED_RERUN = ({f"{stage}@{r}-{t}-xs-clipkd-0" for stage in ("distill", "student_eval") for r in REGIMES for t in "sm"}
-                  | {f"vqa_student@{r}-{t}-xs-clipkd-0-{v}" for r in REGIMES for t in "sm" for v in (0, 1)} | {"report"})
+EXPECTED_RERUN = ({f"{stage}@{r}-{t}-xs-clipkd-0" for stage in ("distill", "student_eval")
+                   for r in REGIMES for t in "sm"}
+                  | {f"vqa_student@{r}-{t}-xs-clipkd-0-{v}" for r in REGIMES for t in "sm" for v in (0, 1)}
+                  | {"report"})
 
 
 def test_sync_outside_a_project_fails_in_one_line(tmp_path):

@@ -70,7 +70,8 @@ def study_layout(params: str | Path | None, results: Path) -> dict:
         run = run_of(ev.parts[-segments - 1:-1])
         kd = stages.results_path("distill", results, **run).is_dir()
         evaluated.append({**run, "kd_teacher": run["teacher"] if kd else stages.NO_TEACHER})
-    trained = [run_of(log.parts[-segments - 1:-1]) for log in sorted((results / "students").glob(f"{depth}/train_log.csv"))]
+    trained = [run_of(log.parts[-segments - 1:-1])
+               for log in sorted((results / "students").glob(f"{depth}/train_log.csv"))]
     found = {axis: sorted({r[axis] for r in evaluated}) for axis in AXES}
     found["duration"].sort(key=int)
     if "distill" in found["data"]:
@@ -206,7 +207,8 @@ def axis_effects(rows: list[dict], axes: dict[str, list[str]], n_boot: int = 100
             if r["kind"] != "student" or "_scores" not in r:
                 continue
             owner = None if r.get("teacher_free") else r["teacher"]
-            twin = (owner or stages.NO_TEACHER, r["student"], r["method"], *(r[a] for a in AXES if a in r and a != axis))
+            others = (r[a] for a in AXES if a in r and a != axis)
+            twin = (owner or stages.NO_TEACHER, r["student"], r["method"], *others)
             key = (twin, r[axis], r["seed"], r.get("vlm_seed", 0))
             if key in seen:  # a no-KD student is evaluated against every teacher, trained and asked once
                 continue
@@ -322,7 +324,8 @@ def _markdown(rows: list[dict], analysis: dict) -> str:
              "CKA to teacher | VQA overall |",
              ("|---" if regimes else "") + "|---|---|---|---|---|---|---|---|---|"]
     for r in analysis["table"]:
-        lines.append((f"| {_regime(r)} " if regimes else "") + f"| {r['teacher']} | {r['teacher_zeroshot']:.3f} | {r['student']} | {r['method']} | {r['seeds']} | "
+        lines.append((f"| {_regime(r)} " if regimes else "") +
+                     f"| {r['teacher']} | {r['teacher_zeroshot']:.3f} | {r['student']} | {r['method']} | {r['seeds']} | "
                      f"{r['vlm_seeds']} | {r['zeroshot']:.3f} | {r['cka_image']:.3f} | "
                      f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |")
     refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
@@ -353,8 +356,8 @@ def further_set(rows: list[dict], n_boot: int, seed: int) -> dict:
     seeds and this set's questions) and the references (teachers, blind; mean over VLM seeds)."""
     missing = sum(1 for r in rows if r["kind"] != "blind" and "vqa_overall" not in r)
     refs = per_run([r for r in rows if r["kind"] in ("teacher", "blind") and "vqa_overall" in r])
-    return {"students": [{k: r[k] for k in (*AXES, "teacher", "student", "method", "seeds", "vlm_seeds", "vqa", "vqa_ci")
-                          if k in r}
+    keys = (*AXES, "teacher", "student", "method", "seeds", "vlm_seeds", "vqa", "vqa_ci")
+    return {"students": [{k: r[k] for k in keys if k in r}
                          for r in student_table(rows, n_boot, seed)],
             "references": [{"encoder": "blind" if r["kind"] == "blind" else f"teacher {r['teacher']}",
                             "vqa": r["vqa_overall"]} for r in refs],
@@ -372,7 +375,8 @@ def _sets_markdown(study_set: str, further: dict) -> str:
              "questions.", ""]
     for name, res in further.items():
         lines += [f"### {name}", "", "| teacher | student | method | seeds | VQA overall |", "|---|---|---|---|---|"]
-        lines += [f"| {(_regime(r) + ' ') if _regime(r) else ''}{r['teacher']} | {r['student']} | {r['method']} | {r['seeds']} | "
+        lines += [f"| {(_regime(r) + ' ') if _regime(r) else ''}{r['teacher']} | {r['student']} | {r['method']} | "
+                  f"{r['seeds']} | "
                   f"{r['vqa']:.1f} [{r['vqa_ci'][0]:.1f}, {r['vqa_ci'][1]:.1f}] |" for r in res["students"]]
         if res["references"]:
             lines += ["", "References: " + ", ".join(f"{r['encoder']} {r['vqa']:.1f}" for r in res["references"]) + "."]
