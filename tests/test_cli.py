@@ -76,7 +76,7 @@ def test_distill_without_teacher_refuses_kd_methods_in_one_line(tmp_path, smoke_
 
 def test_preview_shows_the_splits_params_name_in_both_runners(tmp_path, smoke_data):
     """A study without `vqa_eval` or `distill_shifted`: the preview stage reads its first VQA
-    evaluation set and its distillation split, in the stage table, in dvc.yaml as DVC resolves
+    evaluation set and its first distillation split, in the stage table, in dvc.yaml as DVC resolves
     it, and the rendered command (and the CLI's default, from --params) draws them."""
     import shutil
 
@@ -90,6 +90,7 @@ def test_preview_shows_the_splits_params_name_in_both_runners(tmp_path, smoke_da
     splits["vqa_test"] = splits.pop("vqa_eval")
     del splits["distill_shifted"]
     raw["vqa"]["eval_splits"] = ["vqa_test"]
+    raw["distill"]["grid"]["data"] = ["distill"]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     stage = stages.BY_NAME["data_preview"]

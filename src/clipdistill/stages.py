@@ -189,10 +189,10 @@ STAGES: tuple[Stage, ...] = (
           inputs=(Sources("{split}"),), outputs=(Out("results/data/{split}", directory=True),),
           params=("data.*", "data.splits.{split}"), log="logs/data_prepare/{split}.log",
           grids=(Grid({"split": "data.splits"}),)),
-    # The study's own splits, named by params: its first VQA evaluation set and its distillation split.
-    Stage("data_preview", ("data preview --data results/data --split {vqa.eval_splits.0} --split {features.split}"
+    # The study's own splits, named by params: its first VQA evaluation set and its first distillation split.
+    Stage("data_preview", ("data preview --data results/data --split {vqa.eval_splits.0} --split {distill.grid.data.0}"
                            " --n 6 --out results/preview/scenes.png",),
-          inputs=(FIRST_EVAL, "results/data/{features.split}"),
+          inputs=(FIRST_EVAL, "results/data/{distill.grid.data.0}"),
           outputs=(Out("results/preview/scenes.png"),), params=(), log="logs/data_preview.log"),
     Stage("teacher_train", ("teacher train --params params.yaml --name {teacher} --data results/data"
                             " --out results/teachers/{teacher}",),

@@ -1,7 +1,7 @@
 """`clipdistill data prepare`: one split of params `data.splits`, synthetic or imported, into the
 split-folder contract every later stage reads. Formats: vqav2 and gqa (the VQA splits), llava
 (VLM training conversations), csv (open_clip), coco_captions and webdataset (image–text splits:
-pretrain, the features split).
+pretrain, the distillation splits).
 
 A split folder always has `manifest.json` (what made it, a content hash) and, for VQA,
 `questions.json` + `annotations.json` (VQAv2 layout) keyed by the source's own question and

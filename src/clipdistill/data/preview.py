@@ -16,12 +16,12 @@ from clipdistill.io import DataError, atomic_file  # noqa: E402
 
 
 def preview_splits(params_file: str | Path) -> list[str]:
-    """The splits the study's preview shows: its first VQA evaluation set, then its distillation
-    split (the stage table names the same two)."""
+    """The splits the study's preview shows: its first VQA evaluation set, then its first
+    distillation split (the stage table names the same two)."""
     from clipdistill.params import load_section, load_vqa_section
 
     return list(dict.fromkeys([load_vqa_section(params_file).eval_splits[0],
-                               load_section(params_file, "features").split]))
+                               load_section(params_file, "distill").grid.data[0]]))
 
 
 def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) -> None:
