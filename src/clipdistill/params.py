@@ -588,9 +588,10 @@ class RuntimeParams(Strict):
                                                   "command relaunches itself under torchrun, one rank per GPU; "
                                                   "the other stages use one GPU (SLURM requests these counts)")
     in_memory_max_mb: int = Field(
-        4096, ge=0, description="feature extraction and distillation hold a split's decoded uint8 images in RAM "
-                                "when they take at most this many MiB; a bigger split is decoded lazily, by index, "
-                                "with bounded memory (same results, byte for byte)")
+        4096, ge=0, description="teacher training, feature extraction, distillation, CLIP evaluation and the VQA "
+                                "stages hold a split's decoded uint8 images in RAM when they take at most this many "
+                                "MiB; a bigger split is decoded lazily, by index, with bounded memory (same results, "
+                                "byte for byte)")
     loader_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes that decode a lazily "
                                                             "read split (0: decode in the stage's own process)")
 

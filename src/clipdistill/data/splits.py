@@ -171,9 +171,11 @@ def vqa_images(records: list[VQARecord]) -> list[Path]:
     return list(dict.fromkeys(Path(r.image).resolve() for r in records))
 
 
-def _load_vqa_images(split_dir: Path, size: int) -> Split:
-    """The images a VQA-only split's questions refer to (`vqa_images`)."""
+def _load_vqa_images(split_dir: Path, size: int, max_mb: int | None = None) -> Split:
+    """The images a VQA-only split's questions refer to (`vqa_images`); read lazily above `max_mb` MiB."""
     paths = vqa_images(read_split_vqa(split_dir))
+    if not fits_in_memory(len(paths), size, max_mb):
+        return Split(LazyImages(paths, size), [], source=str(split_dir), paths=paths)
     arrays = [np.asarray(_square(load_image(p), size))
               for p in progress(paths, desc=f"load {split_dir.name}", unit="img", leave=False)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -213,13 +215,13 @@ def load_shards(split_dir: Path, size: int, max_mb: int | None = None) -> Split:
 
 def load_split(split_dir: str | Path, size: int | None = None, max_mb: int | None = None) -> Split:
     """A split written by `data prepare`: pairs.csv (+ labels.json), or, for a split imported
-    from a VQA format, the images its questions refer to (no captions). Image–text pairs above
-    `max_mb` MiB of decoded images are read lazily (`LazyImages`)."""
+    from a VQA format, the images its questions refer to (no captions). A split above `max_mb`
+    MiB of decoded images is read lazily (`LazyImages`)."""
     split_dir = Path(split_dir)
     if not (split_dir / "manifest.json").is_file():
         raise DataError(f"{split_dir}: not a data split (no manifest.json); run `clipdistill data prepare`")
     if not (split_dir / "pairs.csv").is_file() and (split_dir / "questions.json").is_file():
-        split = _load_vqa_images(split_dir, size or layout(split_dir)["image_size"])
+        split = _load_vqa_images(split_dir, size or layout(split_dir)["image_size"], max_mb)
         split.content_sha256 = read_json(split_dir / "manifest.json")["content_sha256"]
         return split
     where = layout(split_dir)  # an imported image–text split: images under its declared root

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from clipdistill.data.splits import Split
+from clipdistill.data.splits import Split, batches
 from clipdistill.io import rounded
 from clipdistill.models import ClipBundle, preprocess_images
 from clipdistill.params import EvalParams
 from clipdistill.training.runtime import CPU, Runtime
+
+
+def _batches(split: Split, batch_size: int, runtime: Runtime):
+    """The split's uint8 images `batch_size` rows at a time, in order: sliced from RAM, or decoded
+    ahead by `runtime.loader_workers` when the split is read lazily (`runtime.in_memory_max_mb`)."""
+    n = len(split.images)
+    return batches(split.images, [slice(s, s + batch_size) for s in range(0, n, batch_size)],
+                   runtime.loader_workers, runtime.is_cuda)
 
 
 @torch.no_grad()
@@ -22,8 +30,8 @@ def encode(bundle: ClipBundle, split: Split, batch_size: int,
     """Normalised image and caption embeddings, fp32 on the host (the model on `runtime`'s device)."""
     model = bundle.model.eval()
     img, txt = [], []
-    for s in range(0, len(split.images), batch_size):
-        x = runtime.batch(preprocess_images(split.images[s:s + batch_size], bundle.preprocess))
+    for s, pixels in zip(range(0, len(split.images), batch_size), _batches(split, batch_size, runtime)):
+        x = runtime.batch(preprocess_images(pixels, bundle.preprocess))
         tokens = runtime.batch(bundle.tokenizer(split.captions[s:s + batch_size]))
         with runtime.autocast():
             img.append(runtime.host(model.encode_image(x, normalize=True).float()))
@@ -55,8 +63,8 @@ def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int, runtime: Run
     """Penultimate-layer patch tokens [N, P, W] (CLS dropped), as LLaVA consumes them; on the host."""
     layers = len(bundle.model.visual.transformer.resblocks)
     out = []
-    for s in range(0, len(split.images), batch_size):
-        x = runtime.batch(preprocess_images(split.images[s:s + batch_size], bundle.preprocess))
+    for pixels in _batches(split, batch_size, runtime):
+        x = runtime.batch(preprocess_images(pixels, bundle.preprocess))
         with runtime.autocast():
             tokens = bundle.model.visual.forward_intermediates(
                 x, indices=[max(0, layers - 2)], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]

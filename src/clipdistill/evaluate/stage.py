@@ -17,7 +17,8 @@ def run(spec: EvalParams, model: Path, out: Path, data: Path, csv: Path | None =
     """Evaluate `model` on split `spec.split` (or an open_clip CSV), write the metrics JSON, return it.
     With `teacher`, adds CKA to the teacher's representations."""
     bundle = load_model_dir(model)
-    split = load_pairs(csv, bundle.preprocess["size"][0]) if csv else load_split(data / spec.split)
+    split = (load_pairs(csv, bundle.preprocess["size"][0], max_mb=runtime.in_memory_max_mb) if csv
+             else load_split(data / spec.split, max_mb=runtime.in_memory_max_mb))
     metrics = evaluate_clip(bundle, split, spec, load_model_dir(teacher) if teacher else None, runtime)
     write_json(out, metrics)
     return metrics

@@ -18,6 +18,6 @@ def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path, ru
     if spec.source == "external":
         check_tracked_by_dvc(teacher_files(spec), f"the weights of teacher {name}")
         return import_external(out, name, spec)
-    split = load_split(data / "pretrain")
+    split = load_split(data / "pretrain", max_mb=runtime.in_memory_max_mb)
     model, tokenizer, log = train_teacher(spec, split, runtime=runtime)
     return save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)

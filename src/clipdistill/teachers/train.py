@@ -8,12 +8,13 @@ Both end as the same model directory (see models/clip.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import torch
 
-from clipdistill.data.splits import Split
+from clipdistill.data.splits import Split, batches
 from clipdistill.io import progress
 from clipdistill.losses import contrastive_loss
 from clipdistill.losses.dispatch import auto_backend
@@ -31,9 +32,11 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
     tokenizer, log rows)."""
     model = runtime.towers(create_model(spec.arch, spec.seed), train=True)
     tokenizer = word_tokenizer_for(spec.arch)
-    images = preprocess_images(split.images, preprocess_cfg(model))
-    tokens = tokenizer(split.captions)
-    n = len(images)
+    cfg = preprocess_cfg(model)
+    lazy = not isinstance(split.images, torch.Tensor)  # above runtime.in_memory_max_mb: decoded per batch
+    if not lazy:
+        images, tokens = preprocess_images(split.images, cfg), tokenizer(split.captions)
+    n = len(split.images)
     batch = min(spec.batch_size, n)
     steps_per_epoch = n // batch
     total = spec.epochs * steps_per_epoch
@@ -45,31 +48,44 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
     log, step = [], 0
     model.train()
     bar = progress(total=total, desc=f"teacher {spec.arch}", unit="step", disable=not show_progress)
-    for epoch in range(spec.epochs):
-        order = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch:(b + 1) * batch]
-            with runtime.autocast():
-                img = model.encode_image(runtime.batch(images[idx]), normalize=True)
-                txt = model.encode_text(runtime.batch(tokens[idx]), normalize=True)
-            with auto_backend(runtime.loss_backend):
-                loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # clip the true gradients (no-op unless fp16)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
-                        "lr": opt.param_groups[0]["lr"], "logit_scale": round(model.logit_scale.exp().item(), 4)})
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            bar.update()
-            step += 1
+
+    def schedule():  # (epoch, rows) of every step: the same draws from `gen` either way
+        for epoch in range(spec.epochs):
+            order = torch.randperm(n, generator=gen)
+            for b in range(steps_per_epoch):
+                yield epoch, order[b * batch:(b + 1) * batch]
+
+    steps = schedule()
+    if lazy:  # workers decode ahead along a copy of the schedule
+        steps, ahead = itertools.tee(steps)
+        decoded = batches(split.images, (idx for _, idx in ahead), runtime.loader_workers, runtime.is_cuda)
+    for epoch, idx in steps:
+        if lazy:
+            pixels = preprocess_images(next(decoded), cfg)
+            text = tokenizer([split.captions[i] for i in idx.tolist()])
+        else:
+            pixels, text = images[idx], tokens[idx]
+        with runtime.autocast():
+            img = model.encode_image(runtime.batch(pixels), normalize=True)
+            txt = model.encode_text(runtime.batch(text), normalize=True)
+        with auto_backend(runtime.loss_backend):
+            loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # clip the true gradients (no-op unless fp16)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
+                    "lr": opt.param_groups[0]["lr"], "logit_scale": round(model.logit_scale.exp().item(), 4)})
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update()
+        step += 1
     bar.close()
     return model.cpu().eval(), tokenizer, log
 

@@ -200,7 +200,7 @@ def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split
 
     from clipdistill.data.splits import read_split_vqa
     from clipdistill.io import read_json
-    from clipdistill.vqa.recipe import pixel_values, tower_features
+    from clipdistill.vqa.recipe import split_features
 
     answers = [{"prediction": t, "answer": r.answer, "question_type": r.question_type}
                for r, t in zip(eval_records, predictions)]
@@ -208,8 +208,7 @@ def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split
         return diagnose(metrics, answers)
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     train_records = read_split_vqa(train_dir)
-    feats = [runtime.host(tower_features(vlm, pixel_values(s.images, processor, False), runtime=runtime))
-             for s in (train_split, eval_split)]
+    feats = [runtime.host(split_features(vlm, s.images, processor, False, runtime)) for s in (train_split, eval_split)]
     # the probes index feature rows by `image_id`: hand them each record's row
     rec = [[replace(r, image_id=k) for r, k in zip(rs, split.rows(rs))]
            for rs, split in ((train_records, train_split), (eval_records, eval_split))]

@@ -45,7 +45,8 @@ def evaluate_vqa(vlm, tokenizer, records: list[VQARecord], pixels_by_image: dict
                  max_new_tokens: int, model_id: str, runtime: Runtime = CPU) -> tuple[list[dict], dict, str]:
     """(answer-file rows, metrics, per-type CSV text)."""
     prompts = [prompt_of(r) for r in records]
-    pixels = torch.stack([pixels_by_image[r.image_id] for r in records])
+    pixels = (torch.stack([pixels_by_image[r.image_id] for r in records]) if isinstance(pixels_by_image, dict)
+              else pixels_by_image)  # a lazy sequence aligned with `records` (recipe.RecordPixels)
     texts = answer(vlm, tokenizer, prompts, pixels, batch_size, max_new_tokens, runtime)
     rows = [{"question_id": r.question_id, "prompt": p, "text": t, "model_id": model_id}
             for r, p, t in zip(records, prompts, texts)]

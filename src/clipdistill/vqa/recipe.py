@@ -105,6 +105,48 @@ def tower_features(vlm, pixels: torch.Tensor, batch_size: int = 256, runtime: Ru
     return torch.cat(out)
 
 
+def split_features(vlm, images, processor: CLIPImageProcessor, blind: bool, runtime: Runtime = CPU,
+                   batch_size: int = 256) -> torch.Tensor:
+    """`tower_features` of a split's uint8 images: from RAM as one tensor, or, for a split read
+    lazily (`runtime.in_memory_max_mb`), decoded `batch_size` rows at a time by
+    `runtime.loader_workers` — the tower's own batches, never every image's pixels at once."""
+    if isinstance(images, torch.Tensor):
+        return tower_features(vlm, pixel_values(images, processor, blind), batch_size, runtime)
+    from clipdistill.data.splits import batches
+
+    rows = [slice(s, s + batch_size) for s in range(0, len(images), batch_size)]
+    return torch.cat([tower_features(vlm, pixel_values(b, processor, blind), batch_size, runtime)
+                      for b in batches(images, rows, runtime.loader_workers, runtime.is_cuda)])
+
+
+class RecordPixels:
+    """Each evaluation record's pixel values, computed on demand from a lazily read split:
+    `[s:e]` decodes just those records' images (what `answer` asks for, batch by batch)."""
+
+    def __init__(self, images, rows: list[int], processor: CLIPImageProcessor, blind: bool):
+        self.images, self.rows, self.processor, self.blind = images, rows, processor, blind
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, s: slice) -> torch.Tensor:
+        wanted = self.rows[s]
+        unique = list(dict.fromkeys(wanted))
+        pixels = pixel_values(self.images[unique], self.processor, self.blind)
+        at = {row: k for k, row in enumerate(unique)}
+        return pixels[[at[r] for r in wanted]]
+
+
+def record_pixels(split, records, processor: CLIPImageProcessor, blind: bool):
+    """What `evaluate_vqa` reads the records' images from: {image_id: pixels} for a split in RAM,
+    a `RecordPixels` (aligned with `records`) for one read lazily."""
+    rows = split.rows(records)  # by image path: ids are the source's own (COCO's, ...)
+    if not isinstance(split.images, torch.Tensor):
+        return RecordPixels(split.images, rows, processor, blind)
+    pixels = pixel_values(split.images, processor, blind)
+    return {r.image_id: pixels[k] for r, k in zip(records, rows)}
+
+
 def image_inputs(vlm, features: torch.Tensor) -> dict:
     """`mm_encoder_outputs` for precomputed tower features: the projector runs here, with gradients."""
     projected = vlm.model.multi_modal_projector(features)

@@ -25,7 +25,7 @@ from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.diagnostics import vqa_diagnostics
 from clipdistill.vqa.evaluate import evaluate_vqa, jsonl
 from clipdistill.vqa.language import load_language_dir
-from clipdistill.vqa.recipe import pixel_values
+from clipdistill.vqa.recipe import record_pixels
 from clipdistill.vqa.train import train_vlm
 
 BLIND = "blind"
@@ -48,16 +48,16 @@ def run(spec: VQAParams, *, encoder: str, out: Path, metrics: Path, train: Path,
     rank, _ = init_from_env(runtime.device)
     blind = encoder == BLIND
     bundle = blind_tower(spec.blind) if blind else load_model_dir(encoder)
-    train_split, eval_split = load_split(train), load_split(eval)
+    train_split = load_split(train, max_mb=runtime.in_memory_max_mb)
+    eval_split = load_split(eval, max_mb=runtime.in_memory_max_mb)
     records = read_split_vqa(eval)
-    eval_rows = eval_split.rows(records)  # by image path: ids are the source's own (COCO's, ...)
+    eval_split.rows(records)  # every question's image is one of the split's, checked before training
     # the exported tower in memory (every rank builds its own; HF saves only on rank 0)
     vlm, tokenizer, processor, log = train_vlm(to_hf(bundle), train, train_split, spec, blind, language,
                                        vlm_seed, runtime)
     if rank != 0:
         return None
-    eval_pixels = pixel_values(eval_split.images, processor, blind)
-    pixels_by_image = {r.image_id: eval_pixels[k] for r, k in zip(records, eval_rows)}
+    pixels_by_image = record_pixels(eval_split, records, processor, blind)
     rows, summary, per_type = evaluate_vqa(vlm, tokenizer, records, pixels_by_image,
                                            spec.eval_batch_size, spec.max_new_tokens, model_id=str(encoder),
                                            runtime=runtime)
@@ -89,12 +89,11 @@ def score(spec: VQAParams, *, vlm: Path, eval: Path, out: Path, metrics: Path, b
     from clipdistill.vqa.model import load_vlm
 
     model_dir = vlm_model_dir(vlm)  # before any data is read: a bad path fails at once
-    split, records = load_split(eval), read_split_vqa(eval)
+    split, records = load_split(eval, max_mb=runtime.in_memory_max_mb), read_split_vqa(eval)
     model, tokenizer = load_vlm(model_dir)
     processor = CLIPImageProcessor.from_pretrained(model_dir)
     runtime.module(model)
-    pixels = pixel_values(split.images, processor, blind)
-    pixels_by_image = {r.image_id: pixels[k] for r, k in zip(records, split.rows(records))}
+    pixels_by_image = record_pixels(split, records, processor, blind)
     rows, summary, per_type = evaluate_vqa(model, tokenizer, records, pixels_by_image, spec.eval_batch_size,
                                            spec.max_new_tokens, model_id=str(vlm), runtime=runtime)
     answers = [{"prediction": r["text"], "answer": rec.answer, "question_type": rec.question_type}

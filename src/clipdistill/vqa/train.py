@@ -23,8 +23,7 @@ from clipdistill.data.splits import Split
 from clipdistill.params import VQAParams
 from clipdistill.training.runtime import CPU, Runtime
 from clipdistill.vqa.model import build_vlm, num_image_tokens
-from clipdistill.vqa.recipe import (batch_loss, image_inputs, pixel_values, run_stage, stage_examples,
-                                   tower_features, with_lora)
+from clipdistill.vqa.recipe import batch_loss, image_inputs, run_stage, split_features, stage_examples, with_lora
 
 
 def feature_standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +69,7 @@ def train_vlm(vision: Path | tuple, split_dir: Path, images: Split, spec: VQAPar
         tower, processor = vision, CLIPImageProcessor.from_pretrained(vision)
     vlm = runtime.module(build_vlm(tower, tokenizer, lm_model, spec, vlm_seed))
     stage1_seed, stage2_seed = order_seeds(vlm_seed)
-    features = tower_features(vlm, pixel_values(images.images, processor, blind), runtime=runtime)
+    features = split_features(vlm, images.images, processor, blind, runtime)
     if spec.standardize_features:  # trained on standardised features, folded into the projector at the end
         mean, std = feature_standardizer(features)
         features = (features - mean) / std
