@@ -111,3 +111,20 @@ def test_preview_shows_the_splits_params_name_in_both_runners(tmp_path, smoke_da
     assert (tmp_path / "p.png").is_file()
     proc = run_cli("data", "preview", "--data", data, "--params", SMOKE, "--out", tmp_path / "q.png")
     assert proc.returncode == 2 and "vqa_eval: no such split" in proc.stderr and not (tmp_path / "q.png").exists()
+
+
+def test_preview_draws_a_webdataset_split_from_its_shards(tmp_path, smoke_data, smoke_params, monkeypatch):
+    """The preview's distillation row may be a webdataset split: its images come from the shards."""
+    from clipdistill.data import preview as P
+    from clipdistill.data.prepare import prepare
+    from clipdistill.params import DataParams
+
+    entry = {"format": "webdataset", "shards": str(smoke_data / "distill" / "shards"), "image_size": 32}
+    raw = smoke_params.model_dump(mode="json")
+    params = DataParams.model_validate({**raw, "splits": {**raw["splits"], "distill": entry}})
+    prepare(params, "distill", tmp_path / "data" / "distill")
+    read, drawn = P.read_shard_image, []
+    monkeypatch.setattr(P, "read_shard_image", lambda *a: drawn.append(a[1:]) or read(*a))
+    P.preview(tmp_path / "data", ["distill"], 3, tmp_path / "p.png")
+    assert len(drawn) == 3 and len(set(drawn)) == 3  # three different samples (byte ranges)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -103,3 +103,48 @@ def test_vqa_reads_train_and_eval_splits_lazily_with_the_same_vlm_and_answers(tm
     assert scored[0] == scored[1] and len(scored[0]) == out["ram"][0]["count"]
     weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("ram", "lazy")]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow  # both runners run two stages on the smoke study (~1-2 min on 2 shared cores)
+def test_a_webdataset_distillation_split_runs_through_both_runners_alike(tmp_path, smoke_data):
+    """The smoke study distilling from webdataset shards outside the project (dvc.yaml
+    regenerated): Snakemake imports the shards and trains the teacher-free student on them, its
+    hook records the jobs in dvc.lock where DVC calls them up to date; `dvc repro --force` of the
+    same two stages writes the same bytes; a changed shard makes both stale in both runners."""
+    import shutil
+
+    import yaml
+    from test_dag import _run
+
+    from conftest import BIN, SMOKE, project_copy
+
+    shards = tmp_path / "shards"
+    shutil.copytree(smoke_data / "distill" / "shards", shards)
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["data"]["splits"]["distill"] = {"format": "webdataset", "shards": str(shards), "image_size": 32}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = project_copy(tmp_path / "project", tmp_path / "params.yaml")
+    _run([str(BIN / "python"), "-m", "clipdistill.stages", "dvc-yaml", "--out", "dvc.yaml"], project)
+    student, stages_ = "results/students/none/xs/baseline/0", ["data_prepare_webdataset@distill",
+                                                               "distill_baseline@xs-baseline-0"]
+    _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default", student], project,
+         timeout=900)
+    index = json.loads((project / "results/data/distill/samples.json").read_text())["samples"]
+    assert len(index) == 24 and json.loads((project / "results/data/distill/split.json").read_text())["image_root"] \
+        == str(shards)
+
+    def outputs():  # but Snakemake's marker of a finished directory output
+        return {p.relative_to(project): p.read_bytes() for p in sorted((project / student).rglob("*"))
+                if p.is_file() and p.name != ".snakemake_timestamp"}
+
+    made = outputs()
+    assert any(p.suffix == ".safetensors" for p in made)
+    assert json.loads(_run([str(BIN / "dvc"), "status", "--json", *stages_], project).stdout or "{}") == {}
+    _run([str(BIN / "dvc"), "repro", "--force", "--single-item", *stages_], project, timeout=900)
+    assert outputs() == made
+    first = sorted(shards.glob("*.tar"))[0]
+    first.write_bytes(first.read_bytes() + b"\0" * 1024)  # tar padding: the same samples, other bytes
+    status = json.loads(_run([str(BIN / "dvc"), "status", "--json", stages_[0]], project).stdout)
+    assert {"changed deps": {str(shards): "modified"}} in status[stages_[0]], status
+    dry = _run([str(BIN / "snakemake"), "-n", student], project).stdout
+    assert "rule data_prepare:" in dry and "rule distill:" in dry and str(first) in dry, dry[-2000:]

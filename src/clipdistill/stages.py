@@ -537,8 +537,8 @@ def snakemake_inputs(stage: Stage, params: dict, wildcards: dict) -> list[str]:
     for item in data_inputs(stage, grid):
         if isinstance(item, Upstream):
             paths += targets(BY_NAME[item.stage], params)
-        elif isinstance(item, Sources):
-            paths += source_files(_split_entry(stage, params, bound))
+        elif isinstance(item, Sources):  # a webdataset split's source is a folder: its shards
+            paths += [f for p in source_files(_split_entry(stage, params, bound)) for f in _files_inside(p)]
         elif isinstance(item, ExternalFiles):
             paths += [f for p in external_files(item, params, bound) for f in _files_inside(p)]
         elif isinstance(item, EachEvalSet):

@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clipdistill.data.formats import load_image, read_pairs_csv  # noqa: E402
+from clipdistill.data.formats import SHARD_INDEX, load_image, read_pairs_csv, read_shard_image  # noqa: E402
 from clipdistill.data.splits import layout, read_split_vqa  # noqa: E402
-from clipdistill.io import DataError, atomic_file  # noqa: E402
+from clipdistill.io import DataError, atomic_file, read_json  # noqa: E402
 
 
 def preview_splits(params_file: str | Path) -> list[str]:
@@ -38,9 +38,14 @@ def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) ->
         first_q = {}  # by image file: ids are the source's own
         for r in vqa:
             first_q.setdefault(r.image.resolve(), r)
+        where = layout(root)
         if (root / "pairs.csv").is_file():
-            pairs, _ = read_pairs_csv(root / "pairs.csv", root=layout(root)["image_root"])
+            pairs, _ = read_pairs_csv(root / "pairs.csv", root=where["image_root"])
             shown = [(p.image, p.caption) for p in pairs]
+        elif where["format"] == "webdataset":  # images inside the shards, by byte range
+            shards = [Path(where["image_root"]) / name for name in where["shards"]]
+            samples = read_json(root / SHARD_INDEX)["samples"][:n]  # [shard, key, offset, size, caption]
+            shown = [((shards[s[0]], s[2], s[3]), s[4]) for s in samples]
         else:  # imported from a VQA format: no captions
             shown = [(image, "") for image in first_q]
         for col in range(n):
@@ -49,8 +54,9 @@ def preview(data_dir: str | Path, splits: list[str], n: int, out: str | Path) ->
             if col >= len(shown):
                 continue
             image, caption = shown[col]
-            ax.imshow(load_image(image), interpolation="nearest")
-            q = first_q.get(image.resolve())
+            ax.imshow(read_shard_image(*image) if isinstance(image, tuple) else load_image(image),
+                      interpolation="nearest")
+            q = None if isinstance(image, tuple) else first_q.get(image.resolve())
             qa = f"\nQ: {q.question}\nA: {q.answer}" if q else ""
             ax.set_title(("\n".join(textwrap.wrap(caption, 30)) + qa).lstrip("\n"), fontsize=7, loc="left")
         axes[row][0].text(-0.1, 0.5, split, transform=axes[row][0].transAxes, rotation=90,
