@@ -125,8 +125,8 @@ def test_a_webdataset_distillation_split_runs_through_both_runners_alike(tmp_pat
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     project = project_copy(tmp_path / "project", tmp_path / "params.yaml")
     _run([str(BIN / "python"), "-m", "clipdistill.stages", "dvc-yaml", "--out", "dvc.yaml"], project)
-    student, stages_ = "results/students/none/xs/baseline/0", ["data_prepare_webdataset@distill",
-                                                               "distill_baseline@xs-baseline-0"]
+    student, stages_ = "results/students/distill-x1/none/xs/baseline/0", ["data_prepare_webdataset@distill",
+                                                                          "distill_baseline@distill-1-xs-baseline-0"]
     _run([str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default", student], project,
          timeout=900)
     index = json.loads((project / "results/data/distill/samples.json").read_text())["samples"]
