@@ -122,9 +122,13 @@ HARNESS_STAGES = {s.name for s in stages.STAGES if s.name.startswith("harness_")
 
 @pytest.fixture(scope="module")
 def regime_dags(tmp_path_factory):
-    """The smoke study, whose regime is 2 × 2 (distill.grid.data [distill, distill_shifted] ×
+    """The smoke study with a 2 × 2 regime (distill.grid.data [distill, distill_shifted] ×
     durations [1, 2]): Snakemake's jobs, DVC's stages and DVC's stage names."""
-    project = project_copy(tmp_path_factory.mktemp("dag_regimes") / "project", SMOKE)
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["distill"]["grid"] |= {"data": ["distill", "distill_shifted"], "durations": [1, 2]}
+    tmp = tmp_path_factory.mktemp("dag_regimes")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = project_copy(tmp / "project", tmp / "params.yaml")
     return snakemake_jobs(project), dvc_stages(project), set(dvc_params(project))
 
 

@@ -65,8 +65,8 @@ def study(snakemake_study):
 
 def test_smoke_study_end_to_end_leaves_nothing_to_do(study, home):
     for expected in ("results/preview/scenes.png", "results/vqa_metrics/blind/vlm0.json", "results/report/study.md",
-                     "results/vqa_metrics/students/distill_shifted-x2/m/xs/clipkd/0/vlm1.json",
-                     "results/student_eval/distill-x2/m/xs/baseline/0/metrics.json"):
+                     "results/vqa_metrics/students/distill-x1/m/xs/clipkd/0/vlm1.json",
+                     "results/student_eval/distill-x1/m/xs/baseline/0/metrics.json"):
         assert (study / expected).is_file(), expected
     assert "Nothing to be done" in run([BIN / "snakemake", "-n"], study, home).stdout
     assert dvc("status", "--json", cwd=study, home=home).stdout.strip() == "{}"
