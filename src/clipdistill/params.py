@@ -35,6 +35,9 @@ class SplitParams(Strict):
 
     size: int = Field(ge=1, description="number of scenes (images) in the split")
     style: Style = Field("plain", description="rendering style / data source")
+    hard_negatives: int = Field(1, ge=1, le=16, description="scenes per hard-negative group: a scene and k-1 "
+                                "copies with one object's shape or cell changed, consecutive in the split "
+                                "(teacher batches keep a group together); 1 = independent scenes")
 
 
 IMAGE_PATTERN_FIELDS = ("image_id",)
@@ -211,7 +214,12 @@ class DataParams(Strict):
     min_objects: int = Field(1, ge=1, le=9)
     max_objects: int = Field(4, ge=1, le=9)
     noise: float = Field(0.02, ge=0.0, le=0.5, description="pixel noise std (0..1 scale)")
+    object_scale: float = Field(1.0, ge=0.5, le=1.15, description="× every object's radius (more pixels per object)")
+    caption_position_rate: float = Field(0.3, ge=0.0, le=1.0, description="share of captions stating every "
+                                                                          "object's cell")
     questions_per_image: int = Field(3, ge=1, le=20)
+    position_color_ref_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of position questions that "
+                                           "refer to the object by its colour alone ('the red object') where unique")
     annotator_synonym_rate: float = Field(0.3, ge=0.0, le=1.0)
     annotator_error_rate: float = Field(0.1, ge=0.0, le=1.0)
     shard_size: int = Field(1000, ge=1, description="samples per webdataset shard")

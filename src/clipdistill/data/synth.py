@@ -50,12 +50,17 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
     (out / "images").mkdir(parents=True)
     pairs, scenes, shard_samples, llava, vqa = [], [], [], [], []
     labels = {k: [] for k in world.LABEL_SETS}
+    group = split.hard_negatives
     for i, rng in enumerate(progress(split_rngs(params.seed, name, split.size), desc=f"synth {name}",
                                  unit="img", leave=False)):
-        scene = world.sample_scene(rng, params.min_objects, params.max_objects)
+        if i % group == 0:  # a group's first scene is drawn afresh, the others are its hard negatives
+            scene = base = world.sample_scene(rng, params.min_objects, params.max_objects)
+        else:
+            scene = world.hard_negative(rng, base)
         png = _png_bytes(render.render(scene, rng, size=params.image_size, style=split.style,
-                                       supersample=params.supersample, noise=params.noise))
-        text = world.caption(rng, scene)
+                                       supersample=params.supersample, noise=params.noise,
+                                       scale=params.object_scale))
+        text = world.caption(rng, scene, params.caption_position_rate)
         rel = f"images/{i:06d}.png"
         (out / rel).write_bytes(png)
         pairs.append((rel, text))
@@ -65,7 +70,8 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
         for k, v in world.zero_shot_labels(scene).items():
             labels[k].append(v)
         turns = []
-        for j, q in enumerate(world.questions(rng, scene, params.questions_per_image)):
+        for j, q in enumerate(world.questions(rng, scene, params.questions_per_image,
+                                                 params.position_color_ref_rate)):
             qid = i * 100 + j
             answers = world.annotator_answers(rng, q, params.annotator_synonym_rate,
                                               params.annotator_error_rate)

@@ -120,16 +120,17 @@ def _join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def caption(rng: np.random.Generator, scene: list[Obj]) -> str:
-    """One caption naming every object, in a random paraphrase."""
+def caption(rng: np.random.Generator, scene: list[Obj], position_rate: float = 0.3) -> str:
+    """One caption naming every object, in a random paraphrase; with probability
+    `position_rate` it also states every object's cell."""
     order = [scene[i] for i in rng.permutation(len(scene))]
-    with_position = rng.random() < 0.3
+    with_position = rng.random() < position_rate
     if len(order) >= 2 and rng.random() < 0.4:
         a, b = order[0], order[1]
         true_rel = [r for r, pred in RELATIONS.items() if pred(a, b)]
         if true_rel:
             rel = _pick(rng, true_rel)
-            head = f"{_object_phrase(rng, a, False)} {rel} {_object_phrase(rng, b, False)}"
+            head = f"{_object_phrase(rng, a, with_position)} {rel} {_object_phrase(rng, b, with_position)}"
             rest = [_object_phrase(rng, o, with_position) for o in order[2:]]
             return head + (f" and {_join(rest)}" if rest else "")
     body = _join([_object_phrase(rng, o, with_position) for o in order])
@@ -137,6 +138,20 @@ def caption(rng: np.random.Generator, scene: list[Obj]) -> str:
                         "{n} on a background: {}"))
     noun = "object" if len(order) == 1 else "objects"
     return frame.format(body, n=f"{NUMBER_WORDS[len(order)]} {noun}")
+
+
+def hard_negative(rng: np.random.Generator, scene: list[Obj]) -> list[Obj]:
+    """The scene with one object changed in shape or moved to an empty cell (same colours,
+    sizes and count): a caption can tell it from `scene` only by shape or position."""
+    k = int(rng.integers(len(scene)))
+    o = scene[k]
+    empty = sorted(set(range(9)) - {x.row * 3 + x.col for x in scene})
+    if empty and rng.random() < 0.5:
+        cell = empty[int(rng.integers(len(empty)))]
+        new = Obj(o.shape, o.color, o.size, cell // 3, cell % 3)
+    else:
+        new = Obj(_pick(rng, [s for s in SHAPES if s != o.shape]), o.color, o.size, o.row, o.col)
+    return [new if i == k else x for i, x in enumerate(scene)]
 
 
 # ---------------------------------------------------------------- questions
@@ -222,8 +237,15 @@ def _q_size(rng, scene):
                     (f"the {big[1]}", big[0].shape), (small[1],))
 
 
-def _q_position(rng, scene):
+def _color_reference(obj: Obj, scene: list[Obj]) -> str | None:
+    """"red object" where the colour alone picks out `obj`."""
+    return f"{obj.color} object" if sum(o.color == obj.color for o in scene) == 1 else None
+
+
+def _q_position(rng, scene, color_ref_rate: float = 0.0):
     cands = [(o, r) for o in scene if (r := referring_expression(o, scene))]
+    if color_ref_rate > 0 and rng.random() < color_ref_rate:  # "where is the red object?": no shape needed
+        cands = [(o, r) for o in scene if (r := _color_reference(o, scene))] or cands
     if not cands:
         return None
     o, ref = _pick(rng, cands)
@@ -238,11 +260,14 @@ _GENERATORS = {"color": _q_color, "shape": _q_shape, "count": _q_count, "exists"
                "relation": _q_relation, "size": _q_size, "position": _q_position}
 
 
-def questions(rng: np.random.Generator, scene: list[Obj], k: int) -> list[Question]:
-    """Up to k questions of distinct types (random order), skipping types the scene can't support."""
+def questions(rng: np.random.Generator, scene: list[Obj], k: int, color_ref_rate: float = 0.0) -> list[Question]:
+    """Up to k questions of distinct types (random order), skipping types the scene can't support.
+    A position question refers to its object by colour alone with probability `color_ref_rate`
+    (where the colour is unique)."""
     out = []
     for t in rng.permutation(len(QUESTION_TYPES)):
-        q = _GENERATORS[QUESTION_TYPES[t]](rng, scene)
+        qtype = QUESTION_TYPES[t]
+        q = _q_position(rng, scene, color_ref_rate) if qtype == "position" else _GENERATORS[qtype](rng, scene)
         if q is not None:
             out.append(q)
         if len(out) == k:

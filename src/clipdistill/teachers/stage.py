@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdistill.data.splits import load_split
-from clipdistill.io import check_tracked_by_dvc
+from clipdistill.io import check_tracked_by_dvc, read_json
 from clipdistill.params import TeacherParams, pick, teacher_files
 from clipdistill.teachers.train import import_external, save_pipeline_teacher, train_teacher
 from clipdistill.training.runtime import CPU, Runtime
@@ -19,5 +19,6 @@ def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path, ru
         check_tracked_by_dvc(teacher_files(spec), f"the weights of teacher {name}")
         return import_external(out, name, spec)
     split = load_split(data / "pretrain", max_mb=runtime.in_memory_max_mb)
-    model, tokenizer, log = train_teacher(spec, split, runtime=runtime)
+    group = read_json(data / "pretrain" / "manifest.json")["params"].get("hard_negatives", 1)
+    model, tokenizer, log = train_teacher(spec, split, runtime=runtime, group=group)
     return save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)

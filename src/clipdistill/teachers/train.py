@@ -27,9 +27,18 @@ from clipdistill.training.runtime import CPU, Runtime
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True, runtime: Runtime = CPU):
+def group_order(n: int, group: int, gen: torch.Generator) -> torch.Tensor:
+    """A random order of 0..n-1 that keeps each run of `group` consecutive samples (a scene and
+    its hard negatives) together; a short last group stays whole too."""
+    starts = torch.arange(0, n, group)[torch.randperm((n + group - 1) // group, generator=gen)]
+    return torch.cat([torch.arange(s, min(s + group, n)) for s in starts.tolist()])
+
+
+def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True, runtime: Runtime = CPU,
+                  group: int = 1):
     """Train a CLIP teacher from scratch on `runtime`'s device; returns (model on the CPU,
-    tokenizer, log rows)."""
+    tokenizer, log rows). `group` > 1: the split's hard-negative groups (`hard_negatives`)
+    share a batch (batches a multiple of it)."""
     model = runtime.towers(create_model(spec.arch, spec.seed), train=True)
     tokenizer = word_tokenizer_for(spec.arch)
     cfg = preprocess_cfg(model)
@@ -38,6 +47,8 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
         images, tokens = preprocess_images(split.images, cfg), tokenizer(split.captions)
     n = len(split.images)
     batch = min(spec.batch_size, n)
+    if group > 1:
+        batch = max(group, batch - batch % group)
     steps_per_epoch = n // batch
     total = spec.epochs * steps_per_epoch
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -51,7 +62,7 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
 
     def schedule():  # (epoch, rows) of every step: the same draws from `gen` either way
         for epoch in range(spec.epochs):
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen) if group == 1 else group_order(n, group, gen)
             for b in range(steps_per_epoch):
                 yield epoch, order[b * batch:(b + 1) * batch]
 

@@ -1,0 +1,103 @@
+"""Fast proxies for issue 18 (a world where the encoder matters): train one teacher on a small
+pretrain split of the default world (or the `dev` variant) and measure what its tower can tell.
+
+    nice .venv/bin/python benchmarks/world_headroom.py --name NAME [--arch cd-teacher-m] \
+        [--epochs 8] [--pretrain 3000] [--data '{"caption_position_rate": 1}'] [--group 4] \
+        [--dev] [--csv benchmarks/world_headroom.csv]
+
+Reported: zero-shot top-1 on the eval split (largest shape / colour / count), and linear probes
+on the layer −2 patch tokens (what the VLM reads): per object cell → shape, colour (as
+`vqa/diagnostics.py`), and `position`: mean-pooled tokens → is each of the 9 cells occupied
+(mean accuracy over cells; chance ≈ 0.5–0.7). Probes train on 800 images, score on 400.
+Never pass a held-out variant: `--dev` is the only variant allowed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from clipdistill.data import synth, variants
+from clipdistill.data.splits import load_split
+from clipdistill.evaluate.clip_eval import evaluate_clip, patch_tokens
+from clipdistill.io import read_json
+from clipdistill.models.clip import load_model_dir
+from clipdistill.params import DataParams, EvalParams, TeacherParams
+from clipdistill.teachers.train import save_pipeline_teacher, train_teacher
+from clipdistill.vqa.diagnostics import _probe, cell_probe
+
+
+def occupancy_probe(tr_feats, tr_scenes, ev_feats, ev_scenes) -> float:
+    """Mean over the 9 cells of a pooled-token probe's accuracy at 'is this cell occupied'."""
+    occ = lambda scenes, c: [str(any(o["row"] * 3 + o["col"] == c for o in s)) for s in scenes]  # noqa: E731
+    xt, xe = tr_feats.mean(1), ev_feats.mean(1)
+    accs = [r["accuracy"] for c in range(9)
+            if (r := _probe(xt, occ(tr_scenes, c), xe, occ(ev_scenes, c)))["estimable"]]
+    return sum(accs) / len(accs)
+
+
+def make_data(root: Path, data: dict, pretrain: int, group: int, dev: bool) -> Path:
+    splits = {"pretrain": {"size": pretrain, "hard_negatives": group}, "distill": {"size": 1},
+              "vqa_train": {"size": 800}, "vqa_eval": {"size": 400}, "clip_eval": {"size": 400}}
+    params = DataParams.model_validate({**data, "splits": splits})
+    if dev:  # the dev variant's images for the probes (the teacher still pretrains on the default world)
+        v = variants.VARIANTS[variants.DEV]
+        for name in ("vqa_train", "vqa_eval"):
+            variants.synth_variant(v, name, splits[name]["size"], root / name)
+    for name in ("pretrain", "clip_eval") if dev else ("pretrain", "vqa_train", "vqa_eval", "clip_eval"):
+        synth.synthesize(params, name, root / name)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--arch", default="cd-teacher-m")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--pretrain", type=int, default=3000)
+    ap.add_argument("--group", type=int, default=1, help="pretrain hard_negatives")
+    ap.add_argument("--data", default="{}", help="JSON data params (besides splits)")
+    ap.add_argument("--dev", action="store_true", help="probe on the dev variant's images")
+    ap.add_argument("--csv", type=Path, default=Path("benchmarks/world_headroom.csv"))
+    ap.add_argument("--keep", type=Path, help="save the teacher here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_data(Path(tmp), json.loads(args.data), args.pretrain, args.group, args.dev)
+        spec = TeacherParams(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size)
+        pre = load_split(root / "pretrain")
+        model, tok, log = train_teacher(spec, pre, show_progress=False, group=args.group)
+        save_pipeline_teacher(args.keep or Path(tmp) / "teacher", args.name, spec, pre, model, tok, log)
+        bundle = load_model_dir(args.keep or Path(tmp) / "teacher")
+        train_s = time.time() - t0
+        zs = evaluate_clip(bundle, load_split(root / "clip_eval"), EvalParams())["zeroshot"]
+        tr, ev = load_split(root / "vqa_train"), load_split(root / "vqa_eval")
+        ft, fe = patch_tokens(bundle, tr, 256), patch_tokens(bundle, ev, 256)
+        st, se = read_json(root / "vqa_train" / "scenes.json"), read_json(root / "vqa_eval" / "scenes.json")
+        cell = cell_probe(ft, st, fe, se)
+        row = {"name": args.name, "arch": args.arch, "epochs": args.epochs, "pretrain": args.pretrain,
+               "group": args.group, "data": args.data, "probe_world": "dev" if args.dev else "default",
+               "steps": len(log), "zs_shape": zs["largest_shape"]["top1"], "zs_color": zs["largest_color"]["top1"],
+               "zs_count": zs["object_count"]["top1"], "probe_shape": cell["shape"]["accuracy"],
+               "probe_color": cell["color"]["accuracy"], "probe_position": occupancy_probe(ft, st, fe, se),
+               "final_loss": log[-1]["loss"], "train_s": round(train_s), "total_s": round(time.time() - t0)}
+    row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+    print(json.dumps(row))
+    new = not args.csv.exists()
+    with args.csv.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+if __name__ == "__main__":
+    main()
