@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--dev", action="store_true", help="probe on the dev variant's images")
     ap.add_argument("--csv", type=Path, default=Path("benchmarks/world_headroom.csv"))
     ap.add_argument("--keep", type=Path, help="save the teacher here")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1, as the pipeline's stages)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:

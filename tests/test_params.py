@@ -32,6 +32,14 @@ BAD = {
     "unknown key": (("data", "colour_count"), 3, "data.colour_count = 3: Extra inputs are not permitted"),
     "wrong type": (("data", "image_size"), "big", "data.image_size = 'big': Input should be a valid integer"),
     "too small image": (("data", "image_size"), 8, "data.image_size = 8: Input should be greater than or equal to 16"),
+    "position rate > 1": (("data", "caption_position_rate"), 1.5,
+                          "data.caption_position_rate = 1.5: Input should be less than or equal to 1"),
+    "objects too big": (("data", "object_scale"), 1.5,
+                        "data.object_scale = 1.5: Input should be less than or equal to 1.15"),
+    "no hard-negative group": (("data", "splits", "pretrain", "hard_negatives"), 0,
+                               "data.splits.pretrain.hard_negatives = 0: Input should be greater than or equal to 1"),
+    "colour refs < 0": (("data", "position_color_ref_rate"), -0.1,
+                        "data.position_color_ref_rate = -0.1: Input should be greater than or equal to 0"),
 }
 
 

@@ -130,3 +130,24 @@ def test_webdataset_samples_carry_scene_metadata(smoke_data):
         meta = json.loads(tar.extractfile("000000.json").read())
         assert all(m.mtime == 0 for m in tar.getmembers())
     assert meta == read_json(smoke_data / "pretrain" / "scenes.json")[0]
+
+
+def test_hard_negative_groups_share_colours_and_differ_in_shape_or_cell(tmp_path, smoke_params):
+    """A pretrain split with hard_negatives 4: every group of 4 consecutive scenes has the same
+    colours and sizes; each later scene differs from the first in one object's shape or cell."""
+    splits = {**smoke_params.splits, "pretrain": SplitParams(size=40, hard_negatives=4)}
+    params = smoke_params.model_copy(update={"splits": splits})
+    synth.synthesize(params, "pretrain", tmp_path / "pretrain")
+    scenes = read_json(tmp_path / "pretrain" / "scenes.json")
+    captions = [p.caption for p in formats.read_pairs_csv(tmp_path / "pretrain" / "pairs.csv")[0]]
+    key = lambda o: (o["color"], o["size"])  # noqa: E731
+    for g in range(0, 40, 4):
+        base = scenes[g]
+        for k in range(1, 4):
+            other = scenes[g + k]
+            assert [key(o) for o in other] == [key(o) for o in base]
+            diff = [(a, b) for a, b in zip(base, other) if a != b]
+            assert len(diff) == 1 and (diff[0][0]["shape"] != diff[0][1]["shape"]
+                                       or (diff[0][0]["row"], diff[0][0]["col"]) != (diff[0][1]["row"], diff[0][1]["col"]))
+    assert len(set(captions)) == 40
+    assert read_json(tmp_path / "pretrain" / "manifest.json")["params"]["hard_negatives"] == 4

@@ -222,3 +222,28 @@ def test_hub_and_folder_teachers_missing_parts_fail_in_one_line(tmp_path, monkey
     proc = run_cli("teacher", "train", "--params", params, "--name", "ext", "--out", tmp_path / "t")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "hf://acme/gone" in proc.stderr and not (tmp_path / "t").exists()
+
+
+def test_group_order_keeps_hard_negative_groups_together_in_batches():
+    from clipdistill.teachers.train import group_order
+
+    order = group_order(42, 4, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(42))
+    assert order.tolist() != list(range(42)), "not shuffled"
+    for b in range(0, 40, 8):  # batches of 8 (a multiple of 4) hold whole groups
+        batch = set(order[b:b + 8].tolist())
+        assert all({i - i % 4 + k for k in range(4)} <= batch for i in batch), sorted(batch)
+    assert order[40:].tolist() == [40, 41], "the short group goes last"
+
+
+def test_samples_trains_on_the_first_n_pretrain_pairs(world):
+    from clipdistill.io import DataError
+
+    split = load_split(world / "pretrain")
+    _, _, log = T.train_teacher(TeacherParams(arch="cd-teacher-s", epochs=2, batch_size=64, samples=256),
+                                split, show_progress=False)
+    assert len(log) == 2 * (256 // 64)
+    with pytest.raises(DataError, match=r"samples 99999 > the \d+ samples of the pretrain split"):
+        T.train_teacher(TeacherParams(arch="cd-teacher-s", samples=99999), split, show_progress=False)
+    with pytest.raises(ValueError, match="`samples` is for pipeline teachers"):
+        TeacherParams(source="external", arch="cd-teacher-s", pretrained="x.pt", samples=10)

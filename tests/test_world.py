@@ -141,3 +141,50 @@ def test_zero_shot_labels():
     assert labels["largest_shape"] == -1 and labels["object_count"] == 2
     names = world.LABEL_SETS["object_count"]["classnames"]
     assert names[0] == "one object" and names[2] == "three objects"
+
+
+def _cell_phrase(o):
+    return "in the center" if o.cell_name == "center" else f"on the {o.cell_name}"
+
+
+def test_captions_at_position_rate_one_state_every_shape_and_cell():
+    for scene, rng in scenes(300, seed=5):
+        text = world.caption(rng, scene, position_rate=1.0)
+        for o in scene:
+            assert any(n in text for n in (o.shape, *world.SHAPE_SYNONYMS[o.shape])), (text, o)
+            assert _cell_phrase(o) in text, (text, o)
+    cells = [_cell_phrase(o) in world.caption(rng, scene, position_rate=0.0)
+             for scene, rng in scenes(200, seed=6) for o in scene if o.cell_name != "center"]
+    assert not any(cells), "position_rate 0 still states cells"
+
+
+def test_hard_negative_differs_only_in_one_shape_or_one_cell():
+    kinds = Counter()
+    for scene, rng in scenes(400, seed=7):
+        neg = world.hard_negative(rng, scene)
+        assert len(neg) == len(scene)
+        assert [(o.color, o.size) for o in neg] == [(o.color, o.size) for o in scene], "colours or sizes changed"
+        changed = [(a, b) for a, b in zip(scene, neg) if a != b]
+        assert len(changed) == 1, (scene, neg)
+        a, b = changed[0]
+        if a.shape != b.shape:
+            assert (a.row, a.col) == (b.row, b.col)
+            kinds["shape"] += 1
+        else:
+            assert (b.row, b.col) not in {(o.row, o.col) for o in scene}, "moved onto another object"
+            kinds["position"] += 1
+    assert kinds["shape"] > 100 and kinds["position"] > 100, kinds
+
+
+def test_position_questions_refer_by_colour_at_the_given_rate():
+    by_colour, total = 0, 0
+    for scene, rng in scenes(600, seed=8):
+        for q in world.questions(rng, scene, k=7, color_ref_rate=0.5):
+            assert check_answer(scene, q) == q.answer, q
+            if q.question_type == "position":
+                total += 1
+                by_colour += q.question.endswith(" object?")
+    assert 0.3 < by_colour / total < 0.6, (by_colour, total)
+    legacy = [q.question for scene, rng in scenes(300, seed=8) for q in world.questions(rng, scene, k=7)
+              if q.question_type == "position"]
+    assert not any(t.endswith(" object?") for t in legacy)

@@ -257,6 +257,8 @@ class TeacherParams(Strict):
     pretrained: str | None = Field(None, description="external only: open_clip pretrained tag (from the local HF "
                                                      "cache) or checkpoint path; unset for hf-hub: and local-dir:")
     epochs: int = Field(6, ge=1)
+    samples: int | None = Field(None, ge=2, description="pipeline only: train on the first N pretrain samples "
+                                                         "(the data axis); unset = the whole split")
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -266,6 +268,8 @@ class TeacherParams(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherParams":
+        if self.source == "external" and self.samples is not None:
+            raise ValueError("`samples` is for pipeline teachers (trained here); an external teacher has no pretrain split")
         schema = self.arch.startswith(("hf-hub:", "local-dir:"))
         if self.source == "external" and not self.pretrained and not schema:
             raise ValueError("an external teacher needs `pretrained` (a tag or a checkpoint path), or an arch "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from clipdistill.data.splits import Split, batches
-from clipdistill.io import progress
+from clipdistill.io import DataError, progress
 from clipdistill.losses import contrastive_loss
 from clipdistill.losses.dispatch import auto_backend
 from clipdistill.models import create_model, preprocess_images, save_model_dir
@@ -29,9 +29,10 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 def group_order(n: int, group: int, gen: torch.Generator) -> torch.Tensor:
     """A random order of 0..n-1 that keeps each run of `group` consecutive samples (a scene and
-    its hard negatives) together; a short last group stays whole too."""
-    starts = torch.arange(0, n, group)[torch.randperm((n + group - 1) // group, generator=gen)]
-    return torch.cat([torch.arange(s, min(s + group, n)) for s in starts.tolist()])
+    its hard negatives) together, aligned to multiples of `group`; a short last group goes last."""
+    full = n // group
+    starts = (torch.randperm(full, generator=gen) * group).tolist()
+    return torch.cat([torch.arange(s, s + group) for s in starts] + [torch.arange(full * group, n)])
 
 
 def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True, runtime: Runtime = CPU,
@@ -41,11 +42,14 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
     share a batch (batches a multiple of it)."""
     model = runtime.towers(create_model(spec.arch, spec.seed), train=True)
     tokenizer = word_tokenizer_for(spec.arch)
+    keep = len(split.captions) if spec.samples is None else spec.samples
+    if keep > len(split.captions):
+        raise DataError(f"teacher {spec.arch}: samples {keep} > the {len(split.captions)} samples of the pretrain split")
     cfg = preprocess_cfg(model)
     lazy = not isinstance(split.images, torch.Tensor)  # above runtime.in_memory_max_mb: decoded per batch
-    if not lazy:
-        images, tokens = preprocess_images(split.images, cfg), tokenizer(split.captions)
-    n = len(split.images)
+    if not lazy:  # the first `keep` pairs (lazily: the schedule only draws rows below `keep`)
+        images, tokens = preprocess_images(split.images[:keep], cfg), tokenizer(split.captions[:keep])
+    n = keep
     batch = min(spec.batch_size, n)
     if group > 1:
         batch = max(group, batch - batch % group)
