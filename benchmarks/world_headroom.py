@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--arch", default="cd-teacher-m")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--pretrain", type=int, default=3000)
     ap.add_argument("--group", type=int, default=1, help="pretrain hard_negatives")
     ap.add_argument("--data", default="{}", help="JSON data params (besides splits)")
@@ -74,7 +75,7 @@ def main() -> None:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = make_data(Path(tmp), json.loads(args.data), args.pretrain, args.group, args.dev)
-        spec = TeacherParams(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size)
+        spec = TeacherParams(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
         pre = load_split(root / "pretrain")
         model, tok, log = train_teacher(spec, pre, show_progress=False, group=args.group)
         save_pipeline_teacher(args.keep or Path(tmp) / "teacher", args.name, spec, pre, model, tok, log)
@@ -85,7 +86,7 @@ def main() -> None:
         ft, fe = patch_tokens(bundle, tr, 256), patch_tokens(bundle, ev, 256)
         st, se = read_json(root / "vqa_train" / "scenes.json"), read_json(root / "vqa_eval" / "scenes.json")
         cell = cell_probe(ft, st, fe, se)
-        row = {"name": args.name, "arch": args.arch, "epochs": args.epochs, "pretrain": args.pretrain,
+        row = {"name": args.name, "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "pretrain": args.pretrain,
                "group": args.group, "data": args.data, "probe_world": "dev" if args.dev else "default",
                "steps": len(log), "zs_shape": zs["largest_shape"]["top1"], "zs_color": zs["largest_color"]["top1"],
                "zs_count": zs["object_count"]["top1"], "probe_shape": cell["shape"]["accuracy"],

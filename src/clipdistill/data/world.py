@@ -122,7 +122,8 @@ def _join(phrases: list[str]) -> str:
 
 def caption(rng: np.random.Generator, scene: list[Obj], position_rate: float = 0.3) -> str:
     """One caption naming every object, in a random paraphrase; with probability
-    `position_rate` it also states every object's cell."""
+    `position_rate` it also states the objects' cells (a relation caption: those after the
+    relation, and at rate 1 the related two as well, so that every caption states every cell)."""
     order = [scene[i] for i in rng.permutation(len(scene))]
     with_position = rng.random() < position_rate
     if len(order) >= 2 and rng.random() < 0.4:
@@ -130,7 +131,8 @@ def caption(rng: np.random.Generator, scene: list[Obj], position_rate: float = 0
         true_rel = [r for r, pred in RELATIONS.items() if pred(a, b)]
         if true_rel:
             rel = _pick(rng, true_rel)
-            head = f"{_object_phrase(rng, a, with_position)} {rel} {_object_phrase(rng, b, with_position)}"
+            both = position_rate >= 1.0  # below 1 the related pair keeps its old, cell-free wording
+            head = f"{_object_phrase(rng, a, both)} {rel} {_object_phrase(rng, b, both)}"
             rest = [_object_phrase(rng, o, with_position) for o in order[2:]]
             return head + (f" and {_join(rest)}" if rest else "")
     body = _join([_object_phrase(rng, o, with_position) for o in order])

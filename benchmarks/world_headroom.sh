@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Issue 18 proxies, in the order run: one teacher per row of benchmarks/world_headroom.md,
+# appended to benchmarks/world_headroom.csv. Default world (and `--dev`) only: never a held-out variant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P="nice -n 10 .venv/bin/python benchmarks/world_headroom.py"
+$P --name untrained_probe_floor --epochs 1 --pretrain 256 --group 4 --data '{"caption_position_rate": 1, "position_color_ref_rate": 0.5}'
+$P --name pos1_g4 --arch cd-teacher-m --epochs 6 --pretrain 2400 --group 4 --data '{"caption_position_rate": 1}'
+$P --name legacy --arch cd-teacher-m --epochs 6 --pretrain 2400
+$P --name pos1_g4_s115_long --arch cd-teacher-m --epochs 10 --pretrain 4000 --group 4 \
+   --data '{"caption_position_rate": 1, "object_scale": 1.15}'
