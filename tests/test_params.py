@@ -18,7 +18,8 @@ def test_committed_schema_is_generated_from_the_model():
     assert SCHEMA.read_text() == P.json_schema_text(), "run `clipdistill params schema --out workflow/schemas/params.schema.json`"
 
 
-@pytest.mark.parametrize("path", [REPO / "params.yaml", SMOKE, REPO / "configs" / "full.yaml"])
+@pytest.mark.parametrize("path", [REPO / "params.yaml", SMOKE, REPO / "configs" / "full.yaml",
+                                  REPO / "configs" / "ladder.yaml"])
 def test_shipped_params_are_valid_for_model_and_schema(path):
     P.load_params(path)
     jsonschema.validate(yaml.safe_load(path.read_text()), read_json(SCHEMA))
