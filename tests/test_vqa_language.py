@@ -138,7 +138,9 @@ def test_the_recipe_reads_colour_and_shape_from_a_tower_that_encodes_them(teache
     grid = 8  # cd-teacher-s: 64 px, 8 px patches
     scenes = {s: json.loads((tmp_path / s / "scenes.json").read_text()) for s in params.splits}
     oracle = {s: _oracle_features(v, grid, 32, seed) for seed, (s, v) in enumerate(scenes.items())}
-    monkeypatch.setattr(vqa_train, "tower_features", lambda vlm, pixels, batch_size=256, **runtime: oracle["vqa_train"])
+    # the training split's tower features, whichever way the split's images are read (raising=True: a rename fails here)
+    monkeypatch.setattr(vqa_train, "split_features", lambda vlm, images, processor, blind, runtime=None, batch_size=256:
+                        oracle["vqa_train"])
     spec = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
                                      "lm_pretrain": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
                                      "stage1": {"epochs": 2, "batch_size": 32, "lr": 2e-3},
