@@ -178,9 +178,9 @@ def source_files(entry) -> list[str]:
     return [str(get(k)) for k in SOURCE_KEYS.get(kind, ())]
 
 
-def _is_path(pretrained: str) -> bool:
-    """A checkpoint path rather than an open_clip pretrained tag: models/clip.py's rule (tags have
-    neither suffix nor separator)."""
+def is_checkpoint_path(pretrained: str) -> bool:
+    """A checkpoint path rather than an open_clip pretrained tag (tags have neither suffix nor
+    separator); models/clip.py loads by the same rule."""
     return bool(Path(pretrained).suffix) or os.sep in pretrained
 
 
@@ -194,7 +194,7 @@ def teacher_files(entry) -> list[str]:
     arch, pretrained = str(get("arch") or ""), get("pretrained")
     if arch.startswith("local-dir:"):
         return [arch.removeprefix("local-dir:").strip()]
-    return [str(pretrained)] if pretrained and _is_path(str(pretrained)) else []
+    return [str(pretrained)] if pretrained and is_checkpoint_path(str(pretrained)) else []
 
 
 def lm_files(vqa) -> list[str]:

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from clipdistill.io import ClipdistillError, atomic_dir, read_json, safetensors_header, sha256_file, write_json
 from clipdistill.models.tokenizer import WordTokenizer, world_lexicon
+from clipdistill.params import is_checkpoint_path
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_CONFIG_FILE = "open_clip_config.json"
@@ -154,17 +155,12 @@ def load_model_dir(path: str | Path) -> ClipBundle:
     return ClipBundle(model, tokenizer, name, preprocess_cfg(model), manifest, spec, config)
 
 
-def _is_path(pretrained: str) -> bool:
-    """A checkpoint path rather than a pretrained tag (tags have neither suffix nor separator)."""
-    return bool(Path(pretrained).suffix) or os.sep in pretrained
-
-
 def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None = None) -> Path:
     """Local path of the weights for (model, pretrained tag or file), never downloading."""
     if open_clip.get_model_config(model_name) is None:
         raise ModelError(f"unknown open_clip model {model_name!r}")
     candidate = Path(pretrained).expanduser()
-    if _is_path(pretrained):
+    if is_checkpoint_path(pretrained):
         if not candidate.is_file():
             raise ModelError(f"{model_name}: checkpoint file not found: {candidate.resolve()}")
         return candidate
@@ -243,7 +239,7 @@ def resolve_external(arch: str, pretrained: str | None = None, cache_dir: str | 
         if not pretrained:
             raise ModelError(f"{arch}: an open_clip architecture needs `pretrained` (a tag or a checkpoint file)")
         weights = resolve_pretrained(arch, pretrained, cache_dir)
-        tag = {} if _is_path(pretrained) else open_clip.get_pretrained_cfg(arch, pretrained)
+        tag = {} if is_checkpoint_path(pretrained) else open_clip.get_pretrained_cfg(arch, pretrained)
         return External(arch, open_clip.get_model_config(arch), weights,
                         {k: v for k, v in tag.items() if k in PREPROCESS_KEYS})
     if pretrained:
