@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from clipdistill.data.formats import read_vqa
-from clipdistill.data.splits import load_split
+from clipdistill.data.splits import load_split, read_split_vqa
 from clipdistill.export.hf import to_hf
 from clipdistill.io import rounded
 from clipdistill.models import load_model_dir
@@ -28,7 +27,7 @@ from clipdistill.teachers import train as T
 from clipdistill.vqa.diagnostics import vqa_diagnostics
 from clipdistill.vqa.evaluate import evaluate_vqa
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
-from clipdistill.vqa.recipe import pixel_values
+from clipdistill.vqa.recipe import record_pixels
 from clipdistill.vqa.train import train_vlm
 
 ap = argparse.ArgumentParser()
@@ -88,17 +87,15 @@ else:
     language = load_language_dir(lmdir)
 print(f"lm {time.time()-t0:.0f}s", flush=True)
 train, ev = load_split(ROOT / "vqa_train"), load_split(ROOT / "vqa_eval")
-records, _ = read_vqa(ROOT / "vqa_eval/questions.json", ROOT / "vqa_eval/annotations.json", ROOT / "vqa_eval",
-                      check_images=False)
+records = read_split_vqa(ROOT / "vqa_eval")
 out = {}
 for name in ("teacher", "blind"):
     if a.only and name != a.only:
         continue
     blind = name == "blind"
     vlm, tok, proc, log = train_vlm(to_hf(load_model_dir(tdir)), ROOT / "vqa_train", train, spec, blind, language)
-    px = pixel_values(ev.images, proc, blind)
-    rows, m, _ = evaluate_vqa(vlm, tok, records, dict(enumerate(px)), 64, spec.max_new_tokens, name)
-    m["diagnostics"] = vqa_diagnostics(vlm, proc, ROOT / "vqa_train", train.images, ROOT / "vqa_eval", ev.images,
+    rows, m, _ = evaluate_vqa(vlm, tok, records, record_pixels(ev, records, proc, blind), 64, spec.max_new_tokens, name)
+    m["diagnostics"] = vqa_diagnostics(vlm, proc, ROOT / "vqa_train", train, ROOT / "vqa_eval", ev,
                                        records, [r["text"] for r in rows], m, blind)
     out[name] = rounded(m, 2)
     d = m["diagnostics"]
