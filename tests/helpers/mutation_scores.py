@@ -8,6 +8,9 @@
         tests that reach it selected (MODULE_TESTS), then prints its score. The copy's mutants/
         is kept, so a second run after new tests are committed checks only what changed; naming
         mutants reruns them.
+    python tests/helpers/mutation_scores.py --module report.stats --sample 300 --seed 0
+        a seeded uniform sample of the module's mutants (when the whole module does not fit the
+        time there is): its score with a 95% Clopper-Pearson interval, counting the sample only.
 
 A mutant counts as killed when a test failed on it (or it timed out); survivors and mutants
 that no test reaches both count against the module, and are listed so each can be read with
@@ -16,6 +19,7 @@ that no test reaches both count against the module, and are listed so each can b
 import argparse
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -40,14 +44,14 @@ MODULE_TESTS = {
 LOSS_TESTS = ["tests/test_loss_zoo.py", "tests/test_loss_backends.py", "tests/test_properties.py"]
 
 
-def scores(cwd: Path = Path(".")) -> int:
+def scores(cwd: Path = Path("."), only: set[str] | None = None) -> int:
     out = subprocess.run([str(BIN / "mutmut"), "results", "--all", "true"], cwd=cwd,
                          capture_output=True, text=True, check=True).stdout
     by_module: dict[str, Counter] = defaultdict(Counter)
     open_ones: dict[str, list[str]] = defaultdict(list)
     for line in out.splitlines():
         name, sep, status = line.strip().rpartition(": ")
-        if not sep or "__mutmut_" not in name:
+        if not sep or "__mutmut_" not in name or (only is not None and name not in only):
             continue
         module = name.rsplit(".", 1)[0]
         by_module[module][status] += 1
@@ -66,6 +70,11 @@ def scores(cwd: Path = Path(".")) -> int:
         score = f"{killed / total:.0%}" if total else "-"
         pending = f"  ({counts['not checked']} not checked)" if counts["not checked"] else ""
         print(f"{module:45s} {killed:7d} {total:6d} {score:>6s}{pending}")
+        if only is not None and total:
+            from scipy.stats import binomtest
+
+            ci = binomtest(killed, total).proportion_ci(0.95, method="exact")
+            print(f"{'':45s} sample of {len(only)}: 95% CI [{ci.low:.1%}, {ci.high:.1%}] (Clopper-Pearson)")
     for module, names in sorted(open_ones.items()):
         print(f"\n{module}: {len(names)} not killed")
         print("\n".join(f"  {n}" + (f" ×{names.count(n)}" if names.count(n) > 1 else "")
@@ -73,7 +82,25 @@ def scores(cwd: Path = Path(".")) -> int:
     return 0
 
 
-def one_module(module: str, tests: list[str] | None, mutants: list[str], root: Path, children: int) -> int:
+def sample_of(copy: Path, source: str, env: dict, size: int, seed: int) -> list[str]:
+    """`size` mutant names drawn uniformly (seeded) from the module's; a first call generates the
+    mutants and collects the tests' stats (a name that matches nothing makes mutmut stop there)."""
+    meta = copy / "mutants" / f"{source}.meta"
+    if not meta.exists():
+        subprocess.run([str(BIN / "mutmut"), "run", "--max-children", "1", "no_such_mutant"], cwd=copy, env=env,
+                       check=False)
+    names = sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def unchecked(copy: Path, source: str, names: list[str]) -> list[str]:
+    """The names without a result yet (a rerun of the same sample resumes it)."""
+    done = json.loads((copy / "mutants" / f"{source}.meta").read_text())["exit_code_by_key"]
+    return [n for n in names if done.get(n) is None]
+
+
+def one_module(module: str, tests: list[str] | None, mutants: list[str], root: Path, children: int,
+               sample: int | None = None, seed: int = 0) -> int:
     tests = tests or MODULE_TESTS.get(module) or (LOSS_TESTS if module.startswith("losses.") else None)
     if not tests:
         sys.exit(f"no test selection known for {module!r}: pass --tests")
@@ -91,9 +118,12 @@ def one_module(module: str, tests: list[str] | None, mutants: list[str], root: P
     pyproject = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]\n", narrowed, pyproject, flags=re.DOTALL)
     (copy / "pyproject.toml").write_text(pyproject)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["nice", str(BIN / "mutmut"), "run", "--max-children", str(children), *mutants],
-                   cwd=copy, env=env, check=False)
-    return scores(copy)
+    drawn = sample_of(copy, source, env, sample, seed) if sample else None
+    to_run = unchecked(copy, source, drawn) if drawn else mutants
+    if to_run or not drawn:
+        subprocess.run(["nice", str(BIN / "mutmut"), "run", "--max-children", str(children), *to_run],
+                       cwd=copy, env=env, check=False)
+    return scores(copy, set(drawn) if drawn else None)
 
 
 def main() -> int:
@@ -102,10 +132,12 @@ def main() -> int:
     ap.add_argument("--tests", nargs="+", help="the test files to select (default: MODULE_TESTS)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/clipdistill-mutants"), help="where the copies live")
     ap.add_argument("--children", type=int, default=1)
+    ap.add_argument("--sample", type=int, help="check a seeded uniform sample of this many mutants only")
+    ap.add_argument("--seed", type=int, default=0, help="the sample's seed")
     ap.add_argument("mutants", nargs="*", help="mutant names or globs to (re)run")
     args = ap.parse_args()
     if args.module:
-        return one_module(args.module, args.tests, args.mutants, args.dir, args.children)
+        return one_module(args.module, args.tests, args.mutants, args.dir, args.children, args.sample, args.seed)
     return scores()
 
 
