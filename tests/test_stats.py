@@ -299,3 +299,48 @@ def test_the_table_ci_redraws_each_seeds_vlms():
 
     runs = np.stack([np.ones((2, 10)), -np.ones((2, 10))], axis=1)  # seeds × VLM seeds × questions
     assert bootstrap_mean_ci(runs, n_boot=2000) == pytest.approx((0.0, -1.0, 1.0))
+
+
+# ------------------------------------------------------------------ bootstraps drawn by hand (issue 23)
+
+def _uneven_seeds():
+    """Teachers a, b, c at 30, 40, 50 with mean gains 1, 3, 5 (exactly on a line): b's and c's
+    seed-1 runs are 1 and 2 points above their means and their seed-0 runs as far below; a has
+    two seed-0 runs only, method kd at 0 and method fd at 2. Gains are the same on every question."""
+    df = study({"a": 1.0, "b": 3.0, "c": 5.0}, {"a": 30, "b": 40, "c": 50}, n_q=4)
+    for t, d in (("b", 1.0), ("c", 2.0)):
+        df.loc[(df["teacher"] == t) & (df["seed"] == 1), "score"] += d / 100
+        df.loc[(df["teacher"] == t) & (df["seed"] == 0), "score"] -= d / 100
+    df = df[~((df["teacher"] == "a") & (df["seed"] == 1))]
+    a = df[df["teacher"] == "a"]
+    return pd.concat([df[df["teacher"] != "a"], a.assign(score=a["score"] - 0.01),
+                      a.assign(score=a["score"] + 0.01, method="fd")], ignore_index=True)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_the_measurement_error_from_three_seed_draws_worked_out(sign):
+    """Three bootstrap draws given by hand (every question once): seed 0 twice gives teacher
+    means 1, 2, 3 (slope 0.1); seed 1 once gives b = 4, c = 7 while a, none of whose seeds was
+    drawn, keeps the mean of its two runs, 1 (slope 0.3); one of each gives 1, 3, 5 (0.2).
+    The slopes' SD (ddof 1) is 0.1, the CI 0.2 ± t₀.₉₇₅(1)·0.1 = [−1.07, 1.47]: inside ±1.5,
+    not inside ±1.2. Negated gains mirror all of it."""
+    from clipdistill.report.stats import _analyse, _prepare
+
+    df = _uneven_seeds()
+    kd = df["method"] != "baseline"
+    df.loc[kd, "score"] = 0.5 + sign * (df.loc[kd, "score"] - 0.5)
+    prep = _prepare(df)
+    boot_s = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # weights need not sum to the seed count
+
+    def analyse(margin):
+        return _analyse(prep, np.arange(len(prep["teachers"])), margin, np.ones((3, 4)), boot_s,
+                        np.zeros((3, 2, 1)), 0.95)
+
+    r = analyse(1.5)
+    half = stats.t.ppf(0.975, 1) * 0.1
+    assert r["slope"] == pytest.approx(sign * 0.2) and r["se_teacher"] == pytest.approx(0, abs=1e-9)
+    assert r["se_measurement"] == pytest.approx(0.1) and r["se"] == pytest.approx(0.1)
+    assert r["ci"] == pytest.approx([sign * 0.2 - half, sign * 0.2 + half])
+    assert r["p"] == pytest.approx(2 * stats.t.sf(2.0, 1)) and r["df"] == 1
+    assert (r["within_margin"], r["verdict"]) == (True, "equivalent")
+    assert (analyse(1.2)["within_margin"], analyse(1.2)["verdict"]) == (False, "inconclusive")
