@@ -344,3 +344,94 @@ def test_the_measurement_error_from_three_seed_draws_worked_out(sign):
     assert r["p"] == pytest.approx(2 * stats.t.sf(2.0, 1)) and r["df"] == 1
     assert (r["within_margin"], r["verdict"]) == (True, "equivalent")
     assert (analyse(1.2)["within_margin"], analyse(1.2)["verdict"]) == (False, "inconclusive")
+
+
+def _one_seed_of_three_lags():
+    """Teacher a gains 0 points with seed 0 and 3 with seeds 1 and 2; teacher b 1 point with
+    every seed. A draw of three seeds gives a the mean 3 − c₀ with c₀ ~ Binomial(3, ⅓): 0, 1,
+    2, 3 with probability 1/27, 6/27, 12/27, 8/27, whatever the question draw."""
+    df = study({"a": 3.0, "b": 1.0}, {"a": 30, "b": 40}, seeds=(0, 1, 2), n_q=4)
+    df.loc[(df["teacher"] == "a") & (df["seed"] == 0), "score"] -= 0.03
+    return df
+
+
+@pytest.mark.parametrize("level, ci", [(0.95, [0.0, 3.0]), (0.9, [1.0, 3.0])])
+def test_paired_effects_percentile_ci_worked_out(level, ci):
+    """The 2.5% point of a's bootstrap is 0 (P = 1/27 = 3.7% there), the 5% point 1, the 95%
+    and 97.5% points 3 (P = 8/27 at 3); p ≈ 2·(1/27) + 1/B; b's gain never moves."""
+    a, b = paired_effects(_one_seed_of_three_lags(), n_boot=4000, level=level)
+    assert (a["teacher"], a["gain"], a["seeds"], a["quality"]) == ("a", pytest.approx(2.0), 3, 30.0)
+    assert a["ci"] == pytest.approx(ci, abs=1e-9) and b["ci"] == pytest.approx([1.0, 1.0])
+    assert a["p"] == pytest.approx(2 / 27 + 1 / 4000, abs=0.01)
+
+
+@pytest.mark.parametrize("level, ci", [(0.95, (0.0, 3.0)), (0.9, (1.0, 3.0))])
+def test_table_percentile_ci_worked_out(level, ci):
+    """`bootstrap_mean_ci` on the same three seeds (0, 3, 3 on every question): the same law."""
+    from clipdistill.report.stats import bootstrap_mean_ci
+
+    runs = np.array([[0.0] * 4, [3.0] * 4, [3.0] * 4])
+    assert bootstrap_mean_ci(runs, n_boot=4000, level=level) == pytest.approx((2.0, *ci), abs=1e-9)
+
+
+def test_paired_cells_come_in_teacher_then_method_order():
+    """Cells sorted by the text of (teacher, method), whatever the order of the rows and
+    however teachers are named (an int and a str here)."""
+    fd = study({"b": 2.0, 1: 1.0}, {"b": 40, 1: 30}, method="fd")
+    crd = study({"b": 4.0, 1: 3.0}, {"b": 40, 1: 30}, method="crd")
+    df = pd.concat([fd, crd[crd["method"] == "crd"]], ignore_index=True)
+    cells = paired_effects(df, n_boot=20)
+    assert [(c["teacher"], c["method"], c["gain"], c["quality"]) for c in cells] == [
+        (1, "crd", pytest.approx(3.0), 30.0), (1, "fd", pytest.approx(1.0), 30.0),
+        ("b", "crd", pytest.approx(4.0), 40.0), ("b", "fd", pytest.approx(2.0), 40.0)]
+
+
+COMPONENTS = {"teacher": 0.0, "run": 1.0, "question": 0.0, "quality_sd": 10.0}
+
+
+def test_teachers_needed_is_the_fewest_that_detect_the_target():
+    """With run variance 1 and one run per teacher the detectable slope falls with the teacher
+    count T (0.94 at T = 3, 0.20 at 5, 0.16 at 6): 6 teachers detect 0.2, 5 do not; 3 are
+    enough for 1.0; with at most 5 allowed, 0.2 needs more (None)."""
+    from clipdistill.report.stats import teachers_needed
+
+    def mds(t):
+        return detectable_slope(COMPONENTS, n_teachers=t, runs_per_teacher=1, n_questions=100)
+
+    assert mds(5) > 0.2 >= mds(6) and mds(3) <= 1.0
+    assert teachers_needed(COMPONENTS, 0.2, runs_per_teacher=1, n_questions=100) == 6
+    assert teachers_needed(COMPONENTS, 1.0, runs_per_teacher=1, n_questions=100) == 3
+    assert teachers_needed(COMPONENTS, 0.2, runs_per_teacher=1, n_questions=100, most=6) == 6
+    assert teachers_needed(COMPONENTS, 0.2, runs_per_teacher=1, n_questions=100, most=5) is None
+
+
+def test_detectable_slope_edges():
+    """No variance at all: any slope is detected (0); the quality SD given overrides the
+    pilot's (twice the spread, half the slope when nothing floors it)."""
+    zero = {"teacher": 0.0, "run": 0.0, "question": 0.0, "quality_sd": 10.0}
+    assert detectable_slope(zero, n_teachers=5, runs_per_teacher=1, n_questions=100) == 0.0
+    noise = {"teacher": 1.0, "run": 0.0, "question": 0.0, "quality_sd": 10.0}
+    wide = detectable_slope(noise, n_teachers=5, runs_per_teacher=1, n_questions=100, quality_sd=20.0)
+    assert wide == pytest.approx(detectable_slope(noise, n_teachers=5, runs_per_teacher=1, n_questions=100) / 2,
+                                 rel=1e-4)
+    narrow = detectable_slope(noise | {"quality_sd": 0.5}, n_teachers=5, runs_per_teacher=1, n_questions=100)
+    assert narrow == pytest.approx(40 * wide, rel=1e-4)  # a spread below 1 is still a spread
+    assert detectable_slope(noise | {"quality_sd": 0.0}, n_teachers=5, runs_per_teacher=1, n_questions=100) == np.inf
+
+
+def test_each_verdict_sentence_word_for_word():
+    effect = {"ci": [0.5, 1.25], "slope": 0.875, "n_teachers": 4, "margin": 0.25}
+    ci = "slope +0.88 VQA points per unit of teacher zero-shot, 95% CI [+0.50, +1.25], 4 teachers"
+    assert verdict_sentence(effect | {"verdict": "better"}, "teacher zero-shot") == (
+        "Better teachers make better students here: the KD gain over the no-KD student rises with teacher "
+        f"zero-shot ({ci}).")
+    assert verdict_sentence(effect | {"verdict": "worse"}, "teacher zero-shot") == (
+        "Better teachers make worse students here: the KD gain over the no-KD student falls as teacher zero-shot "
+        f"rises ({ci}).")
+    assert verdict_sentence(effect | {"verdict": "equivalent"}, "teacher zero-shot") == (
+        "Teacher quality does not matter here: any relation is smaller than the margin of ±0.25 points per unit "
+        f"({ci}).")
+    assert verdict_sentence(effect | {"verdict": "inconclusive", "n_teachers": 2}) == (
+        "Inconclusive: this study cannot tell whether the KD gain depends on teacher quality (slope +0.88 VQA "
+        "points per unit of teacher quality, 95% CI [+0.50, +1.25], 2 teachers; a confidence interval for a slope "
+        "needs at least 3 teachers).")
