@@ -2,6 +2,9 @@
 set's table and its markdown, worked out number by number (issue 23: mutation scores of
 `report/study.py`)."""
 
+import numpy as np
+
+from clipdistill.report.stats import bootstrap_mean_ci
 from clipdistill.report.study import _sets_markdown, further_set
 
 
@@ -32,6 +35,10 @@ def test_a_further_sets_table_worked_out_by_hand():
                    "vqa_ci": [50.0, 100.0]}
     assert out["references"] == [{"encoder": "teacher t", "vqa": 40.0}, {"encoder": "blind", "vqa": 12.0}]
     assert out["missing_vlm_results"] == 1
+    # the bootstrap's seed is passed on: few draws, so seeds 0 and 2 give other CIs
+    points = np.array([[100.0] * 4, [50.0] * 4])
+    assert further_set(_further_rows(), n_boot=5, seed=2)["students"][0]["vqa_ci"] == \
+        list(bootstrap_mean_ci(points, 5, 2)[1:]) != list(bootstrap_mean_ci(points, 5, 0)[1:])
 
 
 def test_a_further_sets_markdown_word_for_word():
