@@ -60,3 +60,59 @@ def test_a_further_sets_markdown_word_for_word():
     assert _sets_markdown("vqa_eval", {"gqa_like": complete}) == (
         intro + table + "| distill_shifted t | xs | kd | 2 | 75.0 [50.0, 100.0] |\n")
     assert _sets_markdown("vqa_eval", {}) == ""
+
+
+def test_the_axes_section_word_for_word():
+    """A level's row (duration levels get ×) and an axis that could not be analysed."""
+    from clipdistill.report.study import _axes_markdown
+
+    axes = {"data": {"reference": "distill", "levels": [{"level": "distill_shifted", "runs": 16, "effect": 2.0,
+                                                         "ci": [0.5, 3.5], "p": 0.01, "p_holm": 0.02}]},
+            "duration": {"reference": "1", "error": "no KD rows: every row is a baseline"}}
+    assert _axes_markdown(axes) == [
+        "", "## Distillation regime: each level against the reference level (VQA points)", "",
+        ("Every trained student (KD and no-KD) against its twin at the axis's reference level (the first listed): "
+        "the same teacher, student, method, seed, level of the other axis and VLM seed, question by question. "
+        "95% bootstrap CI over seeds, VLM seeds and questions; p Holm-adjusted over the axis's levels "
+        "(the teacher effect's machinery)."), "",
+        "| axis | level | reference | runs | effect [95% CI] | p (Holm) |", "|---|---|---|---|---|---|",
+        "| data | distill_shifted | distill | 16 | +2.0 [+0.5, +3.5] | 0.020 |",
+        "| duration | – | ×1 | – | not analysable: no KD rows: every row is a baseline | – |"]
+    assert _axes_markdown({}) == []
+
+
+EFFECT = {"ci": [-0.5, 1.25], "n_teachers": 3, "n_runs": 6, "n_seeds": 2, "n_vlm_seeds": 2, "n_questions": 40,
+          "verdict": "inconclusive", "slope": 0.375, "se_teacher": 0.0625, "se_measurement": 0.03125, "df": 1,
+          "margin": 0.1, "detectable_slope": 2.5, "teachers_needed_for_margin": 12,
+          "components": {"teacher": 0.5, "run": 0.25, "question": 40.0, "vlm": 1.5},
+          "methods": {"kd": {"n_teachers": 3, "slope": 0.375, "ci": [-np.inf, np.inf], "p_holm": 0.5,
+                             "verdict": "inconclusive"}}}
+
+
+def test_the_effect_section_word_for_word():
+    """Every number of the teacher effect where the report puts it; the VLM component only
+    where it was estimated; the teachers needed, or more than 200."""
+    from clipdistill.report.study import _effect_markdown
+
+    gains = [{"teacher": "s", "method": "kd", "seeds": 2, "gain": -1.25, "ci": [-2.0, -0.5], "p_holm": 0.03}]
+    head = [
+        "", "## Teacher effect: KD gain over the no-KD student vs teacher quality", "",
+        ("Slope of the paired gain (KD − seed-matched no-KD student, VQA points) per point of teacher zero-shot "
+        "(top-1 %), the teacher as the unit (3 teachers, 6 KD runs, 2 seeds, up to 2 VLM seeds per run, 40 questions)."),
+        "",
+        ("| verdict | slope | 95% CI | SE (teachers) | SE (seeds, VLM seeds, questions) | df | equivalence margin | "
+        "detectable slope (80% power) |"), "|---|---|---|---|---|---|---|---|",
+        "| **inconclusive** | +0.38 | [-0.50, +1.25] | 0.062 | 0.031 | 1 | ±0.1 | 2.500 |", ""]
+    methods = ["", "| method | teachers | slope | CI (Bonferroni level) | p (Holm) | verdict |", "|---|---|---|---|---|---|",
+               "| kd | 3 | +0.38 | [−∞, +∞] | 0.500 | inconclusive |", "",
+               "## Paired KD gains over the no-KD student (VQA points; p Holm-adjusted over all cells)", "",
+               "| teacher | method | seeds | gain [95% CI] | p (Holm) |", "|---|---|---|---|---|"]
+    assert _effect_markdown({"effect": EFFECT, "gains": gains}) == [
+        *head, ("Variance components (points²): teacher 0.5, run 0.25, per question 40, between the VLM seeds of a "
+        "run 1.5. To detect a slope of ±0.1 with 80% power the study needs about 12 teachers at this many runs and "
+        "questions per teacher."), *methods, "| s | kd | 2 | -1.2 [-2.0, -0.5] | 0.030 |"]
+    one_vlm = EFFECT | {"components": EFFECT["components"] | {"vlm": np.nan}, "teachers_needed_for_margin": None}
+    assert _effect_markdown({"effect": one_vlm, "gains": []}) == [
+        *head, ("Variance components (points²): teacher 0.5, run 0.25, per question 40. To detect a slope of ±0.1 "
+        "with 80% power more than 200 teachers would be needed at this many runs per teacher."), *methods]
+    assert _effect_markdown({"effect": None, "gains": []}) == []
