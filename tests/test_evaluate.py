@@ -115,3 +115,41 @@ def test_alignment_of_a_model_with_itself_is_one_and_batching_changes_nothing():
     assert all(0 < v < 0.999 for v in other[0]["cka"].values()), other[0]["cka"]
     assert other[0]["cka"] == pytest.approx(other[1]["cka"], abs=1e-5)
     assert other[0]["retrieval"] == other[1]["retrieval"]  # rounded to 6 digits by evaluate_clip
+
+
+def test_every_forward_pass_runs_on_the_runtime_it_is_given():
+    """evaluate_clip hands its runtime to every encoder call (student and teacher embeddings,
+    both models' patch tokens, the zero-shot prompts), so a GPU or bf16 runtime reaches them all;
+    both towers are prepared for inference (train=False)."""
+    from dataclasses import dataclass, field
+
+    from clipdistill.models.clip import create_model, default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
+    from clipdistill.training.runtime import Runtime
+
+    @dataclass(frozen=True)
+    class RecordingRuntime(Runtime):
+        forwards: list = field(default_factory=list)
+        towers_train: list = field(default_factory=list)
+
+        def autocast(self):
+            self.forwards.append("autocast")
+            return super().autocast()
+
+        def towers(self, model, *, train):
+            self.towers_train.append(train)
+            return super().towers(model, train=train)
+
+    def bundle(arch, seed):
+        model, spec = create_model(arch, seed).eval(), default_tokenizer_spec(arch)
+        return ClipBundle(model, tokenizer_from_spec(spec), arch, preprocess_cfg(model), {}, spec)
+
+    images = torch.randint(0, 256, (5, 3, 64, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    classes = {"classnames": ["red", "blue", "green"], "templates": ["a {} thing", "one {}"], "labels": [0, 1, 2, 0, 1]}
+    split = Split(images, ["a red circle", "a blue square", "a green ring", "two red", "one blue"], {"colour": classes})
+    runtime = RecordingRuntime()
+    evaluate_clip(bundle("cd-student-xs", 1), split, EvalParams(batch_size=2, recall_at=(1,)), bundle("cd-teacher-s", 0),
+                  runtime)
+    # 5 images in batches of 2 → 3 batches for each of: student encode, teacher encode, student and
+    # teacher patch tokens (4 × 3), plus one prompt set per class (3)
+    assert len(runtime.forwards) == 4 * 3 + 3
+    assert runtime.towers_train == [False, False]
