@@ -3,6 +3,7 @@ set's table and its markdown, worked out number by number (issue 23: mutation sc
 `report/study.py`)."""
 
 import numpy as np
+import pytest
 
 from clipdistill.report.stats import bootstrap_mean_ci
 from clipdistill.report.study import _sets_markdown, further_set
@@ -116,3 +117,41 @@ def test_the_effect_section_word_for_word():
         *head, ("Variance components (points²): teacher 0.5, run 0.25, per question 40. To detect a slope of ±0.1 "
         "with 80% power more than 200 teachers would be needed at this many runs per teacher."), *methods]
     assert _effect_markdown({"effect": None, "gains": []}) == []
+
+
+def _params(tmp_path, **grid):
+    """The smoke study's params with the grid's entries replaced (teachers s and m)."""
+    import yaml
+    from conftest import SMOKE
+
+    p = yaml.safe_load(SMOKE.read_text())
+    p["distill"]["grid"] |= grid
+    p["vqa"] |= {"eval_splits": ["vqa_eval", "gqa_like"], "seeds": [0, 2]}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def test_the_layout_comes_from_the_params_grid(tmp_path):
+    """2 teachers × (clipkd, baseline) × 2 data splits × 2 durations × 2 seeds = 32 evaluated
+    students; trained: 16 KD runs and 8 baselines (one per regime and seed, not per teacher).
+    Levels in the grid's order (durations as text), VLM seeds and further sets from `vqa`."""
+    from clipdistill.io import DataError
+    from clipdistill.report.study import study_layout
+
+    layout = study_layout(_params(tmp_path, data=["distill", "distill_shifted"], durations=[1, 4], seeds=[0, 1]),
+                          tmp_path / "results")
+    assert {k: layout[k] for k in ("teachers", "vlm_seeds", "eval_sets", "levels")} == {
+        "teachers": ["m", "s"], "vlm_seeds": [0, 2], "eval_sets": ["gqa_like"],
+        "levels": {"data": ["distill", "distill_shifted"], "duration": ["1", "4"]}}
+    assert len(layout["evaluated"]) == 32 and len(layout["trained"]) == 24
+    assert sum(r["kd_teacher"] == "none" for r in layout["evaluated"]) == 16
+    assert sum(r["teacher"] == "none" for r in layout["trained"]) == 8
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    p = yaml.safe_load(path.read_text())
+    del p["distill"]["grid"]
+    path.write_text(yaml.safe_dump(p))
+    with pytest.raises(DataError, match="distill.grid is missing"):
+        study_layout(path, tmp_path / "results")
