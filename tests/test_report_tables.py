@@ -155,3 +155,44 @@ def test_the_layout_comes_from_the_params_grid(tmp_path):
     path.write_text(yaml.safe_dump(p))
     with pytest.raises(DataError, match="distill.grid is missing"):
         study_layout(path, tmp_path / "results")
+
+
+def test_a_one_seed_cell_has_a_point_ci():
+    """One seed, one VLM: the table's CI is the point (nothing to redraw but the questions,
+    and every question scores alike); a teacher-free cell says so."""
+    from clipdistill.report.study import student_table
+
+    (row,) = student_table([_student(0, 0.5, teacher_free=True)], n_boot=50)
+    assert (row["vqa"], row["vqa_ci"], row["seeds"], row["teacher_free"]) == (50.0, [50.0, 50.0], 1, True)
+    unmarked = {k: v for k, v in _student(0, 0.5).items() if k != "teacher_free"}
+    assert student_table([unmarked], n_boot=50)[0]["teacher_free"] is False  # KD unless said otherwise
+
+
+def test_collect_reads_a_further_sets_answers_and_the_teachers_summaries(tmp_path):
+    """`eval_set` swaps the study's gold answers and VQA files for the set's; teacher rows carry
+    their zero-shot and retrieval summaries."""
+    import json
+
+    from test_report import fabricate
+
+    from clipdistill.report.study import collect
+
+    res, data = fabricate(tmp_path, lambda rank, seed: 2 + rank, n_q=4, teachers=("s", "m"), seeds=(0,))
+    gold = res / "data" / "gqa_like" / "annotations.json"
+    gold.parent.mkdir(parents=True)
+    gold.write_text(json.dumps({"annotations": [{"question_id": f"g{q}", "answers": [{"answer": "no"}] * 10}
+                                                for q in range(3)]}))
+    for metrics in (res / "vqa_metrics" / "students").rglob("vlm0.json"):
+        run = metrics.parent.relative_to(res / "vqa_metrics")
+        answers = res / "vqa_sets" / "gqa_like" / "vqa" / run / "vlm0" / "answers.jsonl"
+        answers.parent.mkdir(parents=True)
+        answers.write_text("".join(json.dumps({"question_id": f"g{q}", "text": "no" if q == 0 else "yes"}) + "\n"
+                                   for q in range(3)))
+        (res / "vqa_sets" / "gqa_like" / "vqa_metrics" / run).mkdir(parents=True, exist_ok=True)
+        (res / "vqa_sets" / "gqa_like" / "vqa_metrics" / run / "vlm0.json").write_text(
+            json.dumps({"overall": 100 / 3, "per_question_type": {}}))
+    students = [r for r in collect(res, data, eval_set="gqa_like") if r["kind"] == "student"]
+    assert len(students) == 4 and all(r["_scores"] == {"g0": 1.0, "g1": 0.0, "g2": 0.0} for r in students)
+    teachers = {r["teacher"]: r for r in collect(res, data) if r["kind"] == "teacher"}
+    assert {t: (r["zeroshot"], r["teacher_retrieval"], r["retrieval"]) for t, r in teachers.items()} == {
+        "s": (0.3, 0.0, 0.0), "m": (0.4, 0.1, 0.1)}
