@@ -196,3 +196,34 @@ def test_collect_reads_a_further_sets_answers_and_the_teachers_summaries(tmp_pat
     teachers = {r["teacher"]: r for r in collect(res, data) if r["kind"] == "teacher"}
     assert {t: (r["zeroshot"], r["teacher_retrieval"], r["retrieval"]) for t, r in teachers.items()} == {
         "s": (0.3, 0.0, 0.0), "m": (0.4, 0.1, 0.1)}
+
+
+def test_the_report_reads_only_the_runs_the_params_grid_names(tmp_path):
+    """A results tree with teachers s, m and l, a grid naming s and m: the report analyses two
+    teachers. Gains (right answers of 40 over the baseline's): s −5, m +6, i.e. −12.5 and +15
+    points at 30 and 40 % zero-shot: slope 27.5 / 10. The four KD runs answer 10, 11, 21, 22
+    right: teacher ranks (1.5, 1.5, 3.5, 3.5) against 1..4 give Spearman 4/√20 = 0.8944 and
+    Kendall τ-b 4/√24 = 0.8165, written to 4 decimals."""
+    import json
+
+    import yaml
+    from conftest import SMOKE
+    from test_report import fabricate
+
+    from clipdistill.report.study import report
+
+    res, data = fabricate(tmp_path, lambda rank, seed: [10, 21, 30][rank] + seed, n_q=40)
+    p = yaml.safe_load(SMOKE.read_text())
+    p["distill"]["methods"]["kd"] = p["distill"]["methods"].pop("clipkd")
+    p["distill"]["grid"] |= {"methods": ["kd"], "seeds": [0, 1]}
+    p["vqa"] |= {"seeds": [0]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    analysis = report(res, data, tmp_path / "out", n_boot=50, params=tmp_path / "params.yaml")
+    assert [(t["teacher"], t["gain"]) for t in analysis["effect"]["teachers"]] == [
+        ("m", pytest.approx(15.0)), ("s", pytest.approx(-12.5))]
+    assert analysis["effect"]["slope"] == pytest.approx(2.75)
+    saved = json.loads((tmp_path / "out" / "correlations.json").read_text())
+    assert (saved["kd"]["n"], saved["kd"]["spearman"], saved["kd"]["kendall"]) == (4, 0.8944, 0.8165)
+    md = (tmp_path / "out" / "study.md").read_text().splitlines()
+    assert md[:4] == ["# Study report", "", f"**Answer:** {analysis['answer']}", ""]
+    assert "| methods | n | Spearman ρ [95% CI] | Kendall τ [95% CI] |" in md
