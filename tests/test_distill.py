@@ -241,3 +241,94 @@ def test_a_duration_multiplies_the_epochs_and_the_step_cap(tmp_path, smoke_data)
     with pytest.raises(ClipdistillError, match="--duration 0: a duration is a multiple"):
         run(spec, student="xs", method="baseline", seed=0, data=smoke_data / "distill", out=tmp_path / "x0",
             duration=0)
+
+
+# ------------------------------------------------------------------ the loop's parts, on toy inputs
+
+def test_batch_rows_draw_each_row_once_per_epoch_and_resume_where_they_stopped():
+    # 11 rows in batches of 3: 3 steps an epoch (2 rows left out), 8 steps = 2 epochs and 2 steps
+    full = [r.tolist() for r in D.batch_rows(11, 3, seed=5, start=0, total=8)]
+    assert [len(r) for r in full] == [3] * 8
+    epochs = [[row for batch in full[e * 3:(e + 1) * 3] for row in batch] for e in range(2)]
+    assert all(len(set(rows)) == 9 and set(rows) <= set(range(11)) for rows in epochs)
+    assert epochs[0] != epochs[1]  # a fresh permutation each epoch
+    assert full[6:] != full[:2]
+    # a run resumed at step 4 (mid-epoch 1) or 6 (an epoch's start) draws what the whole run drew
+    assert [r.tolist() for r in D.batch_rows(11, 3, seed=5, start=4, total=8)] == full[4:]
+    assert [r.tolist() for r in D.batch_rows(11, 3, seed=5, start=6, total=8)] == full[6:]
+    assert [r.tolist() for r in D.batch_rows(11, 3, seed=6, start=0, total=3)] != full[:3]  # the seed matters
+    # two data-parallel ranks split each global batch of 4 in order: rank 0 the first half
+    both = [list(D.batch_rows(11, 4, seed=5, start=0, total=5, rank=k, world=2)) for k in (0, 1)]
+    whole = list(D.batch_rows(11, 4, seed=5, start=0, total=5))
+    assert [torch.cat([a, b]).tolist() for a, b in zip(*both)] == [w.tolist() for w in whole]
+
+
+def test_step_seeds_differ_by_step_and_by_run_seed():
+    seeds = {D._step_seed(s, step) for s in range(4) for step in range(-3, 50)}
+    assert len(seeds) == 4 * 53 and all(0 <= s < 2**63 for s in seeds)
+    assert D._step_seed(2**62, 7) < 2**63  # wrapped into torch.manual_seed's range
+
+
+def test_full_precision_casts_only_floating_tensors():
+    batch = {"half": torch.ones(2, dtype=torch.bfloat16), "ids": torch.arange(3), "name": "x",
+             "single": torch.zeros(1, dtype=torch.float16)}
+    out = D.full_precision(batch)
+    assert out["half"].dtype == out["single"].dtype == torch.float32
+    assert out["ids"].dtype == torch.int64 and out["name"] == "x"
+
+
+def test_student_batch_gives_unit_embeddings_the_scale_and_penultimate_patch_tokens():
+    student = create_model("cd-student-xs", 0).eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tokens = tokenizer_from_spec(D.default_tokenizer_spec("cd-student-xs"))(["a red ring", "two", "a blue square"])
+    blocks = student.visual.transformer.resblocks
+    seen = []
+    hook = blocks[len(blocks) - 2].register_forward_hook(lambda m, args, out: seen.append(out))
+    with torch.no_grad():
+        full = D.student_batch(student, x, tokens, {"s_patches", "s_image_masked"}, mask_ratio=0.75)
+        plain = D.student_batch(student, x, tokens, set(), mask_ratio=0.75)
+    hook.remove()
+    for key in ("s_image", "s_text", "s_image_masked"):
+        assert torch.allclose(full[key].norm(dim=-1), torch.ones(3), atol=1e-6), key
+    assert torch.equal(full["s_scale"], student.logit_scale.exp())
+    # LLaVA's layer: the penultimate block's output, CLS dropped (the first forward is the full view)
+    assert torch.allclose(full["s_patches"], seen[0][:, 1:], atol=1e-6) and full["s_patches"].shape[1] == 64
+    assert torch.allclose(full["s_image"], plain["s_image"], atol=1e-6) and "s_patches" not in plain
+    assert not torch.allclose(full["s_image_masked"], full["s_image"], atol=1e-3)  # patches really dropped
+    assert "s_image_masked" not in plain
+
+
+def test_online_teacher_gives_the_targets_its_feature_store_holds(tmp_path):
+    """The same rows' targets from the live teacher and from its store (fp32, so equal up to
+    rounding): image embedding, caption embedding, penultimate patch tokens; a stored view is
+    the one asked for per row."""
+    teacher = create_model("cd-teacher-s", 0).eval()
+    from clipdistill.models.clip import default_tokenizer_spec
+
+    spec = default_tokenizer_spec("cd-teacher-s")
+    bundle = ClipBundle(teacher, tokenizer_from_spec(spec), "cd-teacher-s", preprocess_cfg(teacher),
+                        {"weights_sha256": "0" * 64}, spec)
+    images = torch.randint(0, 256, (5, 3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    from clipdistill.data.splits import Split
+
+    split = Split(images, ["a red ring", "two blue squares", "a green circle", "one", "three small rings"])
+    extract(bundle, split, FeatureParams(dtype="float32", patch_tokens=True, views=2, batch_size=2), tmp_path / "s")
+    store = FeatureStore(tmp_path / "s")
+    idx = torch.tensor([3, 0, 4])
+    needs = {"t_image", "t_text", "t_patches"}
+    stored = D.Teacher(store=store).targets(idx, split, needs, None, None)
+    live = D.Teacher(bundle=bundle).targets(idx, split, needs, None, None)
+    assert stored.keys() == live.keys() == needs
+    for key in needs:
+        assert torch.allclose(stored[key], live[key], atol=1e-5), key
+    assert live["t_patches"].shape == (3, 64, teacher.visual.transformer.width)
+    # views: row k's target is its stored view view[k], the same as the live teacher on that crop
+    view = torch.tensor([1, 0, 1])
+    boxes = store.get("view_boxes", idx)[torch.arange(3), view]
+    stored_view = D.Teacher(store=store).targets(idx, split, {"t_image"}, view, boxes)["t_image"]
+    live_view = D.Teacher(bundle=bundle).targets(idx, split, {"t_image"}, view, boxes)["t_image"]
+    assert torch.allclose(stored_view, live_view, atol=1e-5)
+    assert not torch.allclose(stored_view, stored["t_image"], atol=1e-3)
+    assert D.Teacher(store=store).targets(idx, split, {"t_text"}, None, None).keys() == {"t_text"}
+    assert D.Teacher().targets(idx, split, needs, None, None) == {} and not D.Teacher().present
+    assert D.Teacher(bundle=bundle).logit_scale == pytest.approx(teacher.logit_scale.exp().item())
