@@ -302,11 +302,11 @@ def test_online_teacher_gives_the_targets_its_feature_store_holds(tmp_path):
     """The same rows' targets from the live teacher and from its store (fp32, so equal up to
     rounding): image embedding, caption embedding, penultimate patch tokens; a stored view is
     the one asked for per row."""
-    teacher = create_model("cd-teacher-s", 0).eval()
+    teacher = create_model("cd-teacher-deep", 0).eval()  # 6 blocks: the penultimate is not the first
     from clipdistill.models.clip import default_tokenizer_spec
 
-    spec = default_tokenizer_spec("cd-teacher-s")
-    bundle = ClipBundle(teacher, tokenizer_from_spec(spec), "cd-teacher-s", preprocess_cfg(teacher),
+    spec = default_tokenizer_spec("cd-teacher-deep")
+    bundle = ClipBundle(teacher, tokenizer_from_spec(spec), "cd-teacher-deep", preprocess_cfg(teacher),
                         {"weights_sha256": "0" * 64}, spec)
     images = torch.randint(0, 256, (5, 3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     from clipdistill.data.splits import Split
