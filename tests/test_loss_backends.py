@@ -360,3 +360,27 @@ def test_fp32_tolerance_rejects_tf32():
     it, tt = tf32(i).requires_grad_(), tf32(t).requires_grad_()
     L.contrastive_loss(it, tt, 17.3, backend="torch").backward()
     assert max(rel_err(it.grad, i64.grad), rel_err(tt.grad, t64.grad)) > GRAD_LIMIT[torch.float32]
+
+
+def test_losses_build_targets_and_accumulators_on_the_embeddings_device():
+    """The diagonal targets (CLIP's labels, SigLIP's ±1 signs) and the chunked paths' log-sum-exp
+    buffers and loss accumulator are made on the embeddings' device, not the default one: on the
+    meta device (shapes only, no data) a tensor left on the CPU is a device mismatch. (A 0-d
+    gradient left on the CPU is not caught: autograd moves 0-d gradients to their input's device.)"""
+    from clipdistill.losses import contrastive as C
+    from clipdistill.losses import siglip as SG
+
+    def meta(n, d):
+        return torch.empty(n, d, device="meta", dtype=torch.float32, requires_grad=True)
+
+    a, b, rows = meta(5, 3), meta(5, 3), meta(2, 3)
+    scale = torch.empty((), device="meta", requires_grad=True)
+    bias = torch.empty((), device="meta", requires_grad=True)
+    losses = {"clip": C.contrastive_naive(a, b, 2.0), "clip chunked": C.contrastive_chunked(a, b, scale, bias, chunk=2),
+              "rows": C.row_contrastive_naive(rows, b, 2.0, offset=3),
+              "rows chunked": C.row_contrastive_chunked(rows, b, scale, bias, offset=3, chunk=1),
+              "siglip": SG.siglip_naive(a, b, 2.0, -1.0), "siglip chunked": SG.siglip_chunked(a, b, scale, bias, chunk=2)}
+    for name, loss in losses.items():
+        assert loss.device.type == "meta" and loss.shape == (), name
+        grads = torch.autograd.grad(loss, [a, b, rows, scale, bias], allow_unused=True)
+        assert all(g is None or g.device.type == "meta" for g in grads), name
