@@ -278,9 +278,9 @@ def test_full_precision_casts_only_floating_tensors():
 
 
 def test_student_batch_gives_unit_embeddings_the_scale_and_penultimate_patch_tokens():
-    student = create_model("cd-student-xs", 0).eval()
+    student = create_model("cd-student-d4", 0).eval()  # 4 blocks: the penultimate is not the first
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    tokens = tokenizer_from_spec(D.default_tokenizer_spec("cd-student-xs"))(["a red ring", "two", "a blue square"])
+    tokens = tokenizer_from_spec(D.default_tokenizer_spec("cd-student-d4"))(["a red ring", "two", "a blue square"])
     blocks = student.visual.transformer.resblocks
     seen = []
     hook = blocks[len(blocks) - 2].register_forward_hook(lambda m, args, out: seen.append(out))
