@@ -21,6 +21,16 @@ def test_help_lists_every_stage_subcommand():
         assert all(c in sub for c in commands), (group, sub)
 
 
+def test_reading_params_does_not_load_open_clip():
+    """Issue 23: `params check`, one-line params errors and every Snakemake parse only read
+    params (the distill validators import the loss registry); open_clip + timm would add seconds
+    of CPU to each of them, and the tests run dozens."""
+    code = ("import sys; from clipdistill import stages; from clipdistill.params import load_params; "
+            f"load_params({str(SMOKE)!r}); print(sorted(m for m in ('open_clip', 'timm') if m in sys.modules))")
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_synth_and_preview_end_to_end(tmp_path):
     out = tmp_path / "data"
     for split in ("vqa_eval", "distill_shifted"):

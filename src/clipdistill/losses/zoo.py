@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from clipdistill.losses.dispatch import contrastive_loss
-from clipdistill.models.patches import resample_tokens
 
 # CLIP-KD tuned its FD weight (2000) with a ViT-B/16 teacher: D = 512, error averaged over D.
 FD_REFERENCE_DIM = 512
@@ -134,5 +133,8 @@ def patch_feature_distillation(s_tokens, t_tokens, proj) -> torch.Tensor:
     """Patch-token FD on the penultimate layer (what LLaVA consumes): student tokens
     projected to the teacher width (proj) and resampled to the teacher's grid, then
     MSE against the teacher tokens: mean over batch, tokens and channels."""
+    # imported here: clipdistill.models loads open_clip (seconds), which `params check` never needs
+    from clipdistill.models.patches import resample_tokens
+
     grid = int(round(math.sqrt(t_tokens.shape[1])))
     return F.mse_loss(proj(resample_tokens(s_tokens, grid)), t_tokens.to(s_tokens.dtype))
