@@ -76,10 +76,11 @@ def data_preview(data: Annotated[Path, opt("output of `data prepare`")] = RESULT
 def teacher_train(name: Annotated[str, opt("teacher name from params `teachers`")], data: DataOpt = RESULTS_DATA,
                   out: Annotated[Optional[Path], opt("model directory")] = None, params: ParamsOpt = PARAMS) -> None:
     """Train a pipeline teacher on the `pretrain` split, or import an external one (offline)."""
+    spec, runtime = load_section(params, "teachers"), tools.runtime(params)  # params errors: before the imports
     from clipdistill.teachers.stage import run
 
     out = out or Path("results/teachers") / name
-    manifest = run(load_section(params, "teachers"), name, data, out, tools.runtime(params))
+    manifest = run(spec, name, data, out, runtime)
     say(f"teacher {name}: {manifest['model_name']}, {manifest['params']['total']:,} params -> {out}")
 
 
@@ -89,9 +90,10 @@ def features_extract(teacher: Annotated[Path, opt("teacher model directory")],
                      out: Annotated[Path, opt("feature store directory")],
                      params: ParamsOpt = PARAMS) -> None:
     """Run the frozen teacher once over a distillation split into a feature store."""
+    spec, runtime = load_section(params, "features"), tools.runtime(params)  # params errors: before the imports
     from clipdistill.features.stage import run
 
-    m = run(load_section(params, "features"), teacher, data, out, tools.runtime(params))
+    m = run(spec, teacher, data, out, runtime)
     say(f"stored {m['count']} samples ({m['dtype']}) in {len(m['shards'])} shards -> {out}")
 
 
@@ -102,9 +104,10 @@ def eval_clip(model: Annotated[Path, opt("model directory")], out: Annotated[Pat
               teacher: Annotated[Optional[Path], opt("teacher model directory: adds CKA to it")] = None,
               params: ParamsOpt = PARAMS) -> None:
     """Zero-shot classification (prompt ensembles), image<->text retrieval R@k, CKA to a teacher."""
+    spec, runtime = load_section(params, "eval"), tools.runtime(params)  # params errors: before the imports
     from clipdistill.evaluate.stage import run
 
-    metrics = run(load_section(params, "eval"), model, out, data, csv, teacher, tools.runtime(params))
+    metrics = run(spec, model, out, data, csv, teacher, runtime)
     say(f"{model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["summary"].items()))
 
 
@@ -122,11 +125,12 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
     """Distil a teacher into a student with a method (or train a teacher-free baseline with
     --teacher-name none); resumes from its last checkpoint. Under `torchrun` it trains
     data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes."""
+    spec, runtime = load_section(params, "distill"), tools.dp_runtime(params)  # params errors: before the imports
     from clipdistill.distill.stage import run
 
-    if run(load_section(params, "distill"), student=student, method=method, seed=seed, data=data, out=out,
+    if run(spec, student=student, method=method, seed=seed, data=data, out=out,
            teacher_name=teacher_name, teacher=teacher, features=features, duration=duration,
-           runtime=tools.dp_runtime(params)) is not None:
+           runtime=runtime) is not None:
         say(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}")
 
 
@@ -136,9 +140,10 @@ def vqa_lm(out: Annotated[Path, opt("directory for the language model and its to
            params: ParamsOpt = PARAMS) -> None:
     """The language model every VLM starts from (`vqa.lm`), its vocabulary and (with
     `vqa.lm_pretrain`) its instruction tuning from the training split's text only."""
+    spec, runtime = tools.vqa_section(params), tools.runtime(params)  # params errors: before the imports
     from clipdistill.vqa.language import run
 
-    counts = run(tools.vqa_section(params), train, out, tools.runtime(params))["counts"]
+    counts = run(spec, train, out, runtime)["counts"]
     loss = counts["final_loss"]
     say(f"language model: {counts['parameters']:,} parameters, vocab {counts['vocab']}"
         + (f", final loss {loss:.3f}" if loss is not None else "") + f" -> {out}")
@@ -157,10 +162,11 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
             params: ParamsOpt = PARAMS) -> None:
     """Two-stage LLaVA training on --train, greedy evaluation on --eval (VQAv2 soft accuracy).
     Under `torchrun` the training is data-parallel; rank 0 evaluates and writes."""
+    spec, runtime = tools.vqa_section(params), tools.dp_runtime(params)  # params errors: before the imports
     from clipdistill.vqa.stage import run
 
-    summary = run(tools.vqa_section(params), encoder=encoder, out=out, metrics=metrics, train=train, eval=eval, lm=lm,
-                  vlm_seed=vlm_seed, runtime=tools.dp_runtime(params))
+    summary = run(spec, encoder=encoder, out=out, metrics=metrics, train=train, eval=eval, lm=lm,
+                  vlm_seed=vlm_seed, runtime=runtime)
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"

@@ -82,10 +82,10 @@ def vqa_score(vlm: Annotated[Path, opt("a saved VLM (`vqa run`'s output folder)"
               blind: Annotated[bool, typer.Option(help="the VLM is the blind baseline's: show it the grey image")] = False,
               params: ParamsOpt = PARAMS) -> None:
     """Greedy evaluation of a trained VLM on one more evaluation set (VQAv2 soft accuracy)."""
+    spec, resolved = vqa_section(params), runtime(params)  # params errors: before the imports
     from clipdistill.vqa.stage import score
 
-    summary = score(vqa_section(params), vlm=vlm, eval=eval, out=out, metrics=metrics, blind=blind,
-                    runtime=runtime(params))
+    summary = score(spec, vlm=vlm, eval=eval, out=out, metrics=metrics, blind=blind, runtime=resolved)
     say(f"vqa {vlm} on {eval.name}: overall {summary['overall']:.1f} on {summary['count']} questions -> {metrics}")
 
 
