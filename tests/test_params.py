@@ -39,6 +39,9 @@ BAD = {
                         "data.object_scale = 1.5: Input should be less than or equal to 1.15"),
     "no hard-negative group": (("data", "splits", "pretrain", "hard_negatives"), 0,
                                "data.splits.pretrain.hard_negatives = 0: Input should be greater than or equal to 1"),
+    "shape-negative rate > 1": (("data", "splits", "pretrain", "hard_negative_shape_rate"), 1.2,
+                                ("data.splits.pretrain.hard_negative_shape_rate = 1.2: Input should be less than "
+                                 "or equal to 1")),
     "colour refs < 0": (("data", "position_color_ref_rate"), -0.1,
                         "data.position_color_ref_rate = -0.1: Input should be greater than or equal to 0"),
 }

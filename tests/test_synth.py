@@ -151,3 +151,16 @@ def test_hard_negative_groups_share_colours_and_differ_in_shape_or_cell(tmp_path
                                        or (diff[0][0]["row"], diff[0][0]["col"]) != (diff[0][1]["row"], diff[0][1]["col"]))
     assert len(set(captions)) == 40
     assert read_json(tmp_path / "pretrain" / "manifest.json")["params"]["hard_negatives"] == 4
+
+
+def test_hard_negative_shape_rate_one_makes_shape_only_negatives(tmp_path, smoke_params):
+    """hard_negative_shape_rate 1 reaches the generator: every later scene of a group differs from
+    its first in one object's shape, in the same cell (captions must be told apart by shape)."""
+    splits = {**smoke_params.splits, "pretrain": SplitParams(size=24, hard_negatives=4, hard_negative_shape_rate=1.0)}
+    synth.synthesize(smoke_params.model_copy(update={"splits": splits}), "pretrain", tmp_path / "pretrain")
+    scenes = read_json(tmp_path / "pretrain" / "scenes.json")
+    for g in range(0, 24, 4):
+        for k in range(1, 4):
+            (a, b), = [(a, b) for a, b in zip(scenes[g], scenes[g + k]) if a != b]
+            assert a["shape"] != b["shape"] and (a["row"], a["col"]) == (b["row"], b["col"])
+    assert read_json(tmp_path / "pretrain" / "manifest.json")["params"]["hard_negative_shape_rate"] == 1.0

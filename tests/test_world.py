@@ -176,6 +176,47 @@ def test_hard_negative_differs_only_in_one_shape_or_one_cell():
     assert kinds["shape"] > 100 and kinds["position"] > 100, kinds
 
 
+def _negative_kinds(shape_rate, n=400, seed=7):
+    kinds = Counter()
+    for scene, rng in scenes(n, seed=seed):
+        neg = world.hard_negative(rng, scene, shape_rate)
+        (a, b), = [(a, b) for a, b in zip(scene, neg) if a != b]
+        assert [(o.color, o.size) for o in neg] == [(o.color, o.size) for o in scene]
+        kinds["shape" if a.shape != b.shape else "position"] += 1
+        if a.shape != b.shape:
+            assert (a.row, a.col) == (b.row, b.col), "a shape negative also moved"
+    return kinds
+
+
+@pytest.mark.parametrize("rate, low, high", [(1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0.8, 0.72, 0.88)])
+def test_hard_negative_shape_rate_sets_the_share_of_shape_changes(rate, low, high):
+    """shape_rate 1: every negative differs only in a shape (what a caption must tell apart by
+    shape); 0: every negative moves an object (no scene here fills the grid); between: that share."""
+    kinds = _negative_kinds(rate)
+    assert low <= kinds["shape"] / 400 <= high, kinds
+
+
+def _hard_negative_before_the_rate(rng, scene):
+    """world.hard_negative as it was before `shape_rate` (commit aee1b96), for the test below."""
+    k = int(rng.integers(len(scene)))
+    o = scene[k]
+    empty = sorted(set(range(9)) - {x.row * 3 + x.col for x in scene})
+    if empty and rng.random() < 0.5:
+        cell = empty[int(rng.integers(len(empty)))]
+        new = Obj(o.shape, o.color, o.size, cell // 3, cell % 3)
+    else:
+        new = Obj(world._pick(rng, [s for s in world.SHAPES if s != o.shape]), o.color, o.size, o.row, o.col)
+    return [new if i == k else x for i, x in enumerate(scene)]
+
+
+def test_hard_negative_default_rate_keeps_the_original_stream():
+    """The default rate (0.5) draws exactly what the code before the rate drew: recorded data and
+    golden digests stay valid."""
+    for (scene, rng), (_, rng2) in zip(scenes(300, seed=3), scenes(300, seed=3)):
+        assert world.hard_negative(rng, scene) == _hard_negative_before_the_rate(rng2, scene)
+        assert rng.random() == rng2.random(), "the streams diverged after the negative"
+
+
 def test_position_questions_refer_by_colour_at_the_given_rate():
     by_colour, total = 0, 0
     for scene, rng in scenes(600, seed=8):

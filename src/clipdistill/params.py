@@ -38,6 +38,9 @@ class SplitParams(Strict):
     hard_negatives: int = Field(1, ge=1, le=16, description="scenes per hard-negative group: a scene and k-1 "
                                 "copies with one object's shape or cell changed, consecutive in the split "
                                 "(teacher batches keep a group together); 1 = independent scenes")
+    hard_negative_shape_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of the hard negatives that "
+                                            "change one object's shape; the others move one object to an empty "
+                                            "cell (a full grid always changes a shape)")
 
 
 IMAGE_PATTERN_FIELDS = ("image_id",)

@@ -56,7 +56,7 @@ def synth_split(params: DataParams, name: str, split: SplitParams, out: Path) ->
         if i % group == 0:  # a group's first scene is drawn afresh, the others are its hard negatives
             scene = base = world.sample_scene(rng, params.min_objects, params.max_objects)
         else:
-            scene = world.hard_negative(rng, base)
+            scene = world.hard_negative(rng, base, split.hard_negative_shape_rate)
         png = _png_bytes(render.render(scene, rng, size=params.image_size, style=split.style,
                                        supersample=params.supersample, noise=params.noise,
                                        scale=params.object_scale))

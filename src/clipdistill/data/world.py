@@ -142,13 +142,14 @@ def caption(rng: np.random.Generator, scene: list[Obj], position_rate: float = 0
     return frame.format(body, n=f"{NUMBER_WORDS[len(order)]} {noun}")
 
 
-def hard_negative(rng: np.random.Generator, scene: list[Obj]) -> list[Obj]:
-    """The scene with one object changed in shape or moved to an empty cell (same colours,
-    sizes and count): a caption can tell it from `scene` only by shape or position."""
+def hard_negative(rng: np.random.Generator, scene: list[Obj], shape_rate: float = 0.5) -> list[Obj]:
+    """The scene with one object changed in shape (with probability `shape_rate`, always when
+    no cell is empty) or moved to an empty cell (same colours, sizes and count): a caption can
+    tell it from `scene` only by shape or position."""
     k = int(rng.integers(len(scene)))
     o = scene[k]
     empty = sorted(set(range(9)) - {x.row * 3 + x.col for x in scene})
-    if empty and rng.random() < 0.5:
+    if empty and rng.random() < 1.0 - shape_rate:  # one draw whatever the rate (0.5: the original stream)
         cell = empty[int(rng.integers(len(empty)))]
         new = Obj(o.shape, o.color, o.size, cell // 3, cell % 3)
     else:
