@@ -9,3 +9,11 @@ $P --name pos1_g4 --arch cd-teacher-m --epochs 6 --pretrain 2400 --group 4 --dat
 $P --name legacy --arch cd-teacher-m --epochs 6 --pretrain 2400
 $P --name pos1_g4_s115_long --arch cd-teacher-m --epochs 10 --pretrain 4000 --group 4 \
    --data '{"caption_position_rate": 1, "object_scale": 1.15}'
+# 2026-12-07 (shape: what lets a tower read it). Ceilings (supervised, on cell crops / the tower's cell tokens):
+P2="nice -n 10 .venv/bin/python benchmarks/shape_ceiling.py"
+$P2 --name default --tower cd-teacher-m --tower-steps 300
+# Budget: the same hard-negative world (default negatives: half change a shape, half move an object), 992 steps
+$P --name pos1_g4_1000 --arch cd-teacher-m --epochs 32 --pretrain 4000 --group 4 --data '{"caption_position_rate": 1}'
+# What the loss asks: every hard negative differs only in one object's shape (hard_negative_shape_rate 1)
+$P --name pos1_g4_shape1_1000 --arch cd-teacher-m --epochs 32 --pretrain 4000 --group 4 --shape-rate 1 \
+   --data '{"caption_position_rate": 1}'
