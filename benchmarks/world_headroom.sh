@@ -17,3 +17,5 @@ $P --name pos1_g4_1000 --arch cd-teacher-m --epochs 32 --pretrain 4000 --group 4
 # What the loss asks: every hard negative differs only in one object's shape (hard_negative_shape_rate 1)
 $P --name pos1_g4_shape1_1000 --arch cd-teacher-m --epochs 32 --pretrain 4000 --group 4 --shape-rate 1 \
    --data '{"caption_position_rate": 1}'
+# The supervised tower read-out with patch 4 (config cd-teacher-m-p4): does a finer patch help small objects?
+$P2 --name default_p4_tower --skip-pixels --tower cd-teacher-m-p4 --tower-steps 300
