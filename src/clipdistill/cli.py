@@ -21,7 +21,6 @@ from clipdistill.params import load_section
 app = typer.Typer(help="Distil CLIP into small students and judge them inside a LLaVA-style VLM.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-
 data_app = typer.Typer(help="Data splits: the synthetic world and imported datasets.", no_args_is_help=True)
 teacher_app = typer.Typer(help="Teachers: trained here or external open_clip weights.", no_args_is_help=True)
 features_app = typer.Typer(help="The teacher feature store.", no_args_is_help=True)
@@ -128,9 +127,8 @@ def distill_cmd(student: Annotated[str, opt("student name from distill.students"
     spec, runtime = load_section(params, "distill"), tools.dp_runtime(params)  # params errors: before the imports
     from clipdistill.distill.stage import run
 
-    if run(spec, student=student, method=method, seed=seed, data=data, out=out,
-           teacher_name=teacher_name, teacher=teacher, features=features, duration=duration,
-           runtime=runtime) is not None:
+    if run(spec, student=student, method=method, seed=seed, data=data, out=out, teacher_name=teacher_name,
+           teacher=teacher, features=features, duration=duration, runtime=runtime) is not None:
         say(f"student {student} ({method}, seed {seed}) of teacher {teacher_name} -> {out}")
 
 
@@ -165,8 +163,8 @@ def vqa_run(encoder: Annotated[str, opt("open_clip model directory, or 'blind'")
     spec, runtime = tools.vqa_section(params), tools.dp_runtime(params)  # params errors: before the imports
     from clipdistill.vqa.stage import run
 
-    summary = run(spec, encoder=encoder, out=out, metrics=metrics, train=train, eval=eval, lm=lm,
-                  vlm_seed=vlm_seed, runtime=runtime)
+    summary = run(spec, encoder=encoder, out=out, metrics=metrics, train=train, eval=eval, lm=lm, vlm_seed=vlm_seed,
+                  runtime=runtime)
     if summary is not None:
         collapsed = summary["diagnostics"]["answer_health"]["collapsed_types"]
         say(f"vqa {encoder}: overall {summary['overall']:.1f} on {summary['count']} questions"
