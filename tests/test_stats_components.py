@@ -111,3 +111,27 @@ def test_components_recover_known_variances_by_simulation():
     assert c["question"] == pytest.approx(sigma**2, rel=0.02)
     # pooled over 3·59 dof, the run variance's SE is about τ²·√(2/177) ≈ 0.43
     assert c["run"] == pytest.approx(tau**2, abs=1.3)
+
+
+def test_vlm_component_with_three_vlm_seeds_worked_out():
+    """One run, V = 3 VLM seeds, Q = 2 questions, gains [[1, 3], [2, 2], [6, 4]]:
+    the VLMs' mean gains 2, 2, 5 vary by 3 (ddof 1); each VLM's deviation from the per-question
+    mean, scaled by √(V/(V−1)) = √1.5, has variances 3, 0, 3 over the questions, mean 2, over
+    Q = 2 → 1. Component 3 − 1 = 2. (With V = 2 the scale √(V/(V−1)) equals √(V(V−1)), so two
+    VLM seeds cannot tell the factor apart.)"""
+    from clipdistill.report.stats import _vlm_component
+
+    gains = np.array([[[1.0, 3.0], [2.0, 2.0], [6.0, 4.0]]])
+    prep = {"n_questions": 2, "vlm_gains": gains, "vlm_present": np.ones((1, 3), dtype=bool)}
+    assert _vlm_component(prep) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_teachers_needed_is_exactly_the_threshold_for_every_threshold(monkeypatch):
+    """With a detectable slope of 1/t, a target of 1/k is first detected at k teachers: the
+    bisection must land on k itself for every k from 3 to `most`, not on a neighbour."""
+    import clipdistill.report.stats as st
+
+    monkeypatch.setattr(st, "detectable_slope", lambda components, *, n_teachers, **_: 1.0 / n_teachers)
+    found = {k: st.teachers_needed({}, 1.0 / k + 1e-12, runs_per_teacher=1, n_questions=1) for k in range(3, 201)}
+    assert found == {k: k for k in range(3, 201)}
+    assert st.teachers_needed({}, 1.0 / 201, runs_per_teacher=1, n_questions=1) is None
