@@ -384,3 +384,14 @@ def test_losses_build_targets_and_accumulators_on_the_embeddings_device():
         assert loss.device.type == "meta" and loss.shape == (), name
         grads = torch.autograd.grad(loss, [a, b, rows, scale, bias], allow_unused=True)
         assert all(g is None or g.device.type == "meta" for g in grads), name
+
+
+def test_naive_siglip_stays_in_the_low_precision_dtype():
+    """bf16 logits → a bf16 loss: the ±1 label matrix takes the logits' dtype (a float32 one
+    would promote the whole loss to float32)."""
+    from clipdistill.losses.siglip import siglip_naive
+
+    g = torch.Generator().manual_seed(0)
+    image, text = (torch.randn(5, 3, generator=g).to(torch.bfloat16) for _ in range(2))
+    scale, bias = torch.tensor(10.0, dtype=torch.bfloat16), torch.tensor(-10.0, dtype=torch.bfloat16)
+    assert siglip_naive(image, text, scale, bias).dtype == torch.bfloat16
