@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from clipdistill.data.splits import load_split
+from clipdistill.data.splits import Split, load_split
 from clipdistill.distill import train as D
 from clipdistill.evaluate.clip_eval import evaluate_clip
 from clipdistill.features.store import FeatureStore, extract
 from clipdistill.io import sha256_file
 from clipdistill.models import ClipBundle, create_model, load_model_dir
-from clipdistill.models.clip import preprocess_cfg, tokenizer_from_spec
+from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
 from clipdistill.params import EvalParams, FeatureParams, LossOptions, StudentParams, TrainParams
 
 from conftest import BIN
@@ -280,7 +280,7 @@ def test_full_precision_casts_only_floating_tensors():
 def test_student_batch_gives_unit_embeddings_the_scale_and_penultimate_patch_tokens():
     student = create_model("cd-student-d4", 0).eval()  # 4 blocks: the penultimate is not the first
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    tokens = tokenizer_from_spec(D.default_tokenizer_spec("cd-student-d4"))(["a red ring", "two", "a blue square"])
+    tokens = tokenizer_from_spec(default_tokenizer_spec("cd-student-d4"))(["a red ring", "two", "a blue square"])
     blocks = student.visual.transformer.resblocks
     seen = []
     hook = blocks[len(blocks) - 2].register_forward_hook(lambda m, args, out: seen.append(out))
@@ -303,14 +303,10 @@ def test_online_teacher_gives_the_targets_its_feature_store_holds(tmp_path):
     rounding): image embedding, caption embedding, penultimate patch tokens; a stored view is
     the one asked for per row."""
     teacher = create_model("cd-teacher-deep", 0).eval()  # 6 blocks: the penultimate is not the first
-    from clipdistill.models.clip import default_tokenizer_spec
-
     spec = default_tokenizer_spec("cd-teacher-deep")
     bundle = ClipBundle(teacher, tokenizer_from_spec(spec), "cd-teacher-deep", preprocess_cfg(teacher),
                         {"weights_sha256": "0" * 64}, spec)
     images = torch.randint(0, 256, (5, 3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
-    from clipdistill.data.splits import Split
-
     split = Split(images, ["a red ring", "two blue squares", "a green circle", "one", "three small rings"])
     extract(bundle, split, FeatureParams(dtype="float32", patch_tokens=True, views=2, batch_size=2), tmp_path / "s")
     store = FeatureStore(tmp_path / "s")
