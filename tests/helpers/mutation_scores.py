@@ -11,6 +11,9 @@
     python tests/helpers/mutation_scores.py --module report.stats --sample 300 --seed 0
         a seeded uniform sample of the module's mutants (when the whole module does not fit the
         time there is): its score with a 95% Clopper-Pearson interval, counting the sample only.
+    python tests/helpers/mutation_scores.py --module losses.zoo losses.registry --sample 30 --seed 0
+        several modules with the same test selection in one copy (one stats run for all of them;
+        a sample is drawn per module).
 
 A mutant counts as killed when a test failed on it (or it timed out); survivors and mutants
 that no test reaches both count against the module, and are listed so each can be read with
@@ -74,7 +77,8 @@ def scores(cwd: Path = Path("."), only: set[str] | None = None) -> int:
             from scipy.stats import binomtest
 
             ci = binomtest(killed, total).proportion_ci(0.95, method="exact")
-            print(f"{'':45s} sample of {len(only)}: 95% CI [{ci.low:.1%}, {ci.high:.1%}] (Clopper-Pearson)")
+            drawn = sum(n.rsplit(".", 1)[0] == module for n in only)
+            print(f"{'':45s} sample of {drawn}: 95% CI [{ci.low:.1%}, {ci.high:.1%}] (Clopper-Pearson)")
     for module, names in sorted(open_ones.items()):
         print(f"\n{module}: {len(names)} not killed")
         print("\n".join(f"  {n}" + (f" ×{names.count(n)}" if names.count(n) > 1 else "")
@@ -99,27 +103,31 @@ def unchecked(copy: Path, source: str, names: list[str]) -> list[str]:
     return [n for n in names if done.get(n) is None]
 
 
-def one_module(module: str, tests: list[str] | None, mutants: list[str], root: Path, children: int,
+def one_module(modules: list[str], tests: list[str] | None, mutants: list[str], root: Path, children: int,
                sample: int | None = None, seed: int = 0) -> int:
-    tests = tests or MODULE_TESTS.get(module) or (LOSS_TESTS if module.startswith("losses.") else None)
-    if not tests:
-        sys.exit(f"no test selection known for {module!r}: pass --tests")
-    copy = root / module
+    selections = {m: tests or MODULE_TESTS.get(m) or (LOSS_TESTS if m.startswith("losses.") else None)
+                  for m in modules}
+    if None in selections.values():
+        sys.exit(f"no test selection known for {[m for m, t in selections.items() if t is None]}: pass --tests")
+    if len({tuple(t) for t in selections.values()}) > 1:
+        sys.exit(f"{modules} have different test selections: run them one at a time")
+    tests = selections[modules[0]]
+    copy = root / "+".join(modules)
     copy.mkdir(parents=True, exist_ok=True)
     # the committed tree over the previous copy (mutants/ and its cached results stay)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
     present = [t for t in tests if (copy / t).exists()]
-    source = "src/clipdistill/" + module.replace(".", "/") + ".py"
+    sources = ["src/clipdistill/" + m.replace(".", "/") + ".py" for m in modules]
     pyproject = (copy / "pyproject.toml").read_text()
-    narrowed = (f"only_mutate = {json.dumps([source])}\n"
+    narrowed = (f"only_mutate = {json.dumps(sources)}\n"
                 f"pytest_add_cli_args_test_selection = {json.dumps([*present, '-m', 'not slow'])}\n")
     pyproject = re.sub(r"only_mutate = \[.*?\]\n", "", pyproject, flags=re.DOTALL)
     pyproject = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]\n", narrowed, pyproject, flags=re.DOTALL)
     (copy / "pyproject.toml").write_text(pyproject)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    drawn = sample_of(copy, source, env, sample, seed) if sample else None
-    to_run = unchecked(copy, source, drawn) if drawn else mutants
+    drawn = [n for source in sources for n in sample_of(copy, source, env, sample, seed)] if sample else None
+    to_run = [n for source in sources for n in unchecked(copy, source, drawn)] if drawn else mutants
     if to_run or not drawn:
         subprocess.run(["nice", str(BIN / "mutmut"), "run", "--max-children", str(children), *to_run],
                        cwd=copy, env=env, check=False)
@@ -128,7 +136,7 @@ def one_module(module: str, tests: list[str] | None, mutants: list[str], root: P
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--module", help="e.g. report.stats (under src/clipdistill/)")
+    ap.add_argument("--module", nargs="+", help="e.g. report.stats (under src/clipdistill/); several share one copy")
     ap.add_argument("--tests", nargs="+", help="the test files to select (default: MODULE_TESTS)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/clipdistill-mutants"), help="where the copies live")
     ap.add_argument("--children", type=int, default=1)
