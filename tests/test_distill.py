@@ -2,6 +2,7 @@
 run resumes to the same bytes, a NaN stops with the step and term named."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -328,3 +329,97 @@ def test_online_teacher_gives_the_targets_its_feature_store_holds(tmp_path):
     assert D.Teacher(store=store).targets(idx, split, {"t_text"}, None, None).keys() == {"t_text"}
     assert D.Teacher().targets(idx, split, needs, None, None) == {} and not D.Teacher().present
     assert D.Teacher(bundle=bundle).logit_scale == pytest.approx(teacher.logit_scale.exp().item())
+
+
+# ------------------------------------------------------------------ the loop itself, on a tiny split
+
+# 12 rows in batches of 4: 3 steps an epoch, 6 steps; a warm-up of int(0.5 · 6) = 3 steps
+TINY = TrainParams(epochs=2, batch_size=4, lr=1e-3, weight_decay=0.2, warmup_frac=0.5, checkpoint_every=100)
+
+
+def tiny_split() -> Split:
+    images = torch.randint(0, 256, (12, 3, 64, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    return Split(images, [f"{k} red rings" for k in range(12)])
+
+
+def _checkpoint_state(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        return json.loads(fh.metadata()["state"])
+
+
+def test_the_heads_are_not_decayed_and_the_lr_warms_up_then_follows_a_cosine(tmp_path):
+    ckpt = tmp_path / "last.safetensors"
+    _, _, log = D.distill(STUDENT, {"clip": LossOptions(), "siglip": LossOptions()}, TINY, 0, tiny_split(),
+                          D.Teacher(), checkpoint=ckpt, show_progress=False)
+    groups = _checkpoint_state(ckpt)["param_groups"]
+    # the student's two groups (matrices decayed, the rest not), then the heads: the SigLIP bias alone
+    assert [g["weight_decay"] for g in groups] == [0.2, 0.0, 0.0] and len(groups[-1]["params"]) == 1
+    assert all(g["betas"] == [0.9, 0.98] and g["eps"] == 1e-6 for g in groups)
+    # each row logs the lr of the next step: warm-up (k + 1) / 3 for k < 3, then ½(1 + cos(π (k − 3) / 3))
+    factors = [2 / 3, 1.0, 1.0, 0.75, 0.25, 0.0]
+    assert [row["lr"] for row in log] == pytest.approx([1e-3 * f for f in factors], abs=1e-12)
+
+
+def test_no_warm_up_fraction_still_warms_up_over_one_step():
+    no_warmup = TINY.model_copy(update={"warmup_frac": 0.0})
+    _, _, log = D.distill(STUDENT, BASELINE, no_warmup, 0, tiny_split(), D.Teacher(), show_progress=False)
+    # a one-step warm-up: the cosine runs over the 5 steps after it
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(6)]
+    assert [row["lr"] for row in log] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("start, clamped", [(5.0, 4.6052), (-0.5, 0.0)])
+def test_the_learned_logit_scale_is_clamped_to_at_most_ln_100_and_at_least_0(monkeypatch, start, clamped):
+    def student_starting_at(arch, seed):
+        model = create_model(arch, seed)
+        with torch.no_grad():
+            model.logit_scale.fill_(start)
+        return model
+
+    monkeypatch.setattr(D, "create_model", student_starting_at)
+    one_step = TINY.model_copy(update={"max_steps": 1})  # an AdamW step moves it by about the lr only
+    model, _, _ = D.distill(STUDENT, BASELINE, one_step, 0, tiny_split(), D.Teacher(), show_progress=False)
+    assert model.logit_scale.item() == pytest.approx(clamped, abs=1e-6)
+
+
+def test_views_are_cropped_only_when_the_params_ask(monkeypatch):
+    boxes_seen = []
+    targets = D.Teacher.targets
+
+    def recording(self, idx, split, needs, view, boxes, runtime=D.CPU):
+        boxes_seen.append(boxes)
+        return targets(self, idx, split, needs, view, boxes, runtime)
+
+    monkeypatch.setattr(D.Teacher, "targets", recording)
+    D.distill(STUDENT, BASELINE, TINY, 0, tiny_split(), D.Teacher(), show_progress=False)
+    assert boxes_seen == [None] * 6
+    boxes_seen.clear()
+    D.distill(STUDENT, BASELINE, TINY.model_copy(update={"use_views": True}), 0, tiny_split(), D.Teacher(),
+              show_progress=False)
+    assert len(boxes_seen) == 6 and all(b.shape == (4, 4) for b in boxes_seen)
+    assert not torch.equal(boxes_seen[0], boxes_seen[1])  # fresh crops each step
+
+
+def test_the_progress_bar_shows_only_when_asked(capsys):
+    D.distill(STUDENT, BASELINE, TINY, 0, tiny_split(), D.Teacher(), show_progress=False)
+    assert capsys.readouterr().err == ""
+    D.distill(STUDENT, BASELINE, TINY, 0, tiny_split(), D.Teacher(), show_progress=True)
+    err = capsys.readouterr().err
+    assert "distill cd-student-xs" in err and "6/6" in err and "step/s" in err, err
+
+
+def test_an_fp16_runs_checkpoint_carries_its_loss_scale(tmp_path):
+    from clipdistill.training.runtime import Runtime
+
+    class ScaledRuntime(Runtime):
+        """fp32 compute with an enabled loss scaler (what fp16 uses), so the CPU can run it."""
+
+        def grad_scaler(self):
+            return torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=True)
+
+    ckpt = tmp_path / "last.safetensors"
+    D.distill(STUDENT, BASELINE, TINY, 0, tiny_split(), D.Teacher(), checkpoint=ckpt, show_progress=False,
+              runtime=ScaledRuntime())
+    assert _checkpoint_state(ckpt)["scaler"]["scale"] == 2.0**10
