@@ -178,6 +178,22 @@ def test_siglip_matches_float64(backend, dtype, shape):
         close(got, ref, dtype, what)
 
 
+def test_naive_siglip_matches_float64_with_its_bias():
+    """The materialised reference path of siglip_loss, bias included (the other backends have
+    their own float64 tests above)."""
+    i, t = unit(9, 6, 30).float().requires_grad_(), unit(9, 6, 31).float().requires_grad_()
+    s, b = scalar(4.0), scalar(-3.0)
+    loss = L.siglip_loss(i, t, s, b, backend="naive")
+    loss.backward()
+    i64, t64 = i.detach().double().requires_grad_(), t.detach().double().requires_grad_()
+    s64, b64 = scalar(4.0, torch.float64), scalar(-3.0, torch.float64)
+    ref_siglip(i64, t64, s64, b64).backward()
+    close(loss, ref_siglip(i64.detach(), t64.detach(), 4.0, -3.0), torch.float32, "loss")
+    for got, ref, what in ((i.grad, i64.grad, "d image"), (t.grad, t64.grad, "d text"), (s.grad, s64.grad, "d scale"),
+                           (b.grad, b64.grad, "d bias")):
+        close(got, ref, torch.float32, what)
+
+
 @pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_local_loss_mode_equals_single_process(backend, ranks):
@@ -232,13 +248,16 @@ def test_auto_backend_on_cpu_is_the_chunked_path():
         L.contrastive_loss(torch.zeros(2, 4), torch.zeros(2, 4), 1.0, backend="cuda")
 
 
-@pytest.mark.parametrize("fn", ["contrastive", "siglip", "kd"])
+@pytest.mark.parametrize("fn", ["contrastive", "siglip", "kd", "fused"])
 def test_bad_shapes_are_named(fn):
     a, b = torch.zeros(4, 8), torch.zeros(5, 8)
     call = {"contrastive": lambda: L.contrastive_loss(a, b, 1.0),
             "siglip": lambda: L.siglip_loss(a, torch.zeros(4), 1.0, 0.0),
-            "kd": lambda: L.similarity_kd_loss(a, a, 1.0, b, b, 1.0)}[fn]
-    with pytest.raises(ValueError, match="shapes|2-D|batch sizes differ"):
+            "kd": lambda: L.similarity_kd_loss(a, a, 1.0, b, b, 1.0),
+            "fused": lambda: L.contrastive_kd_loss(a, a, 1.0, b, b, 1.0)}[fn]
+    name = {"contrastive": "contrastive_loss", "siglip": "siglip_loss", "kd": "similarity_kd_loss",
+            "fused": "contrastive_kd_loss"}[fn]
+    with pytest.raises(ValueError, match=rf"^{name}\b.*(shapes|2-D|batch sizes differ)"):
         call()
 
 
@@ -369,6 +388,7 @@ def test_losses_build_targets_and_accumulators_on_the_embeddings_device():
     gradient left on the CPU is not caught: autograd moves 0-d gradients to their input's device.)"""
     from clipdistill.losses import contrastive as C
     from clipdistill.losses import siglip as SG
+    from clipdistill.losses import similarity_kd as KD
 
     def meta(n, d):
         return torch.empty(n, d, device="meta", dtype=torch.float32, requires_grad=True)
@@ -380,6 +400,10 @@ def test_losses_build_targets_and_accumulators_on_the_embeddings_device():
               "rows": C.row_contrastive_naive(rows, b, 2.0, offset=3),
               "rows chunked": C.row_contrastive_chunked(rows, b, scale, bias, offset=3, chunk=1),
               "siglip": SG.siglip_naive(a, b, 2.0, -1.0), "siglip chunked": SG.siglip_chunked(a, b, scale, bias, chunk=2)}
+    for tau in (1.0, 2.5):  # τ ≠ 1 takes the fused loop's separate student-softmax branch
+        losses[f"kd chunked τ={tau}"] = KD.similarity_kd_chunked(a, b, scale, meta(5, 4), meta(5, 4), 3.0, tau, chunk=2)
+        fused = KD.contrastive_kd_chunked(a, b, scale, meta(5, 4), meta(5, 4), 3.0, tau, chunk=2)
+        losses[f"fused clip + kd τ={tau}"] = fused[0] + fused[1]
     for name, loss in losses.items():
         assert loss.device.type == "meta" and loss.shape == (), name
         grads = torch.autograd.grad(loss, [a, b, rows, scale, bias], allow_unused=True)
@@ -395,3 +419,35 @@ def test_naive_siglip_stays_in_the_low_precision_dtype():
     image, text = (torch.randn(5, 3, generator=g).to(torch.bfloat16) for _ in range(2))
     scale, bias = torch.tensor(10.0, dtype=torch.bfloat16), torch.tensor(-10.0, dtype=torch.bfloat16)
     assert siglip_naive(image, text, scale, bias).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ the data-parallel entry points
+
+
+def test_row_loss_defaults_to_the_auto_backend():
+    rows, columns = unit(3, 8, 20).float(), unit(7, 8, 21).float()
+    assert torch.equal(row_contrastive_loss(rows, columns, 5.0, offset=2),
+                       row_contrastive_loss(rows, columns, 5.0, offset=2, backend=L.resolve_backend("auto", rows)))
+
+
+def test_row_loss_backend_names_reach_their_implementations(monkeypatch):
+    """The backends give equal values, so only which implementation ran tells them apart."""
+    from clipdistill.kernels import contrastive as K
+    from clipdistill.losses import contrastive as C
+
+    ran = []
+    for module, name in ((C, "row_contrastive_naive"), (C, "row_contrastive_chunked"), (K, "row_contrastive_triton")):
+        monkeypatch.setattr(module, name, lambda *args, name=name: ran.append(name))
+    for backend in ("naive", "torch", "triton"):
+        row_contrastive_loss(torch.zeros(2, 4), torch.zeros(4, 4), 1.0, backend=backend)
+    assert ran == ["row_contrastive_naive", "row_contrastive_chunked", "row_contrastive_triton"]
+
+
+def test_ddp_loss_on_one_process_is_the_plain_loss():
+    """Without torch.distributed initialised: rank 0 of 1, nothing gathered."""
+    from clipdistill.losses.distributed import ddp_contrastive_loss
+
+    i, t = unit(6, 8, 22).float(), unit(6, 8, 23).float()
+    got = ddp_contrastive_loss(i, t, 7.0)
+    want = ref_contrastive(i.double(), t.double(), 7.0)
+    close(got, want, torch.float32, "loss")
