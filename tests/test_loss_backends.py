@@ -194,6 +194,28 @@ def test_naive_siglip_matches_float64_with_its_bias():
         close(got, ref, torch.float32, what)
 
 
+def test_naive_fused_pair_matches_float64():
+    """contrastive_kd_loss on the materialised path: (CLIP of the student, KD to the teacher)."""
+    si, st, ti, tt = unit(7, 6, 32).float(), unit(7, 6, 33).float(), unit(7, 4, 34).float(), unit(7, 4, 35).float()
+    clip, kd = L.contrastive_kd_loss(si, st, 9.0, ti, tt, 5.0, temperature=2.0, backend="naive")
+    close(clip, ref_contrastive(si.double(), st.double(), 9.0), torch.float32, "clip")
+    close(kd, ref_kd(si.double(), st.double(), 9.0, ti.double(), tt.double(), 5.0, 2.0), torch.float32, "kd")
+
+
+def test_fused_pair_backend_names_reach_their_implementations(monkeypatch):
+    """Equal values on every backend, so only which implementation ran tells them apart."""
+    from clipdistill.kernels import contrastive as K
+    from clipdistill.losses import similarity_kd as KD
+
+    ran = {}
+    monkeypatch.setattr(KD, "contrastive_kd_chunked", lambda *args: ran.update({backend: "fused torch"}) or (0, 0))
+    monkeypatch.setattr(K, "contrastive_kd_triton", lambda *args, **kw: ran.update({backend: "fused triton"}) or (0, 0))
+    a = unit(3, 4, 36).float()
+    for backend in ("naive", "torch", "triton"):
+        L.contrastive_kd_loss(a, a, 1.0, a, a, 1.0, backend=backend)
+    assert ran == {"torch": "fused torch", "triton": "fused triton"}  # naive: the two materialised losses
+
+
 @pytest.mark.parametrize("backend", ["naive", "torch", "triton"])
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_local_loss_mode_equals_single_process(backend, ranks):
