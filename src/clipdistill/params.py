@@ -268,9 +268,16 @@ class TeacherParams(Strict):
     warmup_frac: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     seed: int = Field(0, ge=0)
+    local_weight: float = Field(0.0, ge=0, description="pipeline only: weight of the region–phrase term "
+                                "(losses/region.py: each object's cell tokens vs its phrase); 0 = off, plain CLIP")
+    local_layer: int = Field(-2, description="the block whose tokens the region–phrase term reads "
+                             "(-2: the one the VLM reads; -1: the last)")
+    local_position: bool = Field(False, description="the region–phrase term's phrases also state the cell")
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherParams":
+        if self.source == "external" and self.local_weight > 0:
+            raise ValueError("`local_weight` is for pipeline teachers (trained here on the synthetic world)")
         if self.source == "external" and self.samples is not None:
             raise ValueError("`samples` is for pipeline teachers (trained here); an external teacher has no pretrain split")
         schema = self.arch.startswith(("hf-hub:", "local-dir:"))

@@ -20,5 +20,7 @@ def run(teachers: dict[str, TeacherParams], name: str, data: Path, out: Path, ru
         return import_external(out, name, spec)
     split = load_split(data / "pretrain", max_mb=runtime.in_memory_max_mb)
     group = read_json(data / "pretrain" / "manifest.json")["params"].get("hard_negatives", 1)
-    model, tokenizer, log = train_teacher(spec, split, runtime=runtime, group=group)
+    boxes = data / "pretrain" / "scenes.json"  # absent from imported (CSV, VQA) splits: train_teacher refuses
+    scenes = read_json(boxes) if spec.local_weight > 0 and boxes.exists() else None
+    model, tokenizer, log = train_teacher(spec, split, runtime=runtime, group=group, scenes=scenes)
     return save_pipeline_teacher(out, name, spec, split, model, tokenizer, log)

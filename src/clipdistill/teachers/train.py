@@ -18,6 +18,7 @@ from clipdistill.data.splits import Split, batches
 from clipdistill.io import DataError, progress
 from clipdistill.losses import contrastive_loss
 from clipdistill.losses.dispatch import auto_backend
+from clipdistill.losses.region import batch_regions, cell_means, region_phrase_loss
 from clipdistill.models import create_model, preprocess_images, save_model_dir
 from clipdistill.models.clip import open_external, preprocess_cfg, word_tokenizer_for
 from clipdistill.params import TeacherParams
@@ -35,11 +36,32 @@ def group_order(n: int, group: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(s, s + group) for s in starts] + [torch.arange(full * group, n)])
 
 
+def encode_with_regions(model, pixels, text, scenes: list, tokenizer, layer: int, with_position: bool):
+    """(normalised image and text embeddings, the region–phrase term) of one batch: the image
+    embedding and block `layer`'s tokens come from one forward pass of the vision tower."""
+    visual = model.visual
+    index = len(visual.transformer.resblocks) + layer if layer < 0 else layer
+    out = visual.forward_intermediates(pixels, indices=[index], output_fmt="NLC")
+    img = torch.nn.functional.normalize(out["image_features"], dim=-1)
+    image, cell, phrases, target = batch_regions(scenes, with_position)
+    pooled = cell_means(out["image_intermediates"][0])[image.to(pixels.device), cell.to(pixels.device)]
+    regions = visual.ln_post(pooled) @ visual.proj
+    phrase_emb = model.encode_text(tokenizer(phrases).to(pixels.device))
+    local = region_phrase_loss(regions.float(), phrase_emb.float(), target.to(pixels.device), model.logit_scale.exp())
+    return img, model.encode_text(text, normalize=True), local
+
+
 def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = True, runtime: Runtime = CPU,
-                  group: int = 1):
+                  group: int = 1, scenes: list | None = None):
     """Train a CLIP teacher from scratch on `runtime`'s device; returns (model on the CPU,
     tokenizer, log rows). `group` > 1: the split's hard-negative groups (`hard_negatives`)
-    share a batch (batches a multiple of it)."""
+    share a batch (batches a multiple of it). `scenes` (the split's `scenes.json`): each
+    sample's objects, needed by the region–phrase term (`spec.local_weight` > 0)."""
+    if spec.local_weight > 0 and scenes is None:
+        raise DataError(f"teacher {spec.arch}: local_weight needs each pretrain image's objects (scenes.json); "
+                        f"the split {split.source or '(unnamed)'} has none")
+    if spec.local_weight > 0 and len(scenes) != len(split.captions):
+        raise DataError(f"teacher {spec.arch}: {len(scenes)} scenes for the {len(split.captions)} pretrain pairs")
     model = runtime.towers(create_model(spec.arch, spec.seed), train=True)
     tokenizer = word_tokenizer_for(spec.arch)
     keep = len(split.captions) if spec.samples is None else spec.samples
@@ -80,11 +102,19 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             text = tokenizer([split.captions[i] for i in idx.tolist()])
         else:
             pixels, text = images[idx], tokens[idx]
+        local = None
         with runtime.autocast():
-            img = model.encode_image(runtime.batch(pixels), normalize=True)
-            txt = model.encode_text(runtime.batch(text), normalize=True)
+            if spec.local_weight > 0:
+                img, txt, local = encode_with_regions(model, runtime.batch(pixels), runtime.batch(text),
+                                                      [scenes[i] for i in idx.tolist()], tokenizer,
+                                                      spec.local_layer, spec.local_position)
+            else:
+                img = model.encode_image(runtime.batch(pixels), normalize=True)
+                txt = model.encode_text(runtime.batch(text), normalize=True)
         with auto_backend(runtime.loss_backend):
             loss = contrastive_loss(img.float(), txt.float(), model.logit_scale.exp())
+        if local is not None:
+            clip_part, loss = loss.item(), loss + spec.local_weight * local
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher {spec.arch}: loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -98,6 +128,8 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 6),
                     "lr": opt.param_groups[0]["lr"], "logit_scale": round(model.logit_scale.exp().item(), 4)})
+        if local is not None:  # the log of a run without the term keeps its old columns
+            log[-1] |= {"clip_loss": round(clip_part, 6), "local_loss": round(local.item(), 6)}
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.update()
         step += 1

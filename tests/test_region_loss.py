@@ -1,0 +1,136 @@
+"""The teacher's region–phrase term (losses/region.py, `teachers.*.local_weight`): its value and
+gradients against a float64 reference, the cells it pools are the VLM cell probe's, it is exactly
+zero when a batch names one phrase, it reaches the block it is told to, and a split without object
+boxes is refused in one line."""
+
+import math
+
+import pytest
+import torch
+
+from clipdistill.data.splits import load_split
+from clipdistill.io import DataError, read_json
+from clipdistill.losses.region import (batch_regions, cell_means, cell_of_patches, object_phrase,
+                                       region_phrase_loss)
+from clipdistill.models import create_model
+from clipdistill.models.clip import word_tokenizer_for
+from clipdistill.params import TeacherParams
+from clipdistill.teachers import train as T
+from clipdistill.vqa.diagnostics import cell_tokens
+
+
+def reference_loss(tokens, head, image, cell, phrases, target, scale, image_px=63.0):
+    """float64, one object at a time: a patch belongs to the cell its centre (in pixels) lies in."""
+    side = math.isqrt(tokens.shape[1])
+    patch_px, cell_px = image_px / side, image_px / 3
+    total = 0.0
+    for m in range(len(image)):
+        row, col = divmod(int(cell[m]), 3)
+        members = [tokens[int(image[m]), r * side + c] for r in range(side) for c in range(side)
+                   if row * cell_px <= (r + 0.5) * patch_px < (row + 1) * cell_px
+                   and col * cell_px <= (c + 0.5) * patch_px < (col + 1) * cell_px]
+        region = head(sum(members) / len(members))
+        sims = [scale * (region @ p) / (region.norm() * p.norm()) for p in phrases]
+        total = total - (sims[int(target[m])] - torch.logsumexp(torch.stack(sims), 0))
+    return total / len(image)
+
+
+def test_region_term_matches_a_float64_reference_in_value_and_gradients():
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randn(3, 49, 5, generator=gen)  # 7×7 patches: cells of 2, 3 and 2 patch rows
+    proj = torch.randn(5, 4, generator=gen)
+    phrases = torch.randn(6, 4, generator=gen)
+    scale = torch.tensor(7.3)
+    image, cell = torch.tensor([0, 0, 1, 2, 2, 2, 1]), torch.tensor([0, 4, 8, 3, 5, 7, 1])
+    target = torch.tensor([2, 0, 5, 1, 1, 3, 4])
+    grad_out = torch.randn((), generator=gen)
+
+    leaves = [t.clone().requires_grad_(True) for t in (tokens, proj, phrases, scale)]
+    loss = region_phrase_loss(cell_means(leaves[0])[image, cell] @ leaves[1], leaves[2], target, leaves[3])
+    (loss * grad_out).backward()
+
+    ref_leaves = [t.double().clone().requires_grad_(True) for t in (tokens, proj, phrases, scale)]
+    ref = reference_loss(ref_leaves[0], lambda x: x @ ref_leaves[1], image, cell, ref_leaves[2], target, ref_leaves[3])
+    (ref * grad_out.double()).backward()
+
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_region_pools_exactly_the_tokens_the_vlm_cell_probe_reads():
+    feats = torch.randn(2, 64, 6, generator=torch.Generator().manual_seed(0))  # cd-teacher-m: 8×8 patches
+    scenes = [[{"row": 0, "col": 2}, {"row": 1, "col": 1}], [{"row": 2, "col": 0}]]
+    probe, _ = cell_tokens(feats, scenes)
+    image, cell = torch.tensor([0, 0, 1]), torch.tensor([2, 4, 6])
+    torch.testing.assert_close(cell_means(feats)[image, cell], probe)
+    assert cell_of_patches(8).view(8, 8)[:, 0].tolist() == [0, 0, 0, 3, 3, 6, 6, 6]
+
+
+def test_region_term_is_exactly_zero_when_every_object_has_the_same_phrase():
+    """One distinct phrase: each region's softmax runs over one class, so −log 1 = 0 whatever
+    the tokens, and nothing is pushed."""
+    scene = [{"shape": "star", "color": "red", "size": "small", "row": r, "col": 1} for r in range(3)]
+    image, cell, phrases, target = batch_regions([scene, scene[:1]])
+    assert phrases == ["a small red star"] and target.tolist() == [0, 0, 0, 0]
+    tokens = torch.randn(2, 64, 4, requires_grad=True)
+    loss = region_phrase_loss(cell_means(tokens)[image, cell], torch.randn(1, 4), target, 10.0)
+    loss.backward()
+    assert loss.item() == 0.0 and not tokens.grad.any()
+
+
+def test_batch_regions_share_a_target_between_equal_phrases():
+    a = {"shape": "circle", "color": "orange", "size": "large", "row": 0, "col": 0}
+    b = {**a, "shape": "star", "row": 1, "col": 1}
+    image, cell, phrases, target = batch_regions([[a, b], [{**a, "row": 2}]], with_position=True)
+    assert phrases == ["a large orange circle on the top left", "a large orange star in the center",
+                       "a large orange circle on the bottom left"]
+    assert image.tolist() == [0, 0, 1] and cell.tolist() == [0, 4, 6] and target.tolist() == [0, 1, 2]
+    _, _, phrases, target = batch_regions([[a, b], [{**a, "row": 2}]])
+    assert phrases == ["a large orange circle", "a large orange star"] and target.tolist() == [0, 1, 0]
+    assert object_phrase({**a, "size": "small"}) == "a small orange circle"
+
+
+@pytest.mark.parametrize("layer, last_block_gets_grad", [(-2, False), (-1, True)])
+def test_region_term_trains_the_block_it_reads(layer, last_block_gets_grad):
+    model = create_model("cd-teacher-s", 0)
+    tokenizer = word_tokenizer_for("cd-teacher-s")
+    scenes = [[{"shape": s, "color": "red", "size": "large", "row": 1, "col": k}] for k, s in enumerate(
+        ("star", "circle", "ring"))]
+    size = model.visual.image_size
+    pixels = torch.randn(3, 3, *(size if isinstance(size, tuple) else (size, size)))
+    _, _, local = T.encode_with_regions(model, pixels, tokenizer(["a", "b", "c"]), scenes, tokenizer, layer, False)
+    local.backward()
+    blocks = model.visual.transformer.resblocks
+    grad = lambda block: sum(p.grad.abs().sum() for p in block.parameters() if p.grad is not None)  # noqa: E731
+    assert grad(blocks[-2]) > 0
+    assert (grad(blocks[-1]) > 0) == last_block_gets_grad
+
+
+def test_teacher_with_the_term_logs_both_parts_and_without_it_is_unchanged(world):
+    split = load_split(world / "pretrain")
+    scenes = read_json(world / "pretrain" / "scenes.json")
+    plain = TeacherParams(arch="cd-teacher-s", epochs=1, batch_size=64, samples=256)
+    _, _, log0 = T.train_teacher(plain, split, show_progress=False)
+    _, _, log_scenes = T.train_teacher(plain, split, show_progress=False, scenes=scenes)
+    assert log_scenes == log0, "scenes alone must not change a teacher trained without the term"
+    local = plain.model_copy(update={"local_weight": 0.5})
+    _, _, log1 = T.train_teacher(local, split, show_progress=False, scenes=scenes)
+    assert set(log0[0]) == {"step", "epoch", "loss", "lr", "logit_scale"}
+    assert log1[0]["clip_loss"] == pytest.approx(log0[0]["loss"], abs=1e-5), "same init and batch: same CLIP part"
+    for row in log1:
+        assert row["loss"] == pytest.approx(row["clip_loss"] + 0.5 * row["local_loss"], abs=1e-5)
+    assert log1[-1]["loss"] != log0[-1]["loss"]
+
+
+def test_a_split_without_object_boxes_is_refused_in_one_line(world):
+    split = load_split(world / "pretrain")
+    spec = TeacherParams(arch="cd-teacher-s", epochs=1, batch_size=64, local_weight=1.0)
+    with pytest.raises(DataError, match=r"^teacher cd-teacher-s: local_weight needs each pretrain image's objects "
+                                        r"\(scenes\.json\); the split .*pretrain has none$") as err:
+        T.train_teacher(spec, split, show_progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="2 scenes for the 1200 pretrain pairs"):
+        T.train_teacher(spec, split, show_progress=False, scenes=[[], []])
+    with pytest.raises(ValueError, match="`local_weight` is for pipeline teachers"):
+        TeacherParams(source="external", arch="cd-teacher-s", pretrained="x.pt", local_weight=1.0)
