@@ -82,13 +82,19 @@ def test_region_term_is_exactly_zero_when_every_object_has_the_same_phrase():
 def test_batch_regions_share_a_target_between_equal_phrases():
     a = {"shape": "circle", "color": "orange", "size": "large", "row": 0, "col": 0}
     b = {**a, "shape": "star", "row": 1, "col": 1}
-    image, cell, phrases, target = batch_regions([[a, b], [{**a, "row": 2}]], with_position=True)
+    image, cell, phrases, target = batch_regions([[a, b], [{**a, "row": 2}]], "object_position")
     assert phrases == ["a large orange circle on the top left", "a large orange star in the center",
                        "a large orange circle on the bottom left"]
     assert image.tolist() == [0, 0, 1] and cell.tolist() == [0, 4, 6] and target.tolist() == [0, 1, 2]
     _, _, phrases, target = batch_regions([[a, b], [{**a, "row": 2}]])
     assert phrases == ["a large orange circle", "a large orange star"] and target.tolist() == [0, 1, 0]
     assert object_phrase({**a, "size": "small"}) == "a small orange circle"
+    _, _, phrases, target = batch_regions([[a, b], [{**a, "color": "red", "row": 2}]], "shape")
+    assert phrases == ["a circle", "a star"] and target.tolist() == [0, 1, 0], "the shape word alone, any colour"
+    assert object_phrase({**a, "shape": "hexagon"}, "shape") == "a hexagon"
+    assert object_phrase({**a, "shape": "ring"}, "object") == "a large orange ring"
+    with pytest.raises(ValueError, match="unknown phrase kind 'colour'"):
+        object_phrase(a, "colour")
 
 
 @pytest.mark.parametrize("layer, last_block_gets_grad", [(-2, False), (-1, True)])
@@ -99,7 +105,7 @@ def test_region_term_trains_the_block_it_reads(layer, last_block_gets_grad):
         ("star", "circle", "ring"))]
     size = model.visual.image_size
     pixels = torch.randn(3, 3, *(size if isinstance(size, tuple) else (size, size)))
-    _, _, local = T.encode_with_regions(model, pixels, tokenizer(["a", "b", "c"]), scenes, tokenizer, layer, False)
+    _, _, local = T.encode_with_regions(model, pixels, tokenizer(["a", "b", "c"]), scenes, tokenizer, layer)
     local.backward()
     blocks = model.visual.transformer.resblocks
     grad = lambda block: sum(p.grad.abs().sum() for p in block.parameters() if p.grad is not None)  # noqa: E731
@@ -134,3 +140,26 @@ def test_a_split_without_object_boxes_is_refused_in_one_line(world):
         T.train_teacher(spec, split, show_progress=False, scenes=[[], []])
     with pytest.raises(ValueError, match="`local_weight` is for pipeline teachers"):
         TeacherParams(source="external", arch="cd-teacher-s", pretrained="x.pt", local_weight=1.0)
+
+
+def test_a_fixed_local_logit_scale_replaces_the_learned_one_and_takes_no_gradient():
+    model = create_model("cd-teacher-s", 0)
+    tokenizer = word_tokenizer_for("cd-teacher-s")
+    scenes = [[{"shape": s, "color": c, "size": "small", "row": 0, "col": 2}] for s, c in (("star", "red"),
+                                                                                           ("ring", "blue"))]
+    size = model.visual.image_size
+    pixels = torch.randn(2, 3, *(size if isinstance(size, tuple) else (size, size)))
+    text = tokenizer(["a", "b"])
+    fixed = T.encode_with_regions(model, pixels, text, scenes, tokenizer, -2, logit_scale=55.0)[2]
+    fixed.backward()
+    assert model.logit_scale.grad is None
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(55.0))
+    learned = T.encode_with_regions(model, pixels, text, scenes, tokenizer, -2)[2]
+    assert fixed.item() == pytest.approx(learned.item(), rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(5.0))
+    assert T.encode_with_regions(model, pixels, text, scenes, tokenizer, -2)[2].item() != \
+        pytest.approx(fixed.item(), rel=1e-3)
+    with pytest.raises(ValueError):
+        TeacherParams(arch="cd-teacher-s", local_weight=1.0, local_logit_scale=0)

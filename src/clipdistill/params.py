@@ -272,7 +272,11 @@ class TeacherParams(Strict):
                                 "(losses/region.py: each object's cell tokens vs its phrase); 0 = off, plain CLIP")
     local_layer: int = Field(-2, description="the block whose tokens the region–phrase term reads "
                              "(-2: the one the VLM reads; -1: the last)")
-    local_position: bool = Field(False, description="the region–phrase term's phrases also state the cell")
+    local_phrase: Literal["object", "object_position", "shape"] = Field(
+        "object", description="the region–phrase term's phrase of an object: object = \"a small red star\", "
+                              "object_position = the same + its cell, shape = \"a star\" (the shape word alone)")
+    local_logit_scale: float | None = Field(None, gt=0, description="the region–phrase term's fixed logit scale "
+                                            "(1/temperature); unset = the CLIP term's learned one")
 
     @model_validator(mode="after")
     def _check(self) -> "TeacherParams":

@@ -7,7 +7,8 @@ Region-based Language-Image Pretraining", CVPR 2022, eq. 1–2): each region's v
 classified, by cosine similarity over a temperature, among the text embeddings of a pool of
 concepts. Here a region is an object's 3×3-grid cell (the synthetic world knows it), its embedding
 is the mean of that cell's tokens sent through the tower's own output head (ln_post, proj, as the
-CLS token is), and the concept pool is the batch's distinct object phrases ("a small red star").
+CLS token is), and the concept pool is the batch's distinct object phrases ("a small red star"; or
+the shape word alone, "a star", which asks for one shape direction whatever the colour).
 Distinct phrases only: two objects with the same phrase share one target, so there are no false
 negatives, and a batch with a single distinct phrase contributes exactly zero.
 
@@ -45,23 +46,29 @@ def region_phrase_loss(regions: torch.Tensor, phrases: torch.Tensor, target: tor
     return F.cross_entropy(logits, target)
 
 
-def object_phrase(obj: dict, with_position: bool = False) -> str:
-    """The canonical phrase of a scene object (`world.scene_to_json` row): "a small red star"."""
-    text = f"{obj['size']} {obj['color']} {obj['shape']}"
-    if with_position:
+PHRASES = ("object", "object_position", "shape")
+
+
+def object_phrase(obj: dict, kind: str = "object") -> str:
+    """A scene object's (`world.scene_to_json` row) canonical phrase: "a small red star" (object),
+    the same + " on the top left" (object_position), or "a star" (shape)."""
+    if kind not in PHRASES:
+        raise ValueError(f"unknown phrase kind {kind!r}; one of {', '.join(PHRASES)}")
+    text = obj["shape"] if kind == "shape" else f"{obj['size']} {obj['color']} {obj['shape']}"
+    if kind == "object_position":
         from clipdistill.data.world import Obj
         cell = Obj(**obj).cell_name
         text += " in the center" if cell == "center" else f" on the {cell}"
     return ("an " if text[0] in "aeiou" else "a ") + text
 
 
-def batch_regions(scenes: list[list[dict]], with_position: bool = False):
+def batch_regions(scenes: list[list[dict]], kind: str = "object"):
     """For a batch's scenes: (image index [M], cell index [M], distinct phrases [U], target [M])."""
     image, cell, target, pool = [], [], [], {}
     for i, scene in enumerate(scenes):
         for o in scene:
             image.append(i)
             cell.append(o["row"] * 3 + o["col"])
-            target.append(pool.setdefault(object_phrase(o, with_position), len(pool)))
+            target.append(pool.setdefault(object_phrase(o, kind), len(pool)))
     return torch.tensor(image, dtype=torch.long), torch.tensor(cell, dtype=torch.long), list(pool), \
         torch.tensor(target, dtype=torch.long)

@@ -36,18 +36,21 @@ def group_order(n: int, group: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(s, s + group) for s in starts] + [torch.arange(full * group, n)])
 
 
-def encode_with_regions(model, pixels, text, scenes: list, tokenizer, layer: int, with_position: bool):
+def encode_with_regions(model, pixels, text, scenes: list, tokenizer, layer: int, phrase: str = "object",
+                        logit_scale: float | None = None):
     """(normalised image and text embeddings, the region–phrase term) of one batch: the image
-    embedding and block `layer`'s tokens come from one forward pass of the vision tower."""
+    embedding and block `layer`'s tokens come from one forward pass of the vision tower. The term's
+    logit scale is `logit_scale`, or the model's learned one when None."""
     visual = model.visual
     index = len(visual.transformer.resblocks) + layer if layer < 0 else layer
     out = visual.forward_intermediates(pixels, indices=[index], output_fmt="NLC")
     img = torch.nn.functional.normalize(out["image_features"], dim=-1)
-    image, cell, phrases, target = batch_regions(scenes, with_position)
+    image, cell, phrases, target = batch_regions(scenes, phrase)
     pooled = cell_means(out["image_intermediates"][0])[image.to(pixels.device), cell.to(pixels.device)]
     regions = visual.ln_post(pooled) @ visual.proj
     phrase_emb = model.encode_text(tokenizer(phrases).to(pixels.device))
-    local = region_phrase_loss(regions.float(), phrase_emb.float(), target.to(pixels.device), model.logit_scale.exp())
+    scale = model.logit_scale.exp() if logit_scale is None else logit_scale
+    local = region_phrase_loss(regions.float(), phrase_emb.float(), target.to(pixels.device), scale)
     return img, model.encode_text(text, normalize=True), local
 
 
@@ -107,7 +110,7 @@ def train_teacher(spec: TeacherParams, split: Split, *, show_progress: bool = Tr
             if spec.local_weight > 0:
                 img, txt, local = encode_with_regions(model, runtime.batch(pixels), runtime.batch(text),
                                                       [scenes[i] for i in idx.tolist()], tokenizer,
-                                                      spec.local_layer, spec.local_position)
+                                                      spec.local_layer, spec.local_phrase, spec.local_logit_scale)
             else:
                 img = model.encode_image(runtime.batch(pixels), normalize=True)
                 txt = model.encode_text(runtime.batch(text), normalize=True)
