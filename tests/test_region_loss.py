@@ -163,3 +163,16 @@ def test_a_fixed_local_logit_scale_replaces_the_learned_one_and_takes_no_gradien
         pytest.approx(fixed.item(), rel=1e-3)
     with pytest.raises(ValueError):
         TeacherParams(arch="cd-teacher-s", local_weight=1.0, local_logit_scale=0)
+
+
+def test_the_teacher_stage_refuses_the_term_on_a_pretrain_split_without_scenes(world, tmp_path):
+    import shutil
+
+    from clipdistill.teachers import stage
+
+    shutil.copytree(world / "pretrain", tmp_path / "data" / "pretrain", ignore=shutil.ignore_patterns("scenes.json"))
+    teachers = {"t": TeacherParams(arch="cd-teacher-s", epochs=1, batch_size=64, local_weight=1.0)}
+    with pytest.raises(DataError, match=r"^teacher cd-teacher-s: local_weight needs each pretrain image's objects "
+                                        r"\(scenes\.json\); the split .*pretrain has none$"):
+        stage.run(teachers, "t", tmp_path / "data", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
