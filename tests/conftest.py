@@ -8,6 +8,8 @@ if os.environ.get("CLIPDISTILL_GPU_TESTS") != "1":
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -119,9 +121,58 @@ def snakemake_study(snakemake_killed, home):
     return snakemake_finished(snakemake_killed, home)
 
 
-@pytest.fixture(scope="session")
-def dvc_study(tmp_path_factory, home):
-    """Made by `dvc repro` in a fresh clone, dvc.lock in git: read it, or copy it."""
-    from studies import dvc_reproduced
+# Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`) leave one of
+# CI's two cores idle. Those the session's selected tests need are built one after another in a
+# background thread from the first test on, beside the other tests (issue 23); each fixture
+# waits for its own. Fixture name -> (the job in tests/studies.py, the fixtures that need it).
+BACKGROUND = {"dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"})}
+NEEDED = pytest.StashKey[set]()
 
-    return dvc_reproduced(tmp_path_factory.mktemp("dvc") / "project", home)
+
+def pytest_collection_finish(session):
+    used = set().union(*(item.fixturenames for item in session.items)) if session.items else set()
+    session.config.stash[NEEDED] = used
+
+
+def _background_job(name: str, used: set, tmp_path_factory, home: Path):
+    """The call that builds fixture `name` (dvc_study alone skips the experiment)."""
+    import studies
+
+    if name == "dvc_study_and_experiment":
+        return partial(studies.dvc_reproduced_with_experiment, tmp_path_factory.mktemp("dvc"), home,
+                       experiment="dvc_study_and_experiment" in used)
+    return partial(getattr(studies, BACKGROUND[name][0]), tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """Futures of the BACKGROUND fixtures the session's selected tests need, by name."""
+    used = request.config.stash.get(NEEDED, set())
+    names = [name for name, (_, users) in BACKGROUND.items() if users & used]
+    if not names:
+        yield {}
+        return
+    home = request.getfixturevalue("home")
+    with ThreadPoolExecutor(1, thread_name_prefix="background") as pool:
+        yield {name: pool.submit(_background_job(name, used, tmp_path_factory, home)) for name in names}
+
+
+def _built(request, name: str):
+    future = request.getfixturevalue("background").get(name)
+    if future is not None:
+        return future.result()
+    return _background_job(name, {name}, request.getfixturevalue("tmp_path_factory"),
+                           request.getfixturevalue("home"))()
+
+
+@pytest.fixture(scope="session")
+def dvc_study_and_experiment(request):
+    """(the study, the clipkd experiment run on a copy of it): see studies.dvc_reproduced_with_experiment."""
+    return _built(request, "dvc_study_and_experiment")
+
+
+@pytest.fixture(scope="session")
+def dvc_study(dvc_study_and_experiment):
+    """Made by `dvc repro` in a fresh clone, dvc.lock in git: read it, or copy it."""
+    return dvc_study_and_experiment[0]
+

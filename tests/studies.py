@@ -116,3 +116,25 @@ def dvc_reproduced(root: Path, home: Path) -> Path:
     run([BIN / "dvc", "repro", "-q"], root, home)
     git_commit(root, home, "study", "dvc.lock")
     return root
+
+
+METHOD_PARAM = "distill.methods.clipkd.weight=2"
+
+
+def exp_run_stages(root: Path, home: Path) -> set[str]:
+    """The stages `dvc exp run -S METHOD_PARAM` runs in root."""
+    out = run([BIN / "dvc", "exp", "run", "-S", METHOD_PARAM], root, home).stdout
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def dvc_reproduced_with_experiment(parent: Path, home: Path, experiment: bool) -> tuple[Path, dict | None]:
+    """dvc_reproduced under parent/project, then (if `experiment`) the one-param experiment, a
+    `dvc exp run`, in a copy taken right after: (the study, {"root": the copy, "ran": the stages
+    it ran} or None). One job, one stage at a time, so that it can run beside the other tests."""
+    study = dvc_reproduced(parent / "project", home)
+    if not experiment:
+        return study, None
+    (parent / "experiment").mkdir()
+    root = copy_study(study, parent / "experiment" / "project")
+    return study, {"root": root, "ran": exp_run_stages(root, home)}
+

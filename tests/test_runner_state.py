@@ -3,17 +3,16 @@ run killed with SIGKILL, `dvc repro` in a fresh clone — `dvc status` and `snak
 on what is done, and a one-parameter `dvc exp run` reruns exactly that method's stages.
 
 The two runs are the session's shared smoke studies (tests/studies.py): one through Snakemake
-(killed midway, `clipdistill sync`, then finished), a fresh one through `dvc repro`. Every
+(killed midway, `clipdistill sync`, then finished), a fresh one through `dvc repro` (built, with
+its one-param experiment, beside the other tests: conftest.dvc_study_in_background). Every
 assertion shares those two runs; a test that changes anything works on a copy."""
 
 import re
-from pathlib import Path
 
 import pytest
 from conftest import BIN
-from studies import copy_study, dvc_stale, nothing_to_do, run
+from studies import copy_study, dvc_stale, exp_run_stages, nothing_to_do, run
 
-METHOD_PARAM = "distill.methods.clipkd.weight=2"
 # The clipkd students of both teachers in the smoke study's regime (distill × 1), their
 # evaluations and VLMs (one per VLM seed, vqa.seeds: [0, 1]), and the report: nothing else.
 REGIMES = ["distill-1"]
@@ -27,11 +26,6 @@ EXPECTED_RERUN = ({f"{stage}@{r}-{t}-xs-clipkd-0" for stage in ("distill", "stud
 def test_sync_outside_a_project_fails_in_one_line(tmp_path):
     proc = run([BIN / "clipdistill", "sync", "--project", tmp_path], tmp_path, tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no dvc.yaml" in proc.stderr, proc.stderr
-
-
-def exp_run_stages(root: Path, home: Path) -> set[str]:
-    out = run([BIN / "dvc", "exp", "run", "-S", METHOD_PARAM], root, home).stdout
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
 @pytest.mark.slow
@@ -74,13 +68,13 @@ def test_one_param_experiment_after_make_run_reruns_only_that_method(snakemake_s
 
 
 @pytest.mark.slow
-def test_dvc_repro_in_a_fresh_clone_leaves_snakemake_nothing_to_do(dvc_study, home, tmp_path):
-    assert dvc_stale(dvc_study, home) == set()
-    assert nothing_to_do(dvc_study, home)  # no --touch, no sync: repro writes in DAG order
-    root = copy_study(dvc_study, tmp_path / "project")  # dvc.lock is in git already
-    assert exp_run_stages(root, home) == EXPECTED_RERUN
-    assert nothing_to_do(root, home)
-    assert dvc_stale(root, home) == set()
+def test_dvc_repro_in_a_fresh_clone_leaves_snakemake_nothing_to_do(dvc_study_and_experiment, home):
+    study, experiment = dvc_study_and_experiment  # the experiment ran on a copy (dvc.lock in git already)
+    assert dvc_stale(study, home) == set()
+    assert nothing_to_do(study, home)  # no --touch, no sync: repro writes in DAG order
+    assert experiment["ran"] == EXPECTED_RERUN
+    assert nothing_to_do(experiment["root"], home)
+    assert dvc_stale(experiment["root"], home) == set()
 
 
 @pytest.mark.slow
