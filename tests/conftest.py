@@ -121,11 +121,13 @@ def snakemake_study(snakemake_killed, home):
     return snakemake_finished(snakemake_killed, home)
 
 
-# Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`) leave one of
-# CI's two cores idle. Those the session's selected tests need are built one after another in a
-# background thread from the first test on, beside the other tests (issue 23); each fixture
-# waits for its own. Fixture name -> (the job in tests/studies.py, the fixtures that need it).
-BACKGROUND = {"dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"})}
+# Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`; the bf16
+# study's VQA half) leave one of CI's two cores idle. Those the session's selected tests need
+# are built one after another in a background thread from the first test on, beside the other
+# tests (issue 23); each fixture waits for its own. Fixture name -> (the job in
+# tests/studies.py, the fixtures that need it).
+BACKGROUND = {"dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
+              "bf16_study": ("bf16_study", {"bf16_study"})}
 NEEDED = pytest.StashKey[set]()
 
 
@@ -176,3 +178,8 @@ def dvc_study(dvc_study_and_experiment):
     """Made by `dvc repro` in a fresh clone, dvc.lock in git: read it, or copy it."""
     return dvc_study_and_experiment[0]
 
+
+@pytest.fixture(scope="session")
+def bf16_study(request):
+    """The smoke study in bf16, split between the runners: see studies.bf16_study."""
+    return _built(request, "bf16_study")

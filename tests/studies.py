@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import BIN, project_copy
+from conftest import BIN, SMOKE, project_copy
 
 SNAKEMAKE = [str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default"]  # = make run
 
@@ -138,3 +138,22 @@ def dvc_reproduced_with_experiment(parent: Path, home: Path, experiment: bool) -
     root = copy_study(study, parent / "experiment" / "project")
     return study, {"root": root, "ran": exp_run_stages(root, home)}
 
+
+def bf16_study(parent: Path) -> dict:
+    """The smoke study with `runtime.precision: bf16` (one VLM seed: bf16 is not about VLM seeds,
+    and it halves the VQA stages), HOME its own: Snakemake trains and evaluates every teacher and
+    student, `clipdistill sync` records them in dvc.lock, then `dvc repro` runs every VQA stage
+    and the report on top. What the runs left, for test_runtime to check."""
+    params = yaml.safe_load(SMOKE.read_text())
+    params["runtime"]["precision"] = "bf16"
+    params["vqa"]["seeds"] = [0]
+    (parent / "bf16.yaml").write_text(yaml.safe_dump(params))
+    root = project_copy(parent / "project", parent / "bf16.yaml")
+    git_commit(root, parent, "bf16 study")
+    run([*SNAKEMAKE, "--omit-from", "vqa_lm"], root, parent)
+    vqa_by_snakemake = (root / "results" / "vqa").exists()
+    run([BIN / "clipdistill", "sync"], root, parent)
+    recorded = set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+    repro = run([BIN / "dvc", "repro"], root, parent)
+    return {"root": root, "home": parent, "vqa_by_snakemake": vqa_by_snakemake, "recorded": recorded,
+            "repro": repro}

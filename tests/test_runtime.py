@@ -439,31 +439,21 @@ def test_several_gpus_relaunch_a_data_parallel_stage_under_torchrun(monkeypatch)
 
 
 @pytest.mark.slow
-def test_bf16_smoke_study_runs_through_snakemake_and_dvc(tmp_path):
+def test_bf16_smoke_study_runs_through_snakemake_and_dvc(bf16_study):
     """The whole smoke study with `runtime.precision: bf16` on the CPU, every stage run once and
     split between the runners so that each runs real training in bf16: Snakemake trains and
     evaluates every teacher and student (`clipdistill sync` records them in dvc.lock), then
     `dvc repro` runs every VQA stage and the report on top. Both end with nothing to do, every
-    saved weight is fp32 and every metric finite."""
-    from conftest import BIN, project_copy
-    from studies import dvc_stale, git_commit, nothing_to_do, run
+    saved weight is fp32 and every metric finite. (The runs: conftest's bf16_study, built in
+    the background.)"""
+    from studies import dvc_stale, nothing_to_do
 
-    params = yaml.safe_load(SMOKE.read_text())
-    params["runtime"]["precision"] = "bf16"
-    params["vqa"]["seeds"] = [0]  # bf16 is not about VLM seeds: one VLM per encoder halves the VQA stages
-    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(params))
-    root = project_copy(tmp_path / "project", tmp_path / "bf16.yaml")
-    git_commit(root, tmp_path, "bf16 study")
-    run([BIN / "snakemake", "-c2", "--workflow-profile", "workflow/profiles/default", "--omit-from", "vqa_lm"],
-        root, tmp_path)
-    assert not (root / "results" / "vqa").exists()  # Snakemake left every VQA stage to DVC
-    run([BIN / "clipdistill", "sync"], root, tmp_path)
-    recorded = set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
-    repro = run([BIN / "dvc", "repro"], root, tmp_path)
+    root, home, recorded, repro = (bf16_study[k] for k in ("root", "home", "recorded", "repro"))
+    assert not bf16_study["vqa_by_snakemake"]  # Snakemake left every VQA stage to DVC
     ran = set(re.findall(r"^Running stage '([^']+)'", repro.stdout, re.MULTILINE))
     assert ran and all(name.startswith(("vqa_", "report")) for name in ran), sorted(ran)
     assert not ran & recorded  # nothing Snakemake made was redone
-    assert dvc_stale(root, tmp_path) == set() and nothing_to_do(root, tmp_path)
+    assert dvc_stale(root, home) == set() and nothing_to_do(root, home)
     for weights in ("results/teachers", "results/students", "results/vqa"):
         assert _saved_dtypes(root / weights, "*.safetensors") == {"F32"}, weights
     metrics = [json.loads(p.read_text()) for p in (root / "results").rglob("metrics.json")]
