@@ -36,6 +36,7 @@ ap.add_argument("--teacher", default="cd-teacher-s:20")
 ap.add_argument("--set", action="append", default=[])
 ap.add_argument("--tag", default="base")
 ap.add_argument("--only", default=None)
+ap.add_argument("--vlm-seed", type=int, default=0, help="the VLM seed (projector init, data order)")
 ap.add_argument("--sizes", default="2000,1500,300", help="pretrain,vqa_train,vqa_eval images")
 ap.add_argument("--root", default="/tmp/clipdistill-held-out")
 ap.add_argument("--params", default="params.yaml")
@@ -93,7 +94,8 @@ for name in ("teacher", "blind"):
     if a.only and name != a.only:
         continue
     blind = name == "blind"
-    vlm, tok, proc, log = train_vlm(to_hf(load_model_dir(tdir)), ROOT / "vqa_train", train, spec, blind, language)
+    vlm, tok, proc, log = train_vlm(to_hf(load_model_dir(tdir)), ROOT / "vqa_train", train, spec, blind, language,
+                                   vlm_seed=a.vlm_seed)
     rows, m, _ = evaluate_vqa(vlm, tok, records, record_pixels(ev, records, proc, blind), 64, spec.max_new_tokens, name)
     m["diagnostics"] = vqa_diagnostics(vlm, proc, ROOT / "vqa_train", train, ROOT / "vqa_eval", ev,
                                        records, [r["text"] for r in rows], m, blind)
@@ -110,5 +112,5 @@ for name in ("teacher", "blind"):
     print("  top answers", {k: (v["top_answer"], round(v["top_share"], 2), round(v["truth_share"], 2))
                             for k, v in d["answer_health"]["per_question_type"].items()}, flush=True)
 (Path(a.root) / "runs").mkdir(parents=True, exist_ok=True)
-(Path(a.root) / "runs" / f"{a.world}-{a.tag}-{a.only or 'both'}.json").write_text(
+(Path(a.root) / "runs" / f"{a.world}-{a.tag}-{a.only or 'both'}-v{a.vlm_seed}.json").write_text(
     json.dumps({"args": vars(a), "vqa": vqa, "out": out}, indent=1))
