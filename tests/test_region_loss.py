@@ -176,3 +176,30 @@ def test_the_teacher_stage_refuses_the_term_on_a_pretrain_split_without_scenes(w
                                         r"\(scenes\.json\); the split .*pretrain has none$"):
         stage.run(teachers, "t", tmp_path / "data", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cell_means_takes_any_square_grid_of_at_least_the_cells_in_float64_and_refuses_the_rest():
+    tokens = torch.arange(9 * 2, dtype=torch.float64).reshape(1, 9, 2)  # 3×3 patches: one per cell
+    assert torch.equal(cell_means(tokens), tokens)  # float64 in, float64 out, each cell its patch
+    two = torch.randn(1, 16, 3, dtype=torch.float64)  # 4×4 patches on a 2×2 grid: quadrants of 4
+    quadrant = two[0].reshape(2, 2, 2, 2, 3).permute(0, 2, 1, 3, 4).reshape(4, 4, 3).mean(1)
+    torch.testing.assert_close(cell_means(two, grid=2)[0], quadrant, rtol=0, atol=1e-12)
+    for count in (10, 4):  # not a square; a square smaller than the 3×3 grid
+        with pytest.raises(ValueError, match=f"^{count} tokens are not a square patch grid of at least 3×3$"):
+            cell_means(torch.zeros(2, count, 4))
+
+
+def test_phrases_take_an_before_a_vowel_and_unknown_kinds_name_the_known_ones():
+    obj = {"shape": "oval", "size": "small", "color": "red", "row": 0, "col": 0}
+    assert object_phrase(obj, "shape") == "an oval"
+    assert object_phrase({**obj, "shape": "star"}, "shape") == "a star"
+    assert object_phrase({**obj, "size": "even"}, "object") == "an even red oval"
+    with pytest.raises(ValueError, match=r"^unknown phrase kind 'colour'; one of object, object_position, shape$"):
+        object_phrase(obj, "colour")
+
+
+def test_batch_regions_indices_are_long_even_for_a_batch_without_objects():
+    for scenes in ([[], []], [[{"shape": "star", "size": "small", "color": "red", "row": 2, "col": 1}]]):
+        image, cell, phrases, target = batch_regions(scenes, "shape")
+        assert image.dtype == cell.dtype == target.dtype == torch.long
+        assert len(phrases) == len(target.unique())
