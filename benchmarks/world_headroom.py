@@ -36,7 +36,7 @@ from clipdistill.data.world import SHAPES, SIZES
 from clipdistill.evaluate.clip_eval import encode, evaluate_clip, patch_tokens
 from clipdistill.io import read_json
 from clipdistill.losses.region import batch_regions, cell_means, object_phrase
-from clipdistill.models.clip import load_model_dir, preprocess_images
+from clipdistill.models.clip import load_model_dir
 from clipdistill.params import DataParams, EvalParams, TeacherParams
 from clipdistill.teachers.train import save_pipeline_teacher, train_teacher
 from clipdistill.vqa.diagnostics import _probe, cell_probe, cell_tokens, fit_logistic
@@ -74,19 +74,6 @@ def occupancy_probe(tr_feats, tr_scenes, ev_feats, ev_scenes) -> float:
     accs = [r["accuracy"] for c in range(9)
             if (r := _probe(xt, occ(tr_scenes, c), xe, occ(ev_scenes, c)))["estimable"]]
     return sum(accs) / len(accs)
-
-
-@torch.no_grad()
-def block_tokens(bundle, split, layer: int) -> torch.Tensor:
-    """Patch tokens [N, P, W] after block `layer` (negative: from the end), CLS dropped."""
-    visual = bundle.model.eval().visual
-    index = len(visual.transformer.resblocks) + layer if layer < 0 else layer
-    out = []
-    for s in range(0, len(split.images), 256):
-        x = preprocess_images(split.images[s:s + 256], bundle.preprocess)
-        out.append(visual.forward_intermediates(x, indices=[index], intermediates_only=True,
-                                                output_fmt="NLC")["image_intermediates"][0].float())
-    return torch.cat(out)
 
 
 def embed_probe(bundle, tr, ev, tr_dir: Path, ev_dir: Path) -> float:
@@ -198,7 +185,7 @@ def main() -> None:
         st, se = read_json(root / "vqa_train" / "scenes.json"), read_json(root / "vqa_eval" / "scenes.json")
         cell = cell_probe(ft, st, fe, se)
         by_size = shape_by_size(ft, st, fe, se)
-        lt, le = block_tokens(bundle, tr, -1), block_tokens(bundle, ev, -1)
+        lt, le = patch_tokens(bundle, tr, 256, layer=-1), patch_tokens(bundle, ev, 256, layer=-1)
         last_size, last_cell = shape_by_size(lt, st, le, se), cell_probe(lt, st, le, se)
         row = {"name": args.name, "arch": args.arch, "epochs": args.epochs, "lr": args.lr, "pretrain": args.pretrain,
                "group": args.group, "shape_rate": args.shape_rate, "data": args.data, "probe_world": "dev" if args.dev else "default",

@@ -153,3 +153,26 @@ def test_every_forward_pass_runs_on_the_runtime_it_is_given():
     # teacher patch tokens (4 × 3), plus one prompt set per class (3)
     assert len(runtime.forwards) == 4 * 3 + 3
     assert runtime.towers_train == [False, False]
+
+
+def test_patch_tokens_are_the_output_of_the_block_asked_for():
+    """`layer` counts blocks from the end when negative (default −2, what the VLM reads) and from
+    the start otherwise; the reference is each block's output caught by a forward hook, CLS dropped."""
+    from clipdistill.evaluate.clip_eval import patch_tokens
+    from clipdistill.models.clip import create_model, default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
+
+    model, spec = create_model("cd-student-d4", 0).eval(), default_tokenizer_spec("cd-student-d4")
+    bundle = ClipBundle(model, tokenizer_from_spec(spec), "cd-student-d4", preprocess_cfg(model), {}, spec)
+    blocks = model.visual.transformer.resblocks
+    caught = {}
+    for k, block in enumerate(blocks):
+        block.register_forward_hook(lambda _m, _i, out, k=k: caught.__setitem__(k, out[:, 1:].detach().clone()))
+    images = torch.randint(0, 256, (3, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    split = Split(images, ["a", "b", "c"])
+    default = patch_tokens(bundle, split, 8)
+    for layer, block in ((-2, len(blocks) - 2), (-1, len(blocks) - 1), (0, 0), (1, 1)):
+        caught.clear()
+        tokens = patch_tokens(bundle, split, 8, layer=layer)
+        assert caught, "the hooks saw no forward pass"
+        torch.testing.assert_close(tokens, caught[block], rtol=0, atol=0)
+    torch.testing.assert_close(default, patch_tokens(bundle, split, 8, layer=-2), rtol=0, atol=0)

@@ -59,15 +59,18 @@ def zero_shot_classifier(bundle: ClipBundle, classnames, templates, runtime: Run
 
 
 @torch.no_grad()
-def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int, runtime: Runtime = CPU) -> torch.Tensor:
-    """Penultimate-layer patch tokens [N, P, W] (CLS dropped), as LLaVA consumes them; on the host."""
+def patch_tokens(bundle: ClipBundle, split: Split, batch_size: int, runtime: Runtime = CPU,
+                 layer: int = -2) -> torch.Tensor:
+    """Patch tokens [N, P, W] (CLS dropped) after block `layer` (negative: from the end; default the
+    penultimate, as LLaVA consumes them); on the host."""
     layers = len(bundle.model.visual.transformer.resblocks)
+    index = max(0, layers + layer) if layer < 0 else layer
     out = []
     for pixels in _batches(split, batch_size, runtime):
         x = runtime.batch(preprocess_images(pixels, bundle.preprocess))
         with runtime.autocast():
             tokens = bundle.model.visual.forward_intermediates(
-                x, indices=[max(0, layers - 2)], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
+                x, indices=[index], intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
         out.append(runtime.host(tokens.float()))
     return torch.cat(out).float()
 
