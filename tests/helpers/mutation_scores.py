@@ -42,6 +42,7 @@ MODULE_TESTS = {
     "evaluate.cka": ["tests/test_evaluate.py"],
     "evaluate.clip_eval": ["tests/test_evaluate.py"],
     "distill.train": ["tests/test_distill.py"],
+    "losses.region": ["tests/test_region_loss.py"],
     "vqa.metrics": ["tests/test_vqa_metrics.py", "tests/test_vqa_holes.py", "tests/test_properties.py"],
 }
 LOSS_TESTS = ["tests/test_loss_zoo.py", "tests/test_loss_backends.py", "tests/test_properties.py"]
@@ -103,7 +104,7 @@ def unchecked(copy: Path, source: str, names: list[str]) -> list[str]:
     return [n for n in names if done.get(n) is None]
 
 
-def one_module(modules: list[str], tests: list[str] | None, mutants: list[str], root: Path, children: int,
+def run_modules(modules: list[str], tests: list[str] | None, mutants: list[str], root: Path, children: int,
                sample: int | None = None, seed: int = 0) -> int:
     selections = {m: tests or MODULE_TESTS.get(m) or (LOSS_TESTS if m.startswith("losses.") else None)
                   for m in modules}
@@ -145,7 +146,7 @@ def main() -> int:
     ap.add_argument("mutants", nargs="*", help="mutant names or globs to (re)run")
     args = ap.parse_args()
     if args.module:
-        return one_module(args.module, args.tests, args.mutants, args.dir, args.children, args.sample, args.seed)
+        return run_modules(args.module, args.tests, args.mutants, args.dir, args.children, args.sample, args.seed)
     return scores()
 
 
