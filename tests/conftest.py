@@ -8,11 +8,11 @@ if os.environ.get("CLIPDISTILL_GPU_TESTS") != "1":
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from background_queue import BackgroundQueue, consumers_last  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -124,11 +124,20 @@ def snakemake_study(snakemake_killed, home):
 # Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`; the bf16
 # study's VQA half) leave one of CI's two cores idle. Those the session's selected tests need
 # are built one after another in a background thread from the first test on, beside the other
-# tests (issue 23); each fixture waits for its own. Fixture name -> (the job in
-# tests/studies.py, the fixtures that need it).
+# tests (issue 23); each fixture waits for its own, and the summary says how long. Fixture name
+# -> (the job in tests/studies.py, the fixtures that need it), in queue order: the modules that
+# use them run last, in the same order (pytest_collection_modifyitems).
 BACKGROUND = {"dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
               "bf16_study": ("bf16_study", {"bf16_study"})}
 NEEDED = pytest.StashKey[set]()
+QUEUE = pytest.StashKey[BackgroundQueue]()
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+def pytest_collection_modifyitems(items):
+    """The modules that wait on a background job run as late as possible, so that the foreground
+    rarely waits: after all others, in queue order (so the first job is the first needed)."""
+    items[:] = consumers_last(items, [users for _, users in BACKGROUND.values()])
 
 
 def pytest_collection_finish(session):
@@ -148,21 +157,36 @@ def _background_job(name: str, used: set, tmp_path_factory, home: Path):
 
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
-    """Futures of the BACKGROUND fixtures the session's selected tests need, by name."""
+    """The queue building the BACKGROUND fixtures the session's selected tests need (None if none)."""
     used = request.config.stash.get(NEEDED, set())
     names = [name for name, (_, users) in BACKGROUND.items() if users & used]
     if not names:
-        yield {}
+        yield None
         return
     home = request.getfixturevalue("home")
-    with ThreadPoolExecutor(1, thread_name_prefix="background") as pool:
-        yield {name: pool.submit(_background_job(name, used, tmp_path_factory, home)) for name in names}
+    queue = request.config.stash[QUEUE] = BackgroundQueue()
+    for name in names:
+        queue.submit(name, _background_job(name, used, tmp_path_factory, home))
+    yield queue
+    queue.close()
+
+
+def pytest_unconfigure(config):
+    if QUEUE in config.stash:  # also after Ctrl-C, when fixtures may not be torn down
+        config.stash[QUEUE].close()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if QUEUE in config.stash:
+        terminalreporter.section("background jobs (seconds from the first test)")
+        for line in config.stash[QUEUE].summary():
+            terminalreporter.write_line(line)
 
 
 def _built(request, name: str):
-    future = request.getfixturevalue("background").get(name)
-    if future is not None:
-        return future.result()
+    queue = request.getfixturevalue("background")
+    if queue is not None and name in queue.futures:
+        return queue.result(name, request.fixturename)
     return _background_job(name, {name}, request.getfixturevalue("tmp_path_factory"),
                            request.getfixturevalue("home"))()
 
