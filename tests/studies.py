@@ -1,6 +1,7 @@
 """The two finished smoke studies the end-to-end tests share (issue 23: each costs minutes on
 two cores, so the session builds each once): one made by Snakemake (SIGKILLed midway, synced,
-resumed), one by `dvc repro` in a fresh clone. Tests only read them; one that changes anything
+resumed), one by `dvc repro` in a fresh clone. Also the other jobs of conftest's background
+queue: the bf16 study and the worked example's runs. Tests only read them; one that changes anything
 works on `copy_study`, which keeps modification times (Snakemake's rerun trigger) and the
 project's own DVC cache and git history."""
 
@@ -10,11 +11,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import yaml
-from conftest import BIN, SMOKE, project_copy
+from conftest import BIN, REPO, SMOKE, project_copy
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
 
 SNAKEMAKE = [str(BIN / "snakemake"), "-c2", "--workflow-profile", "workflow/profiles/default"]  # = make run
 
@@ -157,3 +161,43 @@ def bf16_study(parent: Path) -> dict:
     repro = run([BIN / "dvc", "repro"], root, parent)
     return {"root": root, "home": parent, "vqa_by_snakemake": vqa_by_snakemake, "recorded": recorded,
             "repro": repro}
+
+
+EXAMPLE = REPO / "configs" / "example-real.yaml"
+PLACEHOLDER = "/tmp/clipdistill-example"  # where the config expects the data; the tests use their own folder
+
+
+def example_params(data: Path, out: Path) -> Path:
+    """configs/example-real.yaml pointed at `data` (what a user does for their own data)."""
+    out.write_text(EXAMPLE.read_text().replace(PLACEHOLDER, str(data)))
+    return out
+
+
+def worked_example(parent: Path) -> dict:
+    """The worked example's data built afresh (tests/helpers/real_example.py), then the example
+    run by Snakemake and by `dvc repro`, each in its own copy of the project, side by side (one
+    core each), HOME parent; if both succeed, `clipdistill sync` in Snakemake's copy and what
+    both runners then see (dvc status, snakemake -n). What the runs left, for test_example_real."""
+    if str(HELPERS) not in sys.path:
+        sys.path.insert(0, str(HELPERS))
+    import real_example
+
+    data = real_example.build(parent / "example-data")
+    params = example_params(data, parent / "example.yaml")
+    roots = {}
+    for runner in ("snakemake", "dvc"):
+        root = roots[runner] = project_copy(parent / runner, params)
+        run([BIN / "python", "-m", "clipdistill.stages", "dvc-yaml", "--out", "dvc.yaml"], root, parent)
+        git_commit(root, parent, "the worked example")
+    commands = {"snakemake": [BIN / "snakemake", "-c1", "--workflow-profile", "workflow/profiles/default"],
+                "dvc": [BIN / "dvc", "repro"]}
+    procs = {k: subprocess.Popen(list(map(str, cmd)), cwd=roots[k], env=env(parent), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for k, cmd in commands.items()}
+    logs = {k: p.communicate(timeout=1800)[0] for k, p in procs.items()}
+    out = {"data": data, "roots": roots, "logs": logs, "returncodes": {k: p.returncode for k, p in procs.items()}}
+    if any(out["returncodes"].values()):
+        return out  # the test says which runner failed, with its log
+    run([BIN / "clipdistill", "sync"], roots["snakemake"], parent)
+    out["stale"] = {k: dvc_stale(root, parent) for k, root in roots.items()}
+    out["nothing_to_do"] = {k: nothing_to_do(root, parent) for k, root in roots.items()}
+    return out

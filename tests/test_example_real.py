@@ -10,20 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO, project_copy
+from conftest import REPO
+from studies import EXAMPLE, PLACEHOLDER, example_params
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 import real_example  # noqa: E402
-
-EXAMPLE = REPO / "configs" / "example-real.yaml"
-PLACEHOLDER = "/tmp/clipdistill-example"  # where the config expects the data; the tests use their own folder
-
-
-def example_params(data: Path, out: Path) -> Path:
-    """configs/example-real.yaml pointed at `data` (what a user does for their own data)."""
-    out.write_text(EXAMPLE.read_text().replace(PLACEHOLDER, str(data)))
-    return out
-
 
 @pytest.fixture(scope="module")
 def example_data(tmp_path_factory):
@@ -60,32 +51,17 @@ def _outs(lock: dict) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_the_worked_example_runs_through_snakemake_and_dvc(example_data, tmp_path):
+def test_the_worked_example_runs_through_snakemake_and_dvc(worked_example):
     """data -> teacher -> features -> distill -> vqa -> report, once per runner, each in its own
     copy of the project, side by side (one core each). Both end with nothing to do and record the
     same bytes for every output (Snakemake's through `clipdistill sync`), and the VQA answers keep
-    VQAv2's COCO question ids."""
-    import subprocess
-
-    from studies import dvc_stale, env, git_commit, nothing_to_do, run
-
-    params = example_params(example_data, tmp_path / "example.yaml")
-    roots = {}
-    for runner in ("snakemake", "dvc"):
-        root = roots[runner] = project_copy(tmp_path / runner, params)
-        run([BIN / "python", "-m", "clipdistill.stages", "dvc-yaml", "--out", "dvc.yaml"], root, tmp_path)
-        git_commit(root, tmp_path, "the worked example")
-    commands = {"snakemake": [BIN / "snakemake", "-c1", "--workflow-profile", "workflow/profiles/default"],
-                "dvc": [BIN / "dvc", "repro"]}
-    procs = {k: subprocess.Popen(list(map(str, cmd)), cwd=roots[k], env=env(tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for k, cmd in commands.items()}
-    logs = {k: p.communicate(timeout=1800)[0] for k, p in procs.items()}
-    for k, p in procs.items():
-        assert p.returncode == 0, f"{k} failed:\n{logs[k][-4000:]}"
+    VQAv2's COCO question ids. (The runs: conftest's worked_example, built in the background.)"""
+    example_data, roots, logs = (worked_example[k] for k in ("data", "roots", "logs"))
+    for k, returncode in worked_example["returncodes"].items():
+        assert returncode == 0, f"{k} failed:\n{logs[k][-4000:]}"
     assert "Running stage 'report'" in logs["dvc"]
-    run([BIN / "clipdistill", "sync"], roots["snakemake"], tmp_path)
-    for root in roots.values():
-        assert dvc_stale(root, tmp_path) == set() and nothing_to_do(root, tmp_path)
+    for k in roots:
+        assert worked_example["stale"][k] == set() and worked_example["nothing_to_do"][k], k
     locks = {k: yaml.safe_load((r / "dvc.lock").read_text()) for k, r in roots.items()}
     assert _outs(locks["snakemake"]) == _outs(locks["dvc"])  # the same bytes, whichever runner
 
