@@ -122,13 +122,14 @@ def snakemake_study(snakemake_killed, home):
 
 
 # Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`; the bf16
-# study's VQA half; the worked example's two runners) leave one of CI's two cores idle. Those
-# the session's selected tests need are built one after another in a background thread from the
-# first test on, beside the other tests (issue 23); each fixture waits for its own, and the
-# summary says how long. Fixture name -> (the job in tests/studies.py, the fixtures that need
-# it), in queue order: the modules that use them run last, in the same order
-# (pytest_collection_modifyitems).
-BACKGROUND = {"dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
+# study's VQA half; the worked example's two runners) and the one-object world's teacher leave
+# one of CI's two cores idle. Those the session's selected tests need are built one after another
+# in a background thread from the first test on, beside the other tests (issue 23); each fixture
+# waits for its own, and the summary says how long. Fixture name -> (the job in tests/studies.py,
+# the fixtures that need it), in queue order: the modules that use them run last, in the same
+# order (pytest_collection_modifyitems).
+BACKGROUND = {"one_object_world": ("one_object_world", {"one_object_world"}),
+              "dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
               "bf16_study": ("bf16_study", {"bf16_study"}),
               "worked_example": ("worked_example", {"worked_example"})}
 NEEDED = pytest.StashKey[set]()
@@ -215,3 +216,9 @@ def bf16_study(request):
 def worked_example(request):
     """configs/example-real.yaml run by both runners: see studies.worked_example."""
     return _built(request, "worked_example")
+
+
+@pytest.fixture(scope="session")
+def one_object_world(request):
+    """test_vqa's one-object world and its teacher: see tests/helpers/one_object_world.py."""
+    return _built(request, "one_object_world")

@@ -1,7 +1,7 @@
 """The two finished smoke studies the end-to-end tests share (issue 23: each costs minutes on
 two cores, so the session builds each once): one made by Snakemake (SIGKILLed midway, synced,
 resumed), one by `dvc repro` in a fresh clone. Also the other jobs of conftest's background
-queue: the bf16 study and the worked example's runs. Tests only read them; one that changes anything
+queue: the bf16 study, the worked example's runs and test_vqa's one-object world. Tests only read them; one that changes anything
 works on `copy_study`, which keeps modification times (Snakemake's rerun trigger) and the
 project's own DVC cache and git history."""
 
@@ -201,3 +201,10 @@ def worked_example(parent: Path) -> dict:
     out["stale"] = {k: dvc_stale(root, parent) for k, root in roots.items()}
     out["nothing_to_do"] = {k: nothing_to_do(root, parent) for k, root in roots.items()}
     return out
+
+
+def one_object_world(parent: Path) -> Path:
+    """tests/helpers/one_object_world.py's world and teacher under parent/world, built in its own
+    process (one thread; the foreground tests keep the other core)."""
+    run([BIN / "python", HELPERS / "one_object_world.py", parent / "world"], REPO, parent)
+    return parent / "world"

@@ -13,7 +13,6 @@ from clipdistill.vqa.evaluate import answer, evaluate_vqa, prompt_of
 from clipdistill.vqa.language import prepare_language, tiny_llama
 from clipdistill.vqa.recipe import pixel_values
 from clipdistill.vqa.train import train_vlm
-from conftest import synth_world, train_small_teacher
 
 SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
                                  "lm_pretrain": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
@@ -23,21 +22,9 @@ SPEC = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 
 
 
 @pytest.fixture(scope="module")
-def one_object_world(smoke_params, tmp_path_factory):
-    """One object per scene at 64 px, and a pipeline teacher trained on it. With one object the
-    caption's colour no longer tells scenes apart, so CLIP training has to learn shape too (at
-    this scale it does not on multi-object scenes: see the oracle-feature test)."""
-    from clipdistill.params import SplitParams
-
-    params = smoke_params.model_copy(update={"image_size": 64, "max_objects": 1, "splits": {
-        "pretrain": SplitParams(size=2000), "vqa_train": SplitParams(size=2000), "vqa_eval": SplitParams(size=200)}})
-    root = synth_world(params, tmp_path_factory.mktemp("one_object"))
-    train_small_teacher(root / "pretrain", root / "teacher", epochs=40)
-    return root
-
-
-@pytest.fixture(scope="module")
 def vlms(one_object_world, tmp_path_factory):
+    """A VLM on the one-object world's teacher and a blind one (the world and teacher: conftest's
+    background job, tests/helpers/one_object_world.py)."""
     world = one_object_world
     vision = tmp_path_factory.mktemp("hf") / "vision"
     export_hf(load_model_dir(world / "teacher"), vision)
