@@ -4,8 +4,13 @@ of params.yaml (or --set overrides) -> accuracy per question type and the diagno
 
     .venv/bin/python benchmarks/vqa_held_out.py single_yesno --sizes 1500,800,200 --root /tmp/held_out
     .venv/bin/python benchmarks/vqa_held_out.py default            # the default world (tuning)
+    .venv/bin/python benchmarks/vqa_held_out.py small_scale --teacher cd-teacher-m:32 --sizes 4000,1500,300 \
+        --teacher-set batch_size=128 --teacher-set lr=0.002 --teacher-set local_weight=4 --teacher-set local_phrase=shape
 
 WORLD is `default` or a name in `clipdistill.data.variants.VARIANTS` (HELD_OUT: never tune on them).
+--teacher-set FIELD=VALUE sets a TeacherParams field (the region–phrase term: local_weight, local_phrase, ...);
+the teacher is trained as the pipeline's teacher stage trains it (the split's scenes.json, its hard-negative
+groups) and cached in a directory named by every setting, so teachers of other settings never mix.
 Data, teacher and LM are cached under --root; each run appends its metrics to runs/.
 """
 import argparse
@@ -23,7 +28,7 @@ from clipdistill.export.hf import to_hf
 from clipdistill.io import rounded
 from clipdistill.models import load_model_dir
 from clipdistill.params import DataParams, SplitParams, TeacherParams, VQAParams
-from clipdistill.teachers import train as T
+from clipdistill.teachers import stage as teacher_stage
 from clipdistill.vqa.diagnostics import vqa_diagnostics
 from clipdistill.vqa.evaluate import evaluate_vqa
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
@@ -34,6 +39,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("world")
 ap.add_argument("--teacher", default="cd-teacher-s:20")
 ap.add_argument("--set", action="append", default=[])
+ap.add_argument("--teacher-set", action="append", default=[], help="TeacherParams FIELD=VALUE (repeatable)")
 ap.add_argument("--tag", default="base")
 ap.add_argument("--only", default=None)
 ap.add_argument("--vlm-seed", type=int, default=0, help="the VLM seed (projector init, data order)")
@@ -59,13 +65,13 @@ if not (ROOT / "vqa_eval").exists():
             synth_variant(VARIANTS[a.world], s, n, ROOT / s)
 print(f"data {time.time()-t0:.0f}s", flush=True)
 arch, ep = a.teacher.split(":")
-tdir = ROOT / f"teacher-{arch}-{ep}"
+teacher_settings = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.teacher_set)}
+tdir = ROOT / ("-".join([f"teacher-{arch}-{ep}"] + [f"{k}={v}" for k, v in sorted(teacher_settings.items())]))
 if not tdir.exists():
-    spec = TeacherParams(arch=arch, epochs=int(ep), batch_size=64, lr=3e-3)
-    split = load_split(ROOT / "pretrain")
-    model, tok, log = T.train_teacher(spec, split, show_progress=False)
-    T.save_pipeline_teacher(tdir, "t", spec, split, model, tok, log)
-    print(f"teacher {time.time()-t0:.0f}s loss {log[-1]['loss']:.3f}", flush=True)
+    spec = TeacherParams.model_validate({"arch": arch, "epochs": int(ep), "batch_size": 64, "lr": 3e-3}
+                                        | teacher_settings)
+    manifest = teacher_stage.run({"t": spec}, "t", ROOT, tdir)
+    print(f"teacher {time.time()-t0:.0f}s loss {manifest['final_loss']:.3f} {spec.model_dump()}", flush=True)
 
 if a.only == "none":
     sys.exit(0)
