@@ -144,7 +144,8 @@ def test_the_recipe_reads_colour_and_shape_from_a_tower_that_encodes_them(teache
     spec = VQAParams.model_validate({"lm": {"hidden_size": 64, "intermediate_size": 128, "layers": 2, "heads": 4},
                                      "lm_pretrain": {"epochs": 10, "batch_size": 32, "lr": 2e-3},
                                      "stage1": {"epochs": 2, "batch_size": 32, "lr": 2e-3},
-                                     "stage2": {"epochs": 15, "batch_size": 32, "lr": 2e-3}})
+                                     # 8 epochs (was 15, issue 23): worlds of data seed 0, 1, 2 cleared every bar by ≥ 0.17
+                                     "stage2": {"epochs": 8, "batch_size": 32, "lr": 2e-3}})
     vlm, tok, _, _ = train_vlm(tmp_path / "vision", tmp_path / "vqa_train", load_split(tmp_path / "vqa_train"),
                                spec, language=prepare_language(spec, tmp_path / "vqa_train", show_progress=False)[:2])
     _, train_qa = stage_examples(tmp_path / "vqa_train")
