@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from background_queue import BackgroundQueue, consumers_last  # noqa: E402
+from fixture_cache import Recipe, materialise, stats_run_durations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -48,10 +49,29 @@ def smoke_params():
     return load_section(SMOKE, "data")
 
 
+# The clipdistill modules whose code builds each cached fixture (tests/fixture_cache.py: on
+# only under mutation testing; a stored build checks that it ran no other module's code).
+def _modules(*names: str) -> frozenset[str]:
+    return frozenset(f"clipdistill.{n}" for n in names)
+
+
+WORLD_MODULES = _modules("data", "data.formats", "data.render", "data.synth", "data.world", "io", "params")
+TEACHER_MODULES = _modules("data", "data.formats", "data.splits", "data.world", "io", "kernels", "losses",
+                           "losses.contrastive", "losses.dispatch", "losses.distributed", "losses.region",
+                           "losses.registry", "losses.siglip", "losses.similarity_kd", "losses.zoo", "models",
+                           "models.clip", "models.tokenizer", "params", "teachers", "teachers.train", "training",
+                           "training.loop", "training.runtime")
+
+
+def world_recipe(name: str, params, splits=None) -> Recipe:
+    return Recipe(name, WORLD_MODULES, f"{params.model_dump_json()} {splits}", (Path(__file__),))
+
+
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory, smoke_params):
     """The smoke synthetic world, generated once per test session."""
-    return synth_world(smoke_params, tmp_path_factory.mktemp("world") / "data")
+    return materialise(world_recipe("smoke_data", smoke_params), tmp_path_factory.mktemp("world") / "data",
+                       lambda dest: synth_world(smoke_params, dest))
 
 
 def run_cli(*args, cwd=None, check=False, timeout=300, env=None):
@@ -78,24 +98,39 @@ def project_copy(dest: Path, params: Path = SMOKE) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory, smoke_params):
+WORLD_SPLITS = ("pretrain", "clip_eval", "distill", "distill_big", "vqa_train", "vqa_eval")
+
+
+def world_params(smoke_params):
     """A world big enough to learn from: 1200 pretraining scenes, 480 to distil on, 200 to evaluate."""
     from clipdistill.params import SplitParams
 
-    params = smoke_params.model_copy(update={"splits": {**smoke_params.splits,
-                                                        "pretrain": SplitParams(size=1200),
-                                                        "clip_eval": SplitParams(size=200),
-                                                        "distill_big": SplitParams(size=480),
-                                                        "vqa_train": SplitParams(size=600),
-                                                        "vqa_eval": SplitParams(size=120)}})
-    return synth_world(params, tmp_path_factory.mktemp("teacher_world"),
-                       ("pretrain", "clip_eval", "distill", "distill_big", "vqa_train", "vqa_eval"))
+    return smoke_params.model_copy(update={"splits": {**smoke_params.splits,
+                                                      "pretrain": SplitParams(size=1200),
+                                                      "clip_eval": SplitParams(size=200),
+                                                      "distill_big": SplitParams(size=480),
+                                                      "vqa_train": SplitParams(size=600),
+                                                      "vqa_eval": SplitParams(size=120)}})
+
+
+def teacher_recipe(smoke_params, epochs: int = 6) -> Recipe:
+    """The `teacher_dir` fixture's recipe (its world upstream): test files' fixtures built from it name it."""
+    world = world_recipe("world", world_params(smoke_params), WORLD_SPLITS)
+    return Recipe("teacher", TEACHER_MODULES, f"epochs={epochs}", (Path(__file__),), (world,))
 
 
 @pytest.fixture(scope="session")
-def teacher_dir(world, tmp_path_factory):
-    return train_small_teacher(world / "pretrain", tmp_path_factory.mktemp("teachers") / "s", epochs=6)
+def world(tmp_path_factory, smoke_params):
+    """A world big enough to learn from (world_params)."""
+    params = world_params(smoke_params)
+    return materialise(world_recipe("world", params, WORLD_SPLITS), tmp_path_factory.mktemp("teacher_world"),
+                       lambda dest: synth_world(params, dest, WORLD_SPLITS))
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(world, tmp_path_factory, smoke_params):
+    return materialise(teacher_recipe(smoke_params), tmp_path_factory.mktemp("teachers") / "s",
+                       lambda dest: train_small_teacher(world / "pretrain", dest, epochs=6))
 
 
 # The shared smoke studies (tests/studies.py): each is built once per session, on first use.
@@ -138,9 +173,14 @@ QUEUE = pytest.StashKey[BackgroundQueue]()
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(items):
-    """The modules that wait on a background job run as late as possible, so that the foreground
-    rarely waits: after all others, in queue order (so the first job is the first needed)."""
-    items[:] = consumers_last(items, [users for _, users in BACKGROUND.values()])
+    """Under mutation testing (fixture cache on): the fastest tests first, so a mutant that a quick
+    test kills (mutmut runs -x) stops before the trainings. Otherwise the modules that wait on a
+    background job run as late as possible, so that the foreground rarely waits: after all others,
+    in queue order (so the first job is the first needed). Verdicts do not depend on the order."""
+    if durations := stats_run_durations():
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
+    else:
+        items[:] = consumers_last(items, [users for _, users in BACKGROUND.values()])
 
 
 def pytest_collection_finish(session):

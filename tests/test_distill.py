@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from clipdistill.models import ClipBundle, create_model, load_model_dir
 from clipdistill.models.clip import default_tokenizer_spec, preprocess_cfg, tokenizer_from_spec
 from clipdistill.params import EvalParams, FeatureParams, LossOptions, StudentParams, TrainParams
 
-from conftest import BIN
+from conftest import BIN, teacher_recipe
+from fixture_cache import Recipe, materialise
 
 STUDENT = StudentParams(arch="cd-student-xs")
 TRAIN = TrainParams(epochs=6, batch_size=32, lr=3e-3, checkpoint_every=5)
@@ -30,12 +32,18 @@ BASELINE = {"clip": LossOptions()}
 CLIPKD = {"clip": LossOptions(), "crd": LossOptions(), "icl": LossOptions(), "fd": LossOptions(weight=2000)}
 
 
+STORE = FeatureParams(patch_tokens=True, views=2)
+STORE_MODULES = frozenset(f"clipdistill.{n}" for n in ("data.formats", "data.splits", "features", "features.store",
+                                                        "io", "models", "models.clip", "models.tokenizer", "params",
+                                                        "training.runtime"))
+
+
 @pytest.fixture(scope="module")
-def store_dir(teacher_dir, world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("store") / "s"
-    extract(load_model_dir(teacher_dir), load_split(world / "distill_big"),
-            FeatureParams(patch_tokens=True, views=2), out)
-    return out
+def store_dir(teacher_dir, world, tmp_path_factory, smoke_params):
+    """The teacher's features of distill_big (cached across sessions under mutation testing: conftest)."""
+    recipe = Recipe("store", STORE_MODULES, STORE.model_dump_json(), (Path(__file__),), (teacher_recipe(smoke_params),))
+    return materialise(recipe, tmp_path_factory.mktemp("store") / "s",
+                       lambda out: extract(load_model_dir(teacher_dir), load_split(world / "distill_big"), STORE, out))
 
 
 def bundle(model, tok_spec):
