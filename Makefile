@@ -39,9 +39,12 @@ test: install system-deps
 # Mutation testing, by hand (hours on 2 cores, so not in CI): every mutant of the modules
 # configured in pyproject's [tool.mutmut]; MUTANTS narrows it, e.g. MUTANTS='clipdistill.vqa.metrics*'.
 # Prints the score per module and the survivors (`mutmut show NAME` gives a survivor's diff).
+# The expensive session fixtures are built once and reused where no mutant can hide in them
+# (tests/fixture_cache.py, docs/mutation.md).
 MUTANTS ?=
 mutants: install
-	PATH=$(CURDIR)/$(BIN):$$PATH nice $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	PATH=$(CURDIR)/$(BIN):$$PATH CLIPDISTILL_FIXTURE_CACHE=$(CURDIR)/mutants/.fixture-cache \
+	    nice $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/python tests/helpers/mutation_scores.py
 
 lint: install

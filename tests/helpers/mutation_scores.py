@@ -126,7 +126,9 @@ def run_modules(modules: list[str], tests: list[str] | None, mutants: list[str],
     pyproject = re.sub(r"only_mutate = \[.*?\]\n", "", pyproject, flags=re.DOTALL)
     pyproject = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\]\n", narrowed, pyproject, flags=re.DOTALL)
     (copy / "pyproject.toml").write_text(pyproject)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # the session fixtures built once and reused by the mutants they cannot hide (tests/fixture_cache.py)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "CLIPDISTILL_FIXTURE_CACHE": str(copy / "mutants" / ".fixture-cache")}
     drawn = [n for source in sources for n in sample_of(copy, source, env, sample, seed)] if sample else None
     to_run = [n for source in sources for n in unchecked(copy, source, drawn)] if drawn else mutants
     if to_run or not drawn:
