@@ -40,6 +40,7 @@ MUTANT_ENV = "MUTANT_UNDER_TEST"
 NO_MUTANT = {"", "stats"}  # mutmut's clean and stats runs: every trampoline calls the original
 FORCED_FAIL = "fail"
 MUTMUT_MARKER = "# mutmut generated"  # on every line mutmut adds to a mutated module
+MUTMUT_RESULTS = {".meta"}  # mutmut's per-module results file, in the package folder it runs
 
 
 class UndeclaredDependency(RuntimeError):
@@ -79,7 +80,9 @@ def _digest_files(paths) -> str:
 
 @cache
 def _package_digest(pkg: Path) -> str:
-    files = sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    # mutmut keeps its results beside the mutated module (train.py.meta): they change per mutant
+    files = sorted(p for p in pkg.rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts and p.suffix not in MUTMUT_RESULTS)
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")

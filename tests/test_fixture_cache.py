@@ -57,6 +57,9 @@ def test_a_clean_build_is_stored_and_reused_by_a_mutant_outside_its_dependencies
     assert toy.get(tmp_path / "clean", mutant="") == "built 1"
     assert len(toy.calls) == 1 and len(toy.stored()) == 1 and toy.stored()[0].startswith("toy-")
     assert toy.get(tmp_path / "stats", mutant="stats") == "built 1"  # mutmut's stats run reuses it too
+    # mutmut records each mutant's result beside the module (make.py.meta): not a source edit
+    (toypkg / "make.py.meta").write_text('{"exit_code_by_key": {"toypkg.make.x_make__mutmut_1": 1}}')
+    FC._package_digest.cache_clear()
     assert toy.get(tmp_path / "mutant", mutant=MUTANT_ELSEWHERE) == "built 1"
     assert len(toy.calls) == 1, "a stored build was rebuilt"
     # the session gets its own copy: writing into it leaves the stored build as it was
