@@ -431,3 +431,29 @@ def test_an_fp16_runs_checkpoint_carries_its_loss_scale(tmp_path):
     D.distill(STUDENT, BASELINE, TINY, 0, tiny_split(), D.Teacher(), checkpoint=ckpt, show_progress=False,
               runtime=ScaledRuntime())
     assert _checkpoint_state(ckpt)["scaler"]["scale"] == 2.0**10
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_data_parallel_rank_gathers_the_global_batch_with_its_rank_and_averages_over_the_world(monkeypatch,
+                                                                                                     rank):
+    """Two ranks simulated in one process (torch.distributed is not started; the collectives
+    recorded): each step trains on this rank's half of the batch, gathers the global batch
+    naming its own rank, and averages the gradients and the loss over the world of 2."""
+    calls = {"gather": [], "average": [], "mean": 0}
+
+    def gather(batch, this_rank):
+        calls["gather"].append((this_rank, len(batch["s_image"])))
+        return batch
+
+    def mean(value):
+        calls["mean"] += 1
+        return value
+
+    monkeypatch.setattr(D.parallel, "rank_and_world", lambda: (rank, 2))
+    monkeypatch.setattr(D.parallel, "gather_batch", gather)
+    monkeypatch.setattr(D.parallel, "average_gradients", lambda params, world: calls["average"].append(world))
+    monkeypatch.setattr(D.parallel, "mean_over_ranks", mean)
+    two_steps = TINY.model_copy(update={"max_steps": 2})
+    D.distill(STUDENT, BASELINE, two_steps, 0, tiny_split(), D.Teacher(), show_progress=False)
+    assert calls["gather"] == [(rank, 2)] * 2  # half of the 4-row batch, gathered as this rank's
+    assert calls["average"] == [2, 2] and calls["mean"] == 2 * (1 + len(BASELINE))  # the loss and each term
