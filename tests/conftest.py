@@ -142,28 +142,34 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def snakemake_killed(tmp_path_factory, home):
-    from studies import snakemake_killed
-
-    return snakemake_killed(tmp_path_factory.mktemp("snakemake") / "project", home)
+def snakemake_killed(snakemake_chain):
+    """The states right after a SIGKILL and `clipdistill sync`: see studies.snakemake_killed."""
+    return snakemake_chain[0]
 
 
 @pytest.fixture(scope="session")
-def snakemake_study(snakemake_killed, home):
+def snakemake_study(snakemake_chain):
     """Finished by Snakemake (after the kill), dvc-committed, dvc.lock in git: read it, or copy it."""
-    from studies import snakemake_finished
-
-    return snakemake_finished(snakemake_killed, home)
+    return snakemake_chain[1]
 
 
-# Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`; the bf16
-# study's VQA half; the worked example's two runners) and the one-object world's teacher leave
+@pytest.fixture(scope="session")
+def snakemake_experiment(snakemake_chain):
+    """The one-param experiment on a copy of snakemake_study: see studies.one_param_experiment."""
+    return snakemake_chain[2]
+
+
+# Long chains of one-thread stages run one at a time (`dvc repro`, `dvc exp run`; the Snakemake
+# study killed and resumed; the bf16 study's VQA half; the worked example's two runners) and the
+# one-object world's teacher leave
 # one of CI's two cores idle. Those the session's selected tests need are built one after another
 # in a background thread from the first test on, beside the other tests (issue 23); each fixture
 # waits for its own, and the summary says how long. Fixture name -> (the job in tests/studies.py,
 # the fixtures that need it), in queue order: the modules that use them run last, in the same
 # order (pytest_collection_modifyitems).
 BACKGROUND = {"one_object_world": ("one_object_world", {"one_object_world"}),
+              "snakemake_chain": ("snakemake_killed_finished_experiment",
+                                  {"snakemake_chain", "snakemake_killed", "snakemake_study", "snakemake_experiment"}),
               "dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
               "bf16_study": ("bf16_study", {"bf16_study"}),
               "worked_example": ("worked_example", {"worked_example"})}
@@ -192,6 +198,9 @@ def _background_job(name: str, used: set, tmp_path_factory, home: Path):
     """The call that builds fixture `name` (dvc_study alone skips the experiment)."""
     import studies
 
+    if name == "snakemake_chain":  # the experiment only if a selected test reads it
+        return partial(studies.snakemake_killed_finished_experiment, tmp_path_factory.mktemp("snakemake"), home,
+                       experiment="snakemake_experiment" in used)
     if name == "dvc_study_and_experiment":
         return partial(studies.dvc_reproduced_with_experiment, tmp_path_factory.mktemp("dvc"), home,
                        experiment="dvc_study_and_experiment" in used)
@@ -230,8 +239,14 @@ def _built(request, name: str):
     queue = request.getfixturevalue("background")
     if queue is not None and name in queue.futures:
         return queue.result(name, request.fixturename)
-    return _background_job(name, {name}, request.getfixturevalue("tmp_path_factory"),
+    return _background_job(name, request.config.stash.get(NEEDED, {name}), request.getfixturevalue("tmp_path_factory"),
                            request.getfixturevalue("home"))()
+
+
+@pytest.fixture(scope="session")
+def snakemake_chain(request):
+    """(killed, finished, the experiment or None): see studies.snakemake_killed_finished_experiment."""
+    return _built(request, "snakemake_chain")
 
 
 @pytest.fixture(scope="session")

@@ -131,6 +131,36 @@ def exp_run_stages(root: Path, home: Path) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
+CLIPKD_LINE = "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 1}"
+
+
+def one_param_experiment(study: Path, dest: Path, home: Path) -> dict:
+    """On a copy of a finished Snakemake study (dvc.lock in git): what DVC calls stale once the
+    clipkd weight is edited in params.yaml, then (the edit undone) what `dvc exp run -S
+    METHOD_PARAM` runs, and what both runners see after it and after `clipdistill sync`."""
+    root = copy_study(study, dest)
+    params = root / "params.yaml"
+    original = params.read_text()
+    edited = original.replace(CLIPKD_LINE, CLIPKD_LINE.replace("weight: 1", "weight: 2"))
+    params.write_text(edited)  # DVC calls only the stages that read the param stale
+    stale_after_edit = dvc_stale(root, home)
+    params.write_text(original)
+    ran = exp_run_stages(root, home)
+    stale_after_exp = dvc_stale(root, home)
+    run([BIN / "clipdistill", "sync"], root, home)  # DVC reran them: Snakemake's records follow
+    return {"root": root, "edited": edited != original, "stale_after_edit": stale_after_edit, "ran": ran,
+            "stale_after_exp": stale_after_exp, "nothing_to_do_after_sync": nothing_to_do(root, home),
+            "stale_after_sync": dvc_stale(root, home)}
+
+
+def snakemake_killed_finished_experiment(parent: Path, home: Path, experiment: bool) -> tuple[dict, dict, dict | None]:
+    """The Snakemake study killed midway (its states read right after), then finished, then (if
+    asked) the one-param experiment on a copy of it: one background job (conftest)."""
+    killed = snakemake_killed(parent / "project", home)
+    finished = snakemake_finished(killed, home)
+    return killed, finished, one_param_experiment(finished["root"], parent / "experiment", home) if experiment else None
+
+
 def dvc_reproduced_with_experiment(parent: Path, home: Path, experiment: bool) -> tuple[Path, dict | None]:
     """dvc_reproduced under parent/project, then (if `experiment`) the one-param experiment, a
     `dvc exp run`, in a copy taken right after: (the study, {"root": the copy, "ran": the stages

@@ -11,7 +11,7 @@ import re
 
 import pytest
 from conftest import BIN
-from studies import copy_study, dvc_stale, exp_run_stages, nothing_to_do, run
+from studies import copy_study, dvc_stale, nothing_to_do, run
 
 # The clipkd students of both teachers in the smoke study's regime (distill × 1), their
 # evaluations and VLMs (one per VLM seed, vqa.seeds: [0, 1]), and the report: nothing else.
@@ -50,21 +50,17 @@ def test_make_run_records_itself_so_dvc_status_is_clean(snakemake_study, home):
 
 
 @pytest.mark.slow
-def test_one_param_experiment_after_make_run_reruns_only_that_method(snakemake_study, home, tmp_path):
-    root = copy_study(snakemake_study["root"], tmp_path / "project")  # dvc.lock is in git already
-    params = root / "params.yaml"
-    original = params.read_text()
-    edited = original.replace("clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 1}",
-                              "clipkd: {clip: 1, crd: 1, icl: 1, fd: 2000, weight: 2}")
-    assert edited != original
-    params.write_text(edited)  # DVC calls only the two stages that read the param stale
-    assert dvc_stale(root, home) == CLIPKD_RUNS
-    params.write_text(original)
-    assert exp_run_stages(root, home) == EXPECTED_RERUN
-    assert dvc_stale(root, home) == set()
-    run([BIN / "clipdistill", "sync"], root, home)  # DVC reran them: Snakemake's records follow
-    assert nothing_to_do(root, home)
-    assert dvc_stale(root, home) == set()
+def test_one_param_experiment_after_make_run_reruns_only_that_method(snakemake_experiment):
+    """On a copy of the finished study (dvc.lock in git already; the run: conftest's snakemake_chain,
+    built in the background): the edited clipkd weight makes exactly its runs stale, `dvc exp run`
+    reruns only those, and after `clipdistill sync` both runners have nothing to do."""
+    experiment = snakemake_experiment
+    assert experiment["edited"], "the clipkd line of params.yaml was not found"
+    assert experiment["stale_after_edit"] == CLIPKD_RUNS
+    assert experiment["ran"] == EXPECTED_RERUN
+    assert experiment["stale_after_exp"] == set()
+    assert experiment["nothing_to_do_after_sync"]
+    assert experiment["stale_after_sync"] == set()
 
 
 @pytest.mark.slow
