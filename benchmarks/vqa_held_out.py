@@ -106,6 +106,7 @@ for name in ("teacher", "blind"):
     m["diagnostics"] = vqa_diagnostics(vlm, proc, ROOT / "vqa_train", train, ROOT / "vqa_eval", ev,
                                        records, [r["text"] for r in rows], m, blind)
     out[name] = rounded(m, 2)
+    out[name]["answers"] = {r["question_id"]: r["text"] for r in rows}  # for splits by scene (analysis below)
     d = m["diagnostics"]
     eff = {k: round(v["efficiency"], 2) for k, v in d.get("reading_efficiency", {}).items() if v["efficiency"]}
     print(f"{a.world} {a.tag} {name}: overall {m['overall']:.1f} types "

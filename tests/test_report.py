@@ -155,7 +155,11 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
         return {"collapsed": collapsed, "answer_health": {"collapsed_types": ["color"] if collapsed else [],
                                                           "constant_types": [] if collapsed else ["exists"]},
                 "reading_efficiency": {"color": {"probe": 0.8, "efficiency": 0.25 if collapsed else 0.9},
-                                       "shape": {"probe": None, "efficiency": None}}}
+                                       "shape": {"probe": None, "efficiency": None}},
+                "by_objects": {"color": {"single": {"accuracy": 92.4, "count": 38},
+                                         "multi": {"accuracy": 31.0 if collapsed else 36.3, "count": 102}},
+                               "shape": {"single": {"estimable": False, "reason": "no question"},
+                                         "multi": {"accuracy": 27.6, "count": 99}}}}
 
     for run, collapsed in [("students/distill-x1/m/xs/kd/0", True), ("students/distill-x1/l/xs/kd/1", False)]:
         path = res / "vqa_metrics" / run / "vlm0.json"
@@ -165,9 +169,11 @@ def test_report_shows_reading_efficiency_and_flags_collapse(tmp_path):
     assert "| m/xs/kd/0 (VLM seed 0) | **yes** (color) | – | 0.25 | n/e |" in md
     assert "| l/xs/kd/1 (VLM seed 0) | no | exists | 0.90 | n/e |" in md
     assert "**1 VLM(s) collapsed**" in md and "**1 VLM(s) give one answer**" in md
+    assert "| encoder | color: one / several | shape: one / several |" in md  # reading vs finding
+    assert "| m/xs/kd/0 (VLM seed 0) | 92 / 31 | – / 28 |" in md and "| l/xs/kd/1 (VLM seed 0) | 92 / 36 | – / 28 |" in md
     header = (tmp_path / "report" / "study.csv").read_text().splitlines()[0].split(",")
     assert {"vqa_collapsed", "vqa_collapsed_types", "vqa_constant_types", "vqa_efficiency_color",
-            "vqa_probe_color"} <= set(header)
+            "vqa_probe_color", "vqa_single_color", "vqa_multi_shape"} <= set(header)
 
 
 def test_report_pools_the_vlms_of_each_run(tmp_path):

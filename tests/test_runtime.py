@@ -44,7 +44,7 @@ GOLDEN = {
     "lm/model.safetensors": "d23df020e572fff0",
     "lm/train_log.csv": "ed0444c5a0ddd1e2",
     "metrics_eval.json": "fda0c40994c50bd5",
-    "metrics_vqa.json": "53096b7d729a9523",  # + answer_health.constant_types (issue #16)
+    "metrics_vqa.json": "60dfd4dd5bea013c",  # + answer_health.constant_types, then + by_objects (issue #16)
     "student_online/model.safetensors": "0d11d0546a915a93",
     "student_online/train_log.csv": "0bda2fed6f3f3cbe",
     "student_store/model.safetensors": "5554402dfba191a8",

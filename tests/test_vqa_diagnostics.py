@@ -171,11 +171,20 @@ def test_vqa_run_writes_the_diagnostics(teacher_dir, smoke_data, tmp_path):
                 "--params", tmp_path / "params.yaml", check=True, timeout=600)
     teacher, blind = read_json(tmp_path / "teacher.json"), read_json(tmp_path / "blind.json")
     d = teacher["diagnostics"]
-    assert set(d) == {"answer_health", "collapsed", "probe", "reading_efficiency"}
+    assert set(d) == {"answer_health", "by_objects", "collapsed", "probe", "reading_efficiency"}
     assert set(d["probe"]["cell"]) == {"color", "shape", "size"} and "color" in d["probe"]["pooled"]
     assert d["probe"]["cell"]["color"]["estimable"] and d["probe"]["pooled"]["color"]["estimable"]
     assert set(d["reading_efficiency"]) == set(teacher["per_question_type"])
-    assert set(blind["diagnostics"]) == {"answer_health", "collapsed"}
+    assert set(blind["diagnostics"]) == {"answer_health", "by_objects", "collapsed"}
+    # every eval question lands on one side, by its image's object count in scenes.json
+    scenes = read_json(smoke_data / "vqa_eval" / "scenes.json")
+    records = read_vqa(smoke_data / "vqa_eval" / "questions.json", smoke_data / "vqa_eval" / "annotations.json",
+                       smoke_data / "vqa_eval", check_images=False)[0]
+    for m in (teacher, blind):
+        for qtype, sides in m["diagnostics"]["by_objects"].items():
+            single = sum(r.question_type == qtype and len(scenes[r.image_id]) == 1 for r in records)
+            several = sum(r.question_type == qtype and len(scenes[r.image_id]) > 1 for r in records)
+            assert sides["single"].get("count", 0) == single and sides["multi"].get("count", 0) == several
 
 
 def test_report_row_flattens_the_diagnostics():
@@ -192,3 +201,38 @@ def test_report_row_flattens_the_diagnostics():
     assert report_row({"overall": 1.0}) == {}
     blind = {"per_question_type": {"color": 50.0}, "diagnostics": diagnose(metrics, [dict(a, prediction="green") for a in answers])}
     assert report_row(blind)["vqa_collapsed"] is True and "vqa_efficiency_color" not in report_row(blind)
+
+
+def test_by_objects_separates_reading_a_lone_object_from_finding_the_named_one():
+    """Known truth: a VLM right on every question about a one-object scene and wrong on every
+    question about a scene with several reads the attribute but does not find the referent."""
+    from clipdistill.vqa.diagnostics import by_objects
+
+    def rec(qtype, objects, right, annotators=None):
+        truth = annotators or ["red"] * 10
+        return {"prediction": "red" if right else "blue", "answer": truth[0], "answers": truth,
+                "question_type": qtype, "objects": objects}
+
+    records = ([rec("color", 1, True)] * 6 + [rec("color", n, False) for n in (2, 3, 4)]
+               + [rec("shape", 3, True)] * 4 + [rec("shape", 0, False)]  # an empty scene: on neither side
+               + [rec("exists", 1, True, ["red"] * 2 + ["blue"] * 8)])   # 2 of 10 annotators: VQAv2 gives 0.6
+    out = by_objects(records)
+    assert out["color"] == {"single": {"accuracy": 100.0, "count": 6}, "multi": {"accuracy": 0.0, "count": 3}}
+    assert out["shape"]["multi"] == {"accuracy": 100.0, "count": 4}
+    assert out["shape"]["single"] == {"estimable": False, "reason": "no question about a single-object scene"}
+    assert out["exists"]["single"]["accuracy"] == pytest.approx(60.0)
+    assert out["exists"]["multi"]["estimable"] is False
+
+    probe = {"pooled": {}, "cell": {"color": {"estimable": True, "accuracy": 80.0},
+                                    "shape": {"estimable": True, "accuracy": 50.0}}}
+    eff = reading_efficiency({"color": 66.7, "shape": 100.0}, probe, out)
+    assert eff["color"]["efficiency_single"] == pytest.approx(100.0 / 80.0)
+    assert "efficiency_single" not in eff["shape"]  # no one-object question of that type
+    # diagnose adds it only when every answer knows its scene, and the report row carries both sides
+    from clipdistill.vqa.diagnostics import report_row
+
+    d = diagnose({"per_question_type": {}}, records)
+    assert d["by_objects"] == out
+    assert "by_objects" not in diagnose({"per_question_type": {}}, records + [dict(records[0], objects=None)])
+    row = report_row({"diagnostics": d})
+    assert row["vqa_single_color"] == 100.0 and row["vqa_multi_color"] == 0.0 and row["vqa_single_shape"] is None

@@ -422,6 +422,19 @@ def _diagnostics_markdown(rows: list[dict]) -> list[str]:
         lines += ["", f"**{len(constant)} VLM(s) give one answer** to ≥ 95 % of some question type's questions "
                   "although ≥ 20 % of them want another (\"one answer on\"): on those types the VLM ignores "
                   "the question, even where its score looks like the answer prior."]
+    sides = sorted({k[len("vqa_single_"):] for r in diag for k in r if k.startswith("vqa_single_")})
+    if sides:
+        def acc(v):
+            return "–" if v is None else f"{v:.0f}"
+
+        lines += ["", "Reading vs finding: accuracy on questions about one-object scenes (only reading) / about "
+                  "scenes with several (the named object must be found first). A VLM far better on the first "
+                  "reads the attribute but does not find the object the question names.", "",
+                  "| encoder | " + " | ".join(f"{t}: one / several" for t in sides) + " |",
+                  "|---|" + "---|" * len(sides)]
+        for r in sorted(diag, key=lambda r: (r["kind"] != "teacher", r["kind"] != "blind", name(r))):
+            lines.append(f"| {name(r)} | " + " | ".join(f"{acc(r.get(f'vqa_single_{t}'))} / {acc(r.get(f'vqa_multi_{t}'))}"
+                                                         for t in sides) + " |")
     return lines
 
 

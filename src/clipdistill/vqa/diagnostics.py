@@ -20,12 +20,19 @@ Three diagnostics land in every VQA `metrics.json` (key `diagnostics`):
   (a yes/no type that is 63 % "no" answered "no" every time), so a type is also `constant`
   when one answer takes ≥ 95 % of the outputs while ≥ 20 % of the questions want another
   (`constant_types`); a separate flag, so `collapsed` keeps its definition.
+- **Reading vs finding** (`by_objects`, where the world knows its scenes) — per question type,
+  the VLM's accuracy on questions about one-object scenes (`single`: nothing to find, only to
+  read) and about scenes with several (`multi`: the object named in the question must be found
+  first). A VLM that reads colour off a lone object but not off the one the question names is
+  limited by finding the referent, not by reading; the efficiency table then says `single`
+  (`efficiency_single` = single-object accuracy / probe) next to the overall efficiency.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import torch
 
@@ -65,6 +72,27 @@ def answer_health(records: list[dict]) -> dict:
     constant = [t for t, h in per_type.items() if h["constant"]]
     return {"per_question_type": per_type, "collapsed": bool(collapsed), "collapsed_types": collapsed,
             "constant_types": constant}
+
+
+# ---------------------------------------------------------------- reading vs finding
+
+def by_objects(records: list[dict]) -> dict:
+    """records: {"prediction", "answers" (the annotators'), "question_type", "objects" (the
+    scene's object count)}. Per question type, VQAv2 accuracy (in points) and count on
+    one-object scenes (`single`) and on scenes with several (`multi`); a side without questions
+    is not estimable."""
+    hits = defaultdict(list)
+    for r in records:
+        if r["objects"] < 1:  # an empty scene: nothing to read or to find
+            continue
+        side = "single" if r["objects"] == 1 else "multi"
+        hits[r["question_type"], side].append(vqa_accuracy(r["prediction"], list(r["answers"])))
+    out = {}
+    for qtype in sorted({t for t, _ in hits}):
+        out[qtype] = {side: ({"accuracy": 100 * sum(h) / len(h), "count": len(h)} if (h := hits.get((qtype, side)))
+                             else not_estimable(f"no question about a {side}-object scene"))
+                      for side in ("single", "multi")}
+    return out
 
 
 # ---------------------------------------------------------------- linear probes
@@ -162,22 +190,26 @@ def scenes_with_cells(scenes) -> bool:
 
 def diagnose(metrics: dict, answer_records: list[dict], train_feats=None, train_records=None, eval_feats=None,
              eval_records=None, train_scenes=None, eval_scenes=None) -> dict:
-    """The `diagnostics` block of a VQA metrics.json: answer health always; the probes and the
+    """The `diagnostics` block of a VQA metrics.json: answer health always; reading vs finding
+    when every answer record knows its scene's object count (`objects`); the probes and the
     reading efficiency when the tower features are given (not for the blind baseline)."""
     out = {"answer_health": answer_health(answer_records)}
     out["collapsed"] = out["answer_health"]["collapsed"]
+    if answer_records and all(r.get("objects") is not None for r in answer_records):
+        out["by_objects"] = by_objects(answer_records)
     if train_feats is None:
         return out
     probe = {"pooled": pooled_probe(train_feats, train_records, eval_feats, eval_records)}
     if scenes_with_cells(train_scenes) and scenes_with_cells(eval_scenes):
         probe["cell"] = cell_probe(train_feats, train_scenes, eval_feats, eval_scenes)
     out["probe"] = probe
-    out["reading_efficiency"] = reading_efficiency(metrics["per_question_type"], probe)
+    out["reading_efficiency"] = reading_efficiency(metrics["per_question_type"], probe, out.get("by_objects"))
     return out
 
 
-def reading_efficiency(vlm_accuracy: dict, probe: dict) -> dict:
-    """Per question type: VLM accuracy / what the encoder can tell (cell probe if any, else pooled)."""
+def reading_efficiency(vlm_accuracy: dict, probe: dict, objects: dict | None = None) -> dict:
+    """Per question type: VLM accuracy / what the encoder can tell (cell probe if any, else
+    pooled); with `by_objects`, also the one-object scenes' accuracy / probe (`efficiency_single`)."""
     out = {}
     for qtype, acc in sorted(vlm_accuracy.items()):
         p = probe.get("cell", {}).get(qtype) or probe["pooled"].get(qtype)
@@ -187,7 +219,28 @@ def reading_efficiency(vlm_accuracy: dict, probe: dict) -> dict:
         else:
             out[qtype] = {"efficiency": acc / p["accuracy"], "probe": p["accuracy"], "vlm": acc,
                           "probe_kind": "cell" if qtype in probe.get("cell", {}) else "pooled"}
+            single = (objects or {}).get(qtype, {}).get("single", {})
+            if "accuracy" in single:
+                out[qtype]["efficiency_single"] = single["accuracy"] / p["accuracy"]
     return out
+
+
+def read_scenes(split_dir):
+    """A split's scenes.json (one list of objects per image, in row order), or None."""
+    from clipdistill.io import read_json
+
+    path = Path(split_dir) / "scenes.json"
+    return read_json(path) if path.is_file() else None
+
+
+def answer_records(eval_records: list, predictions: list[str], rows: list[int], scenes=None) -> list[dict]:
+    """What `diagnose` reads of each answer: the prediction, the canonical and the annotators'
+    answers, the question type and — where the scenes are known — the object count of the
+    question's image (`rows`: each record's image row)."""
+    known = scenes_with_cells(scenes)
+    return [{"prediction": t, "answer": r.answer, "answers": list(r.answers), "question_type": r.question_type,
+             "objects": len(scenes[k]) if known else None}
+            for r, t, k in zip(eval_records, predictions, rows)]
 
 
 def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split, eval_records: list,
@@ -196,23 +249,21 @@ def vqa_diagnostics(vlm, processor, train_dir, train_split, eval_dir, eval_split
     are `data.splits.Split`s: a record's feature row is its image's row (`Split.rows`). The
     tower runs on `runtime`'s device, the probes on the host."""
     from dataclasses import replace
-    from pathlib import Path
 
     from clipdistill.data.splits import read_split_vqa
-    from clipdistill.io import read_json
     from clipdistill.vqa.recipe import split_features
 
-    answers = [{"prediction": t, "answer": r.answer, "question_type": r.question_type}
-               for r, t in zip(eval_records, predictions)]
+    train_dir, eval_dir = Path(train_dir), Path(eval_dir)
+    scenes = [read_scenes(d) for d in (train_dir, eval_dir)]
+    eval_rows = eval_split.rows(eval_records)
+    answers = answer_records(eval_records, predictions, eval_rows, scenes[1])
     if blind:
         return diagnose(metrics, answers)
-    train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     train_records = read_split_vqa(train_dir)
     feats = [runtime.host(split_features(vlm, s.images, processor, False, runtime)) for s in (train_split, eval_split)]
     # the probes index feature rows by `image_id`: hand them each record's row
-    rec = [[replace(r, image_id=k) for r, k in zip(rs, split.rows(rs))]
-           for rs, split in ((train_records, train_split), (eval_records, eval_split))]
-    scenes = [read_json(d / "scenes.json") if (d / "scenes.json").is_file() else None for d in (train_dir, eval_dir)]
+    rec = [[replace(r, image_id=k) for r, k in zip(rs, rows)]
+           for rs, rows in ((train_records, train_split.rows(train_records)), (eval_records, eval_rows))]
     return diagnose(metrics, answers, feats[0], rec[0], feats[1], rec[1], scenes[0], scenes[1])
 
 
@@ -221,7 +272,8 @@ def report_row(metrics: dict) -> dict:
     `vqa_collapsed` (bool), `vqa_collapsed_types` ("color,shape" or ""), `vqa_constant_types`
     (the types answered with one answer whatever the question), and per question type
     `vqa_probe_<type>` (the probe the efficiency uses; None if not estimable) and
-    `vqa_efficiency_<type>`."""
+    `vqa_efficiency_<type>`; with scenes, `vqa_single_<type>` / `vqa_multi_<type>` (accuracy on
+    one-object scenes / on scenes with several; None where a side has no question)."""
     d = metrics.get("diagnostics")
     if not d:
         return {}
@@ -231,4 +283,7 @@ def report_row(metrics: dict) -> dict:
     for qtype, e in d.get("reading_efficiency", {}).items():
         row[f"vqa_probe_{qtype}"] = e["probe"]
         row[f"vqa_efficiency_{qtype}"] = e["efficiency"]
+    for qtype, sides in d.get("by_objects", {}).items():
+        for side, v in sides.items():
+            row[f"vqa_{side}_{qtype}"] = v.get("accuracy")
     return row

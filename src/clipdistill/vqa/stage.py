@@ -85,7 +85,7 @@ def score(spec: VQAParams, *, vlm: Path, eval: Path, out: Path, metrics: Path, b
     from transformers import CLIPImageProcessor
 
     from clipdistill.export.hf import vlm_model_dir
-    from clipdistill.vqa.diagnostics import diagnose
+    from clipdistill.vqa.diagnostics import answer_records, diagnose, read_scenes
     from clipdistill.vqa.model import load_vlm
 
     model_dir = vlm_model_dir(vlm)  # before any data is read: a bad path fails at once
@@ -96,8 +96,7 @@ def score(spec: VQAParams, *, vlm: Path, eval: Path, out: Path, metrics: Path, b
     pixels_by_image = record_pixels(split, records, processor, blind)
     rows, summary, per_type = evaluate_vqa(model, tokenizer, records, pixels_by_image, spec.eval_batch_size,
                                            spec.max_new_tokens, model_id=str(vlm), runtime=runtime)
-    answers = [{"prediction": r["text"], "answer": rec.answer, "question_type": rec.question_type}
-               for r, rec in zip(rows, records)]
+    answers = answer_records(records, [r["text"] for r in rows], split.rows(records), read_scenes(eval))
     summary["diagnostics"] = diagnose(summary, answers)
     with atomic_dir(out) as tmp:
         (tmp / "answers.jsonl").write_text(jsonl(rows))
