@@ -126,7 +126,8 @@ def test_scoring_the_study_set_again_gives_vqa_runs_answers_and_numbers(vlm, smo
     first, again = read_json(root / "vlm.json"), read_json(root / "again.json")
     for key in ("overall", "count", "per_question_type", "per_answer_type"):
         assert again[key] == first[key], key
-    assert summary["count"] == 48 and set(again["diagnostics"]) == {"answer_health", "collapsed"}
+    assert summary["count"] == 48 and set(again["diagnostics"]) == {"answer_health", "by_objects", "collapsed"}
+    assert again["diagnostics"]["by_objects"] == first["diagnostics"]["by_objects"]  # the run's reading vs finding
     assert (root / "again" / "per_type.csv").read_text() == (root / "vlm" / "per_type.csv").read_text()
 
 
@@ -150,6 +151,7 @@ def test_a_further_set_imported_with_coco_ids_gets_its_own_correct_metrics(vlm, 
     written = read_json(tmp_path / "m.json")
     assert written["count"] == 12 and written["overall"] == pytest.approx(expected, abs=1e-4)
     assert summary["overall"] == pytest.approx(expected)
+    assert "by_objects" not in written["diagnostics"]  # an imported set has no scenes to count objects in
     assert (root / "vlm.json").read_bytes() == before
 
 
