@@ -5,7 +5,7 @@ Answering a value present in the sequence scores 1/n; finding the queried key's 
 This is the binding the VQA questions about one of several objects need (benchmarks/
 vqa_held_out.md, "Reading vs finding").
 
-    .venv/bin/python benchmarks/lm_recall.py [--pairs 4] [--steps 3000] [--set lm.layers=4 ...]
+    .venv/bin/python benchmarks/lm_recall.py [--pairs 4] [--steps 3000] [--schedule study] [--set lm.layers=4 ...]
 """
 import argparse
 import time
@@ -19,6 +19,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--pairs", type=int, default=4)
 ap.add_argument("--steps", type=int, default=3000)
 ap.add_argument("--batch", type=int, default=64)
+ap.add_argument("--schedule", choices=["constant", "study"], default="constant",
+                help="study: run_stage's warm-up (5 %) and cosine decay over --steps")
 ap.add_argument("--set", action="append", default=[], help="vqa FIELD=VALUE (lm.*, lm_pretrain.lr)")
 a = ap.parse_args()
 vqa = yaml.safe_load(Path("params.yaml").read_text())["vqa"]
@@ -38,6 +40,10 @@ cfg = LlamaConfig(vocab_size=SEP + 1, hidden_size=lm["hidden_size"], intermediat
                   max_position_embeddings=4 * a.pairs + 8, tie_word_embeddings=False)
 model = LlamaForCausalLM(cfg)
 opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+if a.schedule == "study":
+    from clipdistill.training.loop import warmup_cosine
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.steps, max(1, a.steps // 20)))
 
 
 def batch(b: int):
@@ -50,7 +56,7 @@ def batch(b: int):
 
 
 t = time.time()
-print(f"{lm['layers']} layers, width {lm['hidden_size']}, {lm['heads']} heads, lr {lr}; "
+print(f"{lm['layers']} layers, width {lm['hidden_size']}, {lm['heads']} heads, lr {lr} ({a.schedule}); "
       f"{a.pairs} pairs: a value present in the sequence scores {100 / a.pairs:.0f} %", flush=True)
 for step in range(a.steps + 1):
     x, y = batch(a.batch)
@@ -58,6 +64,8 @@ for step in range(a.steps + 1):
     opt.zero_grad()
     loss.backward()
     opt.step()
+    if a.schedule == "study":
+        sched.step()
     if step % 500 == 0:
         with torch.no_grad():
             x, y = batch(1024)
