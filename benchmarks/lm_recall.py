@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from param_sets import apply_sets
 from transformers import LlamaConfig, LlamaForCausalLM
 
 ap = argparse.ArgumentParser()
@@ -23,13 +24,7 @@ ap.add_argument("--schedule", choices=["constant", "study"], default="constant",
                 help="study: run_stage's warm-up (5 %) and cosine decay over --steps")
 ap.add_argument("--set", action="append", default=[], help="vqa FIELD=VALUE (lm.*, lm_pretrain.lr)")
 a = ap.parse_args()
-vqa = yaml.safe_load(Path("params.yaml").read_text())["vqa"]
-for kv in a.set:
-    k, v = kv.split("=", 1)
-    d = vqa
-    for kk in k.split(".")[:-1]:
-        d = d.setdefault(kk, {})
-    d[k.split(".")[-1]] = yaml.safe_load(v)
+vqa = apply_sets(yaml.safe_load(Path("params.yaml").read_text())["vqa"], a.set)
 lm, lr = vqa["lm"], vqa["lm_pretrain"]["lr"]
 torch.manual_seed(lm.get("seed", 0))
 torch.set_num_threads(1)

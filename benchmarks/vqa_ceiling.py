@@ -24,6 +24,7 @@ import torch
 import yaml
 
 import clipdistill.vqa.train as vqa_train
+from param_sets import apply_sets
 from clipdistill.data.splits import load_split
 from clipdistill.data.world import COLORS, SHAPES, SIZES
 from clipdistill.params import VQAParams
@@ -100,13 +101,7 @@ def main() -> None:
         scenes = {s: json.loads((a.world / s / "scenes.json").read_text()) for s in ("vqa_train", "vqa_eval")}
         feats = {s: ideal_tokens(v, grid, cfg.hidden_size, k) for k, (s, v) in enumerate(scenes.items())}
         vqa_train.split_features = lambda vlm, images, processor, blind, runtime=None, batch_size=256: feats["vqa_train"]
-        vqa = yaml.safe_load(Path("params.yaml").read_text())["vqa"]
-        for kv in a.set:
-            k, v = kv.split("=", 1)
-            d = vqa
-            for kk in k.split(".")[:-1]:
-                d = d.setdefault(kk, {})
-            d[k.split(".")[-1]] = yaml.safe_load(v)
+        vqa = apply_sets(yaml.safe_load(Path("params.yaml").read_text())["vqa"], a.set)
         vlm, vtok, _, _ = vqa_train.train_vlm(tower, a.world / "vqa_train", load_split(a.world / "vqa_train"),
                                               VQAParams.model_validate(vqa), language=(lm, tok))
         out["oracle"] = summary(first_word_hits(

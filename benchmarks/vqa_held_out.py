@@ -34,6 +34,7 @@ from clipdistill.vqa.evaluate import evaluate_vqa
 from clipdistill.vqa.language import load_language_dir, prepare_language, save_language
 from clipdistill.vqa.recipe import record_pixels
 from clipdistill.vqa.train import train_vlm
+from param_sets import apply_sets
 
 ap = argparse.ArgumentParser()
 ap.add_argument("world")
@@ -75,14 +76,7 @@ if not tdir.exists():
 
 if a.only == "none":
     sys.exit(0)
-vqa = yaml.safe_load(Path(a.params).read_text())["vqa"]
-for kv in a.set:
-    k, v = kv.split("=", 1)
-    d = vqa
-    ks = k.split(".")
-    for kk in ks[:-1]:
-        d = d.setdefault(kk, {})
-    d[ks[-1]] = yaml.safe_load(v)
+vqa = apply_sets(yaml.safe_load(Path(a.params).read_text())["vqa"], a.set)
 spec = VQAParams.model_validate(vqa)
 key = hashlib.sha1(json.dumps([spec.lm.model_dump(), spec.lm_pretrain.model_dump() if spec.lm_pretrain else None]).encode()).hexdigest()[:8]
 lmdir = ROOT / f"lm-{key}"
