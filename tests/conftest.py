@@ -165,14 +165,16 @@ def snakemake_experiment(snakemake_chain):
 # one of CI's two cores idle. Those the session's selected tests need are built one after another
 # in a background thread from the first test on, beside the other tests (issue 23); each fixture
 # waits for its own, and the summary says how long. Fixture name -> (the job in tests/studies.py,
-# the fixtures that need it), in queue order: the modules that use them run last, in the same
-# order (pytest_collection_modifyitems).
-BACKGROUND = {"one_object_world": ("one_object_world", {"one_object_world"}),
+# the fixtures that need it, the fixture that reads the job's optional experiment or None), in
+# queue order: the modules that use them run last, in the same order (pytest_collection_modifyitems).
+BACKGROUND = {"one_object_world": ("one_object_world", {"one_object_world"}, None),
               "snakemake_chain": ("snakemake_killed_finished_experiment",
-                                  {"snakemake_chain", "snakemake_killed", "snakemake_study", "snakemake_experiment"}),
-              "dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"}),
-              "bf16_study": ("bf16_study", {"bf16_study"}),
-              "worked_example": ("worked_example", {"worked_example"})}
+                                  {"snakemake_chain", "snakemake_killed", "snakemake_study", "snakemake_experiment"},
+                                  "snakemake_experiment"),
+              "dvc_study_and_experiment": ("dvc_reproduced_with_experiment", {"dvc_study", "dvc_study_and_experiment"},
+                                           "dvc_study_and_experiment"),
+              "bf16_study": ("bf16_study", {"bf16_study"}, None),
+              "worked_example": ("worked_example", {"worked_example"}, None)}
 NEEDED = pytest.StashKey[set]()
 QUEUE = pytest.StashKey[BackgroundQueue]()
 
@@ -186,7 +188,7 @@ def pytest_collection_modifyitems(items):
     if durations := stats_run_durations():
         items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
     else:
-        items[:] = consumers_last(items, [users for _, users in BACKGROUND.values()])
+        items[:] = consumers_last(items, [users for _, users, _ in BACKGROUND.values()])
 
 
 def pytest_collection_finish(session):
@@ -195,23 +197,20 @@ def pytest_collection_finish(session):
 
 
 def _background_job(name: str, used: set, tmp_path_factory, home: Path):
-    """The call that builds fixture `name` (dvc_study alone skips the experiment)."""
+    """The call that builds fixture `name`; a study's experiment runs only if a selected test reads it."""
     import studies
 
-    if name == "snakemake_chain":  # the experiment only if a selected test reads it
-        return partial(studies.snakemake_killed_finished_experiment, tmp_path_factory.mktemp("snakemake"), home,
-                       experiment="snakemake_experiment" in used)
-    if name == "dvc_study_and_experiment":
-        return partial(studies.dvc_reproduced_with_experiment, tmp_path_factory.mktemp("dvc"), home,
-                       experiment="dvc_study_and_experiment" in used)
-    return partial(getattr(studies, BACKGROUND[name][0]), tmp_path_factory.mktemp(name))
+    builder, _, experiment = BACKGROUND[name]
+    if experiment is None:
+        return partial(getattr(studies, builder), tmp_path_factory.mktemp(name))
+    return partial(getattr(studies, builder), tmp_path_factory.mktemp(name), home, experiment=experiment in used)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The queue building the BACKGROUND fixtures the session's selected tests need (None if none)."""
     used = request.config.stash.get(NEEDED, set())
-    names = [name for name, (_, users) in BACKGROUND.items() if users & used]
+    names = [name for name, (_, users, _) in BACKGROUND.items() if users & used]
     if not names:
         yield None
         return

@@ -23,6 +23,7 @@ def torchrun(nproc: int, *args, timeout=300):
     return proc
 
 
+@pytest.mark.slow  # two spawned gloo ranks (~20 s): CI runs it
 def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path):
     torchrun(2, HELPER, tmp_path / "ddp.pt")
     subprocess.run([sys.executable, HELPER, tmp_path / "single.pt"], check=True, timeout=300,
@@ -77,6 +78,7 @@ def test_distill_under_torchrun_trains_like_one_process_and_writes_once(tmp_path
     assert not list(tmp_path.glob(".ddp.ckpt")) and sorted(p.name for p in tmp_path.iterdir() if "ddp" in p.name) == ["ddp"]
 
 
+@pytest.mark.slow  # two spawned gloo ranks (~20 s): CI runs it
 def test_vqa_step_on_two_gloo_ranks_gives_the_single_process_gradients(tmp_path):
     """Ranks hold different numbers of answer tokens: each rank's loss is normalised by the
     global count, so the summed gradients are the single-process ones."""

@@ -56,6 +56,7 @@ def test_simulator_knows_its_truth():
     assert mean["t1"] - base == pytest.approx(2.0 + 1.5, abs=0.4)
 
 
+@pytest.mark.slow  # a simulation of hundreds of studies (10-30 s): CI runs it
 def test_no_effect_with_teacher_offsets_rarely_claims_one():
     """No true slope, per-teacher offsets of 1 point (SD), the default study's shape (3
     teachers) and a larger one (8): `better` or `worse` in at most 7% of 200 studies each."""
@@ -65,6 +66,7 @@ def test_no_effect_with_teacher_offsets_rarely_claims_one():
         assert false <= 14, (len(quality), verdicts)
 
 
+@pytest.mark.slow  # a simulation of hundreds of studies (10-30 s): CI runs it
 def test_a_true_slope_is_found():
     """3 points between the weakest and the strongest of 8 teachers, 3 seeds, 2000 questions,
     per-teacher offsets of 0.5 point: `better` in at least 80% of 200 studies. (With 1-point
@@ -74,12 +76,14 @@ def test_a_true_slope_is_found():
     assert verdicts.get("worse", 0) == 0
 
 
+@pytest.mark.slow  # a simulation of hundreds of studies (10-30 s): CI runs it
 def test_ci_covers_the_true_slope():
     """95% CI coverage within 95% ± 4% over 300 studies (6 teachers, a real slope)."""
     _, coverage = run_many(300, np.linspace(30, 55, 6), 0.08, margin=0.05, seeds=2, questions=600)
     assert 0.91 <= coverage <= 0.99, coverage
 
 
+@pytest.mark.slow  # a simulation of hundreds of studies (10-30 s): CI runs it
 def test_three_teachers_and_a_tiny_effect_are_never_called_equivalent():
     verdicts, _ = run_many(200, [28, 33, 42], 0.01, margin=0.1, seeds=2, questions=600)
     assert verdicts.get("equivalent", 0) == 0, verdicts
@@ -152,6 +156,7 @@ def test_vlm_seed_noise_enters_the_gain_cis(monkeypatch):
     assert vlm_coverage(80, drop_vlm_level=True, monkeypatch=monkeypatch) <= 0.87
 
 
+@pytest.mark.slow  # a simulation of hundreds of studies (10-30 s): CI runs it
 def test_slope_ci_covers_the_truth_with_noisy_vlms():
     """The slope's CI with VLM luck of 3 points per VLM: at least nominal coverage over 100
     studies (measured 0.99, 0.98 without the VLM level: the teacher-level error already carries
