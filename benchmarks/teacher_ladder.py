@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdistill.report.stats import bootstrap_mean_ci
-from clipdistill.vqa.metrics import vqa_accuracy
+from clipdistill.report.study import _question_scores
 
 TYPES = ("color", "shape", "position", "count", "exists", "size", "relation")
 
@@ -30,8 +30,8 @@ def scores(folder: Path, gold: dict) -> np.ndarray | None:
     answers = folder / "answers.jsonl"
     if not answers.is_file():
         return None
-    text = {r["question_id"]: r["text"] for r in map(json.loads, answers.read_text().splitlines()) if r}
-    return np.array([100 * vqa_accuracy(text[q], g) for q, g in gold.items()])
+    per_question = _question_scores(answers, gold)  # the report's own scoring
+    return 100 * np.array([per_question[q] for q in gold])
 
 
 def vlm_runs(base: Path, gold: dict) -> np.ndarray | None:
